@@ -1,0 +1,28 @@
+//! shmix-shared: the one contract between the ALSA plugin and the daemon. The wire messages, the
+//! shared-memory stream layout, the SPSC message rings, the audio ring cursor arithmetic, the
+//! sleeping-flag wake protocol and the sample formats. No ALSA, no threads.
+
+pub mod sync;
+pub mod wake;
+
+#[cfg(not(loom))]
+pub mod cursor;
+#[cfg(not(loom))]
+pub mod error;
+#[cfg(not(loom))]
+pub mod format;
+#[cfg(not(loom))]
+pub mod layout;
+#[cfg(not(loom))]
+pub mod msg;
+#[cfg(not(loom))]
+pub mod shm;
+#[cfg(not(loom))]
+pub mod socket;
+
+#[cfg(not(loom))]
+pub use error::{DecodeError, Violation};
+#[cfg(not(loom))]
+pub use format::SampleFormat;
+#[cfg(not(loom))]
+pub use msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
