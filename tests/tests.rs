@@ -1,1 +1,6 @@
-//! shmix integration tests: one binary, each module drives real ALSA programs against the virtual card.
+//! shmix integration tests: one binary; each module drives real ALSA programs against the
+//! virtual card through a daemon of its own on a private socket.
+
+mod common;
+mod hostile;
+mod playback;

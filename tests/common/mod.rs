@@ -1,0 +1,327 @@
+//! Test rig: a private ALSA configuration registering the built plugin and virtual card, a
+//! daemon on a temp socket, WAV generation, and comparison of what the card recorded.
+//! Everything lives in a fresh temp dir, so tests run in parallel safely.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where cargo put the plugin, the virtual card and shmixd (next to this test binary).
+pub fn artifacts_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for f in ["libasound_module_pcm_shmix.so", "libasound_module_pcm_shmix_vcard.so", "shmixd"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} is missing: run `cargo build --workspace` first (`make test` does)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// The virtual card's setup.
+#[derive(Debug, Clone)]
+pub struct Card {
+    pub format: &'static str,
+    pub rate: u32,
+    pub channels: u32,
+    /// Extra `key value` lines for the card's config block.
+    pub extra: Vec<String>,
+}
+
+impl Default for Card {
+    fn default() -> Self {
+        Self { format: "S16_LE", rate: 48000, channels: 2, extra: Vec::new() }
+    }
+}
+
+/// A private ALSA setup with a virtual card, and a daemon on it.
+#[derive(Debug)]
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub sock: PathBuf,
+    pub rec: PathBuf,
+    pub log: PathBuf,
+    pub card: Card,
+    daemon: Option<Child>,
+}
+
+impl Rig {
+    /// Writes the config and starts shmixd on the card with `daemon_args` added.
+    pub fn new(card: Card, daemon_args: &[&str]) -> Self {
+        let art = artifacts_dir();
+        let dir = tempfile::Builder::new().prefix("shmix-test-").tempdir().expect("tempdir");
+        let conf = dir.path().join("asound.conf");
+        let sock = dir.path().join("shmix.sock");
+        let rec = dir.path().join("card.raw");
+        let log = dir.path().join("shmixd.log");
+        let extra = card.extra.join("\n    ");
+        let text = format!(
+            r#"pcm_type.shmix {{ lib "{plugin}" }}
+pcm_type.shmix_vcard {{ lib "{vcard}" }}
+pcm.card {{
+    type shmix_vcard
+    format {format}
+    rate {rate}
+    channels {channels}
+    playback_file "{rec}"
+    {extra}
+}}
+pcm.shmix {{
+    type shmix
+    socket "{sock}"
+}}
+"#,
+            plugin = art.join("libasound_module_pcm_shmix.so").display(),
+            vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
+            format = card.format,
+            rate = card.rate,
+            channels = card.channels,
+            rec = rec.display(),
+            sock = sock.display(),
+        );
+        std::fs::write(&conf, text).expect("write asound.conf");
+        let mut rig = Self { dir, conf, sock, rec, log, card, daemon: None };
+        rig.start_daemon(daemon_args);
+        rig
+    }
+
+    /// `ALSA_CONFIG_PATH` value for programs of this rig.
+    pub fn alsa_config_path(&self) -> String {
+        format!("/usr/share/alsa/alsa.conf:{}", self.conf.display())
+    }
+
+    /// A command with this rig's ALSA configuration.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("ALSA_CONFIG_PATH", self.alsa_config_path()).env_remove("SHMIX_SOCKET");
+        c
+    }
+
+    /// Starts shmixd (logging to `self.log`) and waits until its socket exists.
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = self
+            .cmd(artifacts_dir().join("shmixd"))
+            .args(["--socket", self.sock.to_str().unwrap(), "--device", "card"])
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shmixd");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.sock.exists() {
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("shmixd exited early ({st}):\n{}", self.daemon_log());
+            }
+            assert!(Instant::now() < deadline, "shmixd did not create its socket:\n{}", self.daemon_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's pid.
+    pub fn daemon_pid(&self) -> i32 {
+        self.daemon.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// Sends `sig` to the daemon and waits for it.
+    pub fn signal_daemon(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.daemon.take().expect("daemon running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        wait_timeout(&mut child, Duration::from_secs(10)).expect("shmixd did not exit within 10 s")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The card's recording, as interleaved S16 samples (S16_LE cards only).
+    pub fn recording_s16(&self) -> Vec<i16> {
+        assert_eq!(self.card.format, "S16_LE");
+        let b = std::fs::read(&self.rec).unwrap_or_default();
+        b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    }
+
+    /// A WAV path inside this rig's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut c, Duration::from_secs(5)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Waits for `child` at most `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Output of a finished program, with its wall time.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub wall: Duration,
+}
+
+impl Run {
+    pub fn assert_ok(&self, what: &str) {
+        assert!(
+            self.status.success(),
+            "{what} failed ({:?}, signal {:?}):\nstdout: {}\nstderr: {}",
+            self.status.code(),
+            self.status.signal(),
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `cmd` to the end (at most `limit`), capturing its output.
+pub fn run(mut cmd: Command, limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    finish(&mut child, start, limit)
+}
+
+/// Waits for a spawned child (stdout/stderr piped) at most `limit` and collects its output.
+pub fn finish(child: &mut Child, start: Instant, limit: Duration) -> Run {
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let status = match wait_timeout(child, limit) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("program did not finish within {limit:?}: stderr so far unavailable (killed)");
+        }
+    };
+    let wall = start.elapsed();
+    Run { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap(), wall }
+}
+
+/// Deterministic noise: xorshift32 samples in +-`amp`, never 0 (so silence is detectable).
+pub fn noise(seed: u32, n: usize, amp: i16) -> Vec<i16> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let v = ((x >> 16) as i32 % (i32::from(amp) + 1)) as i16;
+            if v == 0 {
+                1
+            } else if x & 1 == 0 {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect()
+}
+
+/// Interleaves per-channel sample lists (all the same length).
+pub fn interleave(chans: &[Vec<i16>]) -> Vec<i16> {
+    let n = chans[0].len();
+    (0..n).flat_map(|i| chans.iter().map(move |c| c[i])).collect()
+}
+
+/// Writes a 16-bit PCM WAV.
+pub fn write_wav(path: &Path, channels: u16, rate: u32, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + data_len as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&channels.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
+    b.extend_from_slice(&(channels * 2).to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, b).expect("write wav");
+}
+
+/// Channel `c` of interleaved `samples`.
+pub fn channel(samples: &[i16], channels: usize, c: usize) -> Vec<i16> {
+    samples.iter().skip(c).step_by(channels).copied().collect()
+}
+
+/// Checks that `recorded` holds `expected` bit-exact and contiguous with only silence (zeros)
+/// around it, where `expected` never has a frame of all zeros at its ends. Returns the offset.
+/// Works on one channel or on interleaved frames alike (`frame` samples per step).
+pub fn assert_contiguous(recorded: &[i16], expected: &[i16], frame: usize, what: &str) -> usize {
+    let start = recorded.chunks_exact(frame).position(|f| f.iter().any(|s| *s != 0));
+    let Some(start_frame) = start else {
+        panic!("{what}: the card recorded only silence ({} frames)", recorded.len() / frame)
+    };
+    let start = start_frame * frame;
+    let end = start + expected.len();
+    assert!(
+        end <= recorded.len(),
+        "{what}: recording too short: sound starts at frame {start_frame}, needs {} frames, has {}",
+        expected.len() / frame,
+        (recorded.len() - start) / frame
+    );
+    if let Some(i) = (0..expected.len()).find(|&i| recorded[start + i] != expected[i]) {
+        panic!(
+            "{what}: first difference at frame {} of the sound (recorded {:?}, expected {:?}; sound starts at frame {start_frame})",
+            i / frame,
+            &recorded[start + i..(start + i + 8).min(recorded.len())],
+            &expected[i..(i + 8).min(expected.len())]
+        );
+    }
+    if let Some(i) = recorded[end..].iter().position(|s| *s != 0) {
+        panic!("{what}: non-silence after the sound, {} frames after its end", i / frame);
+    }
+    start_frame
+}
