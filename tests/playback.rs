@@ -67,7 +67,7 @@ fn two_clients_one_per_channel_are_each_bit_exact() {
 
 /// A square wave of +-amp, flipping every `half` frames, on the left channel only.
 fn square(n: usize, amp: i16, half: usize) -> Vec<i16> {
-    let left: Vec<i16> = (0..n).map(|i| if (i / half) % 2 == 0 { amp } else { -amp }).collect();
+    let left: Vec<i16> = (0..n).map(|i| if (i / half).is_multiple_of(2) { amp } else { -amp }).collect();
     interleave(&[left, vec![0; n]])
 }
 
