@@ -1,0 +1,625 @@
+//! The virtual card's model: a hardware pointer that follows CLOCK_MONOTONIC from the moment of
+//! start, playback frames copied from alsa-lib's buffer to `playback_file`, capture frames copied
+//! from `capture_file` into it, xrun and fault injection, and the timerfd deadline.
+//! `ioplug.rs` owns the FFI; this module sees alsa-lib only through [`IoView`] and [`Area`].
+//! Runs in: whichever application thread calls the PCM (under the plugin's mutex). RT: yes (no
+//! allocation; syscalls: write/pread on the files, timerfd_settime/read).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileExt;
+
+use crate::config::Config;
+use crate::timer::TimerFd;
+
+/// A positive errno that leaves a callback as `-errno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub libc::c_int);
+
+/// Stream direction of this PCM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The card plays what the application writes.
+    Playback,
+    /// The card records what the application reads.
+    Capture,
+}
+
+/// What a callback sees of alsa-lib's side at the moment of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct IoView {
+    /// `io->appl_ptr`: the application pointer, wrapped at the boundary.
+    pub appl: u64,
+    /// `io->state == SND_PCM_STATE_DRAINING`.
+    pub draining: bool,
+}
+
+/// alsa-lib's interleaved ring buffer (`mmap_rw = 1`: its own `malloc`), checked at prepare.
+#[derive(Debug, Clone, Copy)]
+pub struct Area {
+    /// First byte of frame 0.
+    pub base: *mut u8,
+    /// Buffer size in frames (the ring wraps there).
+    pub frames: u64,
+}
+
+/// Why `pointer` reports no position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointerError {
+    /// The writer fell behind (playback) or the reader did (capture), or an injected xrun.
+    Xrun,
+    /// `disconnect_at_ms` has passed: the card is unplugged.
+    Gone,
+}
+
+/// The card's sample clock: frames elapsed for nanoseconds elapsed, with skew.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    frames_per_ns: f64,
+}
+
+impl Clock {
+    /// A clock of `rate` frames per second, off by `skew_ppm` parts per million.
+    pub fn new(rate: u32, skew_ppm: f64) -> Self {
+        Self { frames_per_ns: f64::from(rate) * (1.0 + skew_ppm / 1e6) / 1e9 }
+    }
+
+    /// Whole frames elapsed after `ns` nanoseconds (monotonic in `ns`).
+    pub fn frames(&self, ns: u64) -> u64 {
+        (ns as f64 * self.frames_per_ns) as u64
+    }
+
+    /// The first nanosecond at which `frames(ns) >= frames`.
+    pub fn ns_for(&self, frames: u64) -> u64 {
+        let mut ns = (frames as f64 / self.frames_per_ns).ceil() as u64;
+        // f64 rounding may be off by a little either way: settle on the exact first nanosecond.
+        for _ in 0..64 {
+            if self.frames(ns) >= frames {
+                break;
+            }
+            ns += 1;
+        }
+        for _ in 0..64 {
+            if ns == 0 || self.frames(ns - 1) < frames {
+                break;
+            }
+            ns -= 1;
+        }
+        ns
+    }
+}
+
+/// One virtual card (one open PCM). Positions are unwrapped `u64` frames since prepare;
+/// alsa-lib's are wrapped at `boundary`.
+#[derive(Debug)]
+pub struct Card {
+    cfg: Config,
+    dir: Direction,
+    frame_bytes: u64,
+    clock: Clock,
+    timer: TimerFd,
+    playback_file: Option<File>,
+    capture_file: Option<File>,
+    /// Frames of `capture_file` consumed since open (the file is a signal that goes on in time).
+    capture_pos_frames: u64,
+    capture_eof: bool,
+    write_failed: bool,
+    // From hw/sw params and prepare.
+    avail_min: u64,
+    stop_threshold: u64,
+    boundary: u64,
+    area: Option<Area>,
+    // Run state.
+    running: bool,
+    seg_start_ns: u64,
+    base_frames: u64,
+    hw_frames: u64,
+    xrun: bool,
+    first_start_ns: Option<u64>,
+    xrun_injected: bool,
+    gone: bool,
+}
+
+const ENODEV: Errno = Errno(libc::ENODEV);
+
+impl Card {
+    /// A stopped card; `playback_file`/`capture_file` are already open (or `None`).
+    pub fn new(
+        cfg: Config,
+        dir: Direction,
+        timer: TimerFd,
+        playback_file: Option<File>,
+        capture_file: Option<File>,
+    ) -> Self {
+        Self {
+            frame_bytes: u64::from(cfg.frame_bytes()),
+            clock: Clock::new(cfg.rate, cfg.skew_ppm),
+            cfg,
+            dir,
+            timer,
+            playback_file,
+            capture_file,
+            capture_pos_frames: 0,
+            capture_eof: false,
+            write_failed: false,
+            avail_min: 1,
+            stop_threshold: u64::MAX,
+            boundary: 0,
+            area: None,
+            running: false,
+            seg_start_ns: 0,
+            base_frames: 0,
+            hw_frames: 0,
+            xrun: false,
+            first_start_ns: None,
+            xrun_injected: false,
+            gone: false,
+        }
+    }
+
+    /// The configuration the card was opened with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The stream direction.
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// The timerfd to poll.
+    pub fn poll_fd(&self) -> RawFd {
+        self.timer.raw()
+    }
+
+    fn ms_after_first_start(&self, ms: Option<u64>) -> Option<u64> {
+        Some(self.first_start_ns? + ms? * 1_000_000)
+    }
+
+    /// Marks the card gone once `disconnect_at_ms` has passed.
+    ///
+    /// # Errors
+    /// `ENODEV` from then on.
+    pub fn check_gone(&mut self, now_ns: u64) -> Result<(), Errno> {
+        if !self.gone {
+            if let Some(t) = self.ms_after_first_start(self.cfg.disconnect_at_ms) {
+                self.gone = now_ns >= t;
+            }
+        }
+        if self.gone {
+            Err(ENODEV)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn forced_xrun_due(&self, now_ns: u64) -> bool {
+        self.running
+            && !self.xrun_injected
+            && self.ms_after_first_start(self.cfg.xrun_at_ms).is_some_and(|t| now_ns >= t)
+    }
+
+    /// The card's position at `now_ns` (frames since prepare; frozen unless running).
+    fn clock_frames(&self, now_ns: u64) -> u64 {
+        if self.running {
+            self.base_frames + self.clock.frames(now_ns.saturating_sub(self.seg_start_ns))
+        } else {
+            self.base_frames
+        }
+    }
+
+    /// alsa-lib's wrapped appl_ptr as an unwrapped position near `hw_frames`.
+    fn appl_frames(&self, appl_wrapped: u64) -> u64 {
+        if self.boundary == 0 {
+            return appl_wrapped;
+        }
+        let b = i128::from(self.boundary);
+        let hw_wrapped = i128::from(self.hw_frames % self.boundary);
+        let mut diff = (i128::from(appl_wrapped) - hw_wrapped).rem_euclid(b);
+        if diff > b / 2 {
+            diff -= b;
+        }
+        (i128::from(self.hw_frames) + diff).max(0) as u64
+    }
+
+    fn buffer_frames(&self) -> u64 {
+        self.area.map_or(0, |a| a.frames)
+    }
+
+    /// Frames available to the application if the hardware were at `pos`.
+    fn avail_at(&self, pos: u64, appl: u64) -> i128 {
+        match self.dir {
+            Direction::Playback => i128::from(self.buffer_frames()) + i128::from(pos) - i128::from(appl),
+            Direction::Capture => i128::from(pos) - i128::from(appl),
+        }
+    }
+
+    fn wrapped(&self, pos: u64) -> u64 {
+        if self.boundary == 0 {
+            pos
+        } else {
+            pos % self.boundary
+        }
+    }
+
+    /// Records from the sw_params callback.
+    ///
+    /// # Errors
+    /// `ENODEV` once the card is gone.
+    pub fn sw_params(&mut self, now_ns: u64, avail_min: u64, stop_threshold: u64, boundary: u64) -> Result<(), Errno> {
+        self.check_gone(now_ns)?;
+        self.avail_min = avail_min.max(1);
+        self.stop_threshold = stop_threshold;
+        self.boundary = boundary;
+        Ok(())
+    }
+
+    /// Resets positions (alsa-lib has just set appl and hw to 0) and takes the new buffer.
+    ///
+    /// # Errors
+    /// `ENODEV` once the card is gone.
+    pub fn prepare(&mut self, now_ns: u64, area: Area, view: IoView) -> Result<(), Errno> {
+        self.check_gone(now_ns)?;
+        self.area = Some(area);
+        self.running = false;
+        self.base_frames = 0;
+        self.hw_frames = 0;
+        self.xrun = false;
+        self.arm(now_ns, view);
+        Ok(())
+    }
+
+    /// Starts the clock at the current hw position.
+    ///
+    /// # Errors
+    /// `ENODEV` once the card is gone.
+    pub fn start(&mut self, now_ns: u64, view: IoView) -> Result<(), Errno> {
+        self.check_gone(now_ns)?;
+        self.first_start_ns.get_or_insert(now_ns);
+        self.running = true;
+        self.seg_start_ns = now_ns;
+        self.base_frames = self.hw_frames;
+        self.arm(now_ns, view);
+        Ok(())
+    }
+
+    /// Stops the clock; playback records what was played since the last pointer update.
+    /// Idempotent (alsa-lib calls it at drain end and again at close).
+    pub fn stop(&mut self, now_ns: u64, view: IoView) {
+        let _ = self.check_gone(now_ns);
+        if self.running && !self.xrun && !self.gone && self.dir == Direction::Playback {
+            let appl = self.appl_frames(view.appl);
+            let clock = self.clock_frames(now_ns);
+            self.play_until(clock.min(appl), appl);
+        }
+        self.running = false;
+        self.base_frames = self.hw_frames;
+        self.timer.disarm();
+        self.timer.clear();
+    }
+
+    /// Freezes (`enable`) or resumes the clock.
+    ///
+    /// # Errors
+    /// `ENODEV` once the card is gone.
+    pub fn pause(&mut self, now_ns: u64, enable: bool, view: IoView) -> Result<(), Errno> {
+        self.check_gone(now_ns)?;
+        if enable && self.running {
+            self.base_frames = self.clock_frames(now_ns);
+            self.running = false;
+        } else if !enable && !self.running {
+            self.seg_start_ns = now_ns;
+            self.running = true;
+        }
+        self.arm(now_ns, view);
+        Ok(())
+    }
+
+    /// The `pointer` callback: moves the hw position to the clock, plays/records the frames in
+    /// between, re-arms the timer and returns the position wrapped at the boundary
+    /// (`SND_PCM_IOPLUG_FLAG_BOUNDARY_WA` wants absolute positions).
+    ///
+    /// # Errors
+    /// [`PointerError::Xrun`] when the clock passed the writer (playback: `avail >= stop_threshold`,
+    /// that is, past appl_ptr by default) or the reader (capture), or at `xrun_at_ms` (once);
+    /// it stays until the next prepare. [`PointerError::Gone`] after `disconnect_at_ms`.
+    pub fn pointer(&mut self, now_ns: u64, view: IoView) -> Result<u64, PointerError> {
+        if self.check_gone(now_ns).is_err() {
+            self.timer.fire_now();
+            return Err(PointerError::Gone);
+        }
+        if self.xrun {
+            return Err(PointerError::Xrun);
+        }
+        let clock = self.clock_frames(now_ns);
+        let appl = self.appl_frames(view.appl);
+        let xrun = if self.forced_xrun_due(now_ns) {
+            self.xrun_injected = true;
+            true
+        } else {
+            // Only a running card consumes frames: prepared (not started) and paused never xrun.
+            self.running && !view.draining && self.avail_at(clock, appl) >= i128::from(self.stop_threshold)
+        };
+        if xrun {
+            // Play what the card got to play before the writer "fell behind"; capture loses it.
+            match self.dir {
+                Direction::Playback => self.play_until(clock.min(appl), appl),
+                Direction::Capture => self.skip_capture(clock.saturating_sub(self.hw_frames)),
+            }
+            self.xrun = true;
+            self.running = false;
+            self.base_frames = self.hw_frames;
+            self.timer.fire_now();
+            return Err(PointerError::Xrun);
+        }
+        match self.dir {
+            // Draining: the hardware stops at the last written frame; alsa-lib then sees
+            // avail == buffer and drops the stream.
+            Direction::Playback if view.draining => self.play_until(clock.min(appl), appl),
+            Direction::Playback => self.play_until(clock, appl),
+            Direction::Capture => self.capture_until(clock),
+        }
+        self.arm(now_ns, view);
+        Ok(self.wrapped(self.hw_frames))
+    }
+
+    /// The `poll_revents` callback: clears the timerfd, says whether the application may
+    /// proceed (avail >= avail_min, or an xrun/fault it must notice), re-arms the timer.
+    ///
+    /// # Errors
+    /// `ENODEV` once the card is gone.
+    pub fn poll_ready(&mut self, now_ns: u64, view: IoView) -> Result<bool, Errno> {
+        self.check_gone(now_ns)?;
+        self.timer.clear();
+        let appl = self.appl_frames(view.appl);
+        let ready = if self.xrun || self.forced_xrun_due(now_ns) {
+            true
+        } else if self.running {
+            let clock = self.clock_frames(now_ns);
+            let avail = self.avail_at(clock, appl);
+            if self.dir == Direction::Playback && view.draining {
+                clock >= appl
+            } else {
+                avail >= i128::from(self.avail_min) || avail >= i128::from(self.stop_threshold)
+            }
+        } else {
+            self.avail_at(self.hw_frames, appl) >= i128::from(self.avail_min)
+        };
+        self.arm(now_ns, view);
+        Ok(ready)
+    }
+
+    /// The CLOCK_MONOTONIC time at which the clock reaches `frames` (0 if it already has).
+    fn time_of(&self, frames: u64, now_ns: u64) -> u64 {
+        if frames <= self.clock_frames(now_ns) {
+            0
+        } else {
+            self.seg_start_ns + self.clock.ns_for(frames - self.base_frames)
+        }
+    }
+
+    /// Arms the timerfd for the next moment the application must look: avail reaching avail_min
+    /// (drain: the last frame played), an xrun, or a pending fault.
+    fn arm(&mut self, now_ns: u64, view: IoView) {
+        if self.gone || self.xrun {
+            self.timer.fire_now();
+            return;
+        }
+        let appl = self.appl_frames(view.appl);
+        if !self.running {
+            if self.avail_at(self.hw_frames, appl) >= i128::from(self.avail_min) {
+                self.timer.fire_now();
+            } else {
+                self.timer.disarm();
+            }
+            return;
+        }
+        let buffer = self.buffer_frames();
+        let (ready_at, xrun_at) = match self.dir {
+            Direction::Playback if view.draining => (appl, u64::MAX),
+            Direction::Playback => (
+                (appl + self.avail_min).saturating_sub(buffer),
+                appl.saturating_add(self.stop_threshold).saturating_sub(buffer),
+            ),
+            Direction::Capture => (appl + self.avail_min, appl.saturating_add(self.stop_threshold)),
+        };
+        let mut t = self.time_of(ready_at, now_ns);
+        if xrun_at != u64::MAX {
+            t = t.min(self.time_of(xrun_at, now_ns));
+        }
+        if !self.xrun_injected {
+            if let Some(f) = self.ms_after_first_start(self.cfg.xrun_at_ms) {
+                t = t.min(f);
+            }
+        }
+        if let Some(f) = self.ms_after_first_start(self.cfg.disconnect_at_ms) {
+            t = t.min(f);
+        }
+        self.timer.arm_at(t);
+    }
+
+    /// Raw bytes of frames `[pos, pos + n)` of the ring, `n` not crossing its end.
+    fn ring_chunk(&self, area: Area, pos: u64, n: u64) -> (*mut u8, usize) {
+        let off = pos % area.frames;
+        debug_assert!(off + n <= area.frames);
+        // In bounds: off + n <= frames, and the buffer holds frames * frame_bytes bytes.
+        let ptr = area.base.wrapping_add((off * self.frame_bytes) as usize);
+        (ptr, (n * self.frame_bytes) as usize)
+    }
+
+    /// Playback: the hardware moves to `to`; frames in `[hw, min(to, appl))` were played and go
+    /// to `playback_file` (one write(2) per ring chunk, unbuffered: current even after SIGKILL).
+    fn play_until(&mut self, to: u64, appl: u64) {
+        let end = to.min(appl);
+        if let (Some(area), true) = (self.area, end > self.hw_frames) {
+            let mut pos = self.hw_frames;
+            while pos < end && self.playback_file.is_some() && area.frames > 0 {
+                let n = (end - pos).min(area.frames - pos % area.frames);
+                let (ptr, len) = self.ring_chunk(area, pos, n);
+                // SAFETY: `ptr..ptr+len` lies inside alsa-lib's ring buffer (checked at prepare to be
+                // `frames * frame_bytes` long, interleaved, and alive until the next hw_params, which
+                // is followed by a prepare that replaces `area`). These frames are between hw_ptr and
+                // appl_ptr: written by the application and not writable by it until we report them.
+                let bytes = unsafe { std::slice::from_raw_parts(ptr.cast_const(), len) };
+                if let Some(f) = self.playback_file.as_mut() {
+                    if let Err(e) = f.write_all(bytes) {
+                        if !self.write_failed {
+                            eprintln!("shmix_vcard: writing playback_file failed: {e}");
+                            self.write_failed = true;
+                        }
+                    }
+                }
+                pos += n;
+            }
+        }
+        self.hw_frames = self.hw_frames.max(to);
+    }
+
+    fn skip_capture(&mut self, frames: u64) {
+        self.capture_pos_frames += frames;
+    }
+
+    /// Capture: the hardware moves to `to`; frames `[hw, to)` are "recorded" from `capture_file`
+    /// (silence after its end) into the ring.
+    fn capture_until(&mut self, to: u64) {
+        let Some(area) = self.area.filter(|a| a.frames > 0) else {
+            self.hw_frames = self.hw_frames.max(to);
+            return;
+        };
+        let mut pos = self.hw_frames;
+        if to.saturating_sub(pos) > area.frames {
+            // Only the last buffer's worth survives in the ring.
+            self.skip_capture(to - area.frames - pos);
+            pos = to - area.frames;
+        }
+        while pos < to {
+            let n = (to - pos).min(area.frames - pos % area.frames);
+            let (ptr, len) = self.ring_chunk(area, pos, n);
+            // SAFETY: in bounds of alsa-lib's ring as for playback; frames `[hw, to)` are beyond
+            // hw_ptr, so the application does not read them until we report them.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            let filled = self.read_capture(dst);
+            dst[filled..].fill(0);
+            self.capture_pos_frames += n;
+            pos += n;
+        }
+        self.hw_frames = to;
+    }
+
+    /// Reads capture_file bytes at the current position into `dst`; returns how many it got.
+    fn read_capture(&mut self, dst: &mut [u8]) -> usize {
+        let Some(f) = self.capture_file.as_ref().filter(|_| !self.capture_eof) else {
+            return 0;
+        };
+        let start = self.capture_pos_frames * self.frame_bytes;
+        let mut got = 0;
+        while got < dst.len() {
+            match f.read_at(&mut dst[got..], start + got as u64) {
+                Ok(0) => {
+                    self.capture_eof = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.capture_eof = true;
+                    break;
+                }
+            }
+        }
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_inverse_is_exact() {
+        for (rate, skew) in [(48_000, 0.0), (44_100, 0.0), (48_000, 250.0), (8_000, -1000.0)] {
+            let c = Clock::new(rate, skew);
+            for f in [1u64, 2, 47, 48_000, 1_234_567, 10_000_000_000] {
+                let ns = c.ns_for(f);
+                assert!(c.frames(ns) >= f, "rate {rate} f {f}");
+                assert!(c.frames(ns - 1) < f, "rate {rate} f {f}");
+            }
+        }
+        assert_eq!(Clock::new(48_000, 0.0).frames(1_000_000_000), 48_000);
+        assert_eq!(Clock::new(48_000, 100.0).frames(1_000_000_000), 48_004);
+    }
+
+    fn card(dir: Direction) -> Card {
+        Card::new(Config::default(), dir, TimerFd::new().unwrap(), None, None)
+    }
+
+    #[test]
+    fn appl_unwraps_near_hw_across_the_boundary() {
+        let mut c = card(Direction::Playback);
+        c.boundary = 1 << 20;
+        c.hw_frames = (1 << 20) - 10;
+        assert_eq!(c.appl_frames(5), (1 << 20) + 5);
+        assert_eq!(c.appl_frames((1 << 20) - 20), (1 << 20) - 20);
+        c.hw_frames = 3 * (1 << 20) + 7;
+        assert_eq!(c.wrapped(c.hw_frames), 7);
+        assert_eq!(c.appl_frames(100), 3 * (1 << 20) + 100);
+    }
+
+    #[test]
+    fn playback_xruns_when_clock_passes_appl() {
+        let mut buf = vec![0u8; 1024 * 4];
+        let mut c = card(Direction::Playback);
+        c.sw_params(0, 256, 1024, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
+        let v = |appl| IoView { appl, draining: false };
+        c.prepare(0, area, v(1024)).unwrap();
+        let t0 = 1_000_000_000;
+        c.start(t0, v(1024)).unwrap();
+        // 10 ms = 480 frames at 48 kHz.
+        assert_eq!(c.pointer(t0 + 10_000_000, v(1024)), Ok(480));
+        // 30 ms = 1440 frames > appl 1024: underrun.
+        assert_eq!(c.pointer(t0 + 30_000_000, v(1024)), Err(PointerError::Xrun));
+        assert_eq!(c.hw_frames, 1024);
+        // Draining instead stops at appl.
+        c.prepare(0, area, v(1024)).unwrap();
+        c.start(t0, v(1024)).unwrap();
+        let d = IoView { appl: 1024, draining: true };
+        assert_eq!(c.pointer(t0 + 30_000_000, d), Ok(1024));
+    }
+
+    #[test]
+    fn pause_freezes_the_clock_and_resume_continues_it() {
+        let mut buf = vec![0u8; 4096 * 4];
+        let mut c = card(Direction::Playback);
+        c.sw_params(0, 256, 4096, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 4096 };
+        let v = IoView { appl: 4096, draining: false };
+        c.prepare(0, area, v).unwrap();
+        let t0 = 1_000_000_000;
+        c.start(t0, v).unwrap();
+        c.pause(t0 + 10_000_000, true, v).unwrap();
+        // Paused for a long time: no progress, no xrun.
+        assert_eq!(c.pointer(t0 + 5_000_000_000, v), Ok(480));
+        c.pause(t0 + 5_000_000_000, false, v).unwrap();
+        assert_eq!(c.pointer(t0 + 5_010_000_000, v), Ok(960));
+    }
+
+    #[test]
+    fn capture_overrun_when_reader_falls_behind() {
+        let mut buf = vec![0u8; 1024 * 4];
+        let mut c = card(Direction::Capture);
+        c.sw_params(0, 256, 1024, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
+        let v = IoView { appl: 0, draining: false };
+        c.prepare(0, area, v).unwrap();
+        let t0 = 1_000_000_000;
+        c.start(t0, v).unwrap();
+        assert_eq!(c.pointer(t0 + 10_000_000, v), Ok(480));
+        assert_eq!(c.pointer(t0 + 30_000_000, v), Err(PointerError::Xrun));
+        // It stays in xrun until the next prepare.
+        assert_eq!(c.pointer(t0 + 31_000_000, v), Err(PointerError::Xrun));
+        c.prepare(t0 + 32_000_000, area, v).unwrap();
+        assert_eq!(c.pointer(t0 + 33_000_000, v), Ok(0));
+    }
+}

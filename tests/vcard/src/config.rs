@@ -1,0 +1,292 @@
+//! The `pcm.NAME { type shmix_vcard ... }` block, parsed once at open into a checked [`Config`].
+//! `ioplug.rs` reads the `snd_config_t` nodes into [`Value`]s; everything here is safe Rust.
+//! Runs in: the application's thread that calls `snd_pcm_open`. RT: no.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::sys;
+
+/// One config node's value as alsa-lib typed it. Numbers may come as strings (`rate "48000"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `SND_CONFIG_TYPE_INTEGER` or `INTEGER64`.
+    Int(i64),
+    /// `SND_CONFIG_TYPE_REAL`.
+    Real(f64),
+    /// `SND_CONFIG_TYPE_STRING`.
+    Str(String),
+    /// A compound (`hint { ... }`) or a pointer node.
+    Other,
+}
+
+/// The one sample format the card runs at. Silence is all-zero bytes for each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named after ALSA's formats, all little-endian
+pub enum SampleFormat {
+    /// `S16_LE`.
+    S16Le,
+    /// `S24_LE`: 24 bits in the low bytes of a 4-byte container.
+    S24Le,
+    /// `S24_3LE`: packed 3 bytes.
+    S24_3Le,
+    /// `S32_LE`.
+    S32Le,
+    /// `FLOAT_LE`.
+    FloatLe,
+    /// `FLOAT64_LE`.
+    Float64Le,
+}
+
+impl SampleFormat {
+    /// Parses an ALSA format name, case-insensitively.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "S16_LE" => Self::S16Le,
+            "S24_LE" => Self::S24Le,
+            "S24_3LE" => Self::S24_3Le,
+            "S32_LE" => Self::S32Le,
+            "FLOAT_LE" | "FLOAT32_LE" => Self::FloatLe,
+            "FLOAT64_LE" => Self::Float64Le,
+            _ => return None,
+        })
+    }
+
+    /// Bytes one sample occupies in the buffer (the physical width).
+    pub fn sample_bytes(self) -> u32 {
+        match self {
+            Self::S16Le => 2,
+            Self::S24_3Le => 3,
+            Self::S24Le | Self::S32Le | Self::FloatLe => 4,
+            Self::Float64Le => 8,
+        }
+    }
+
+    /// The `snd_pcm_format_t` value alsa-lib uses for it.
+    pub fn to_alsa(self) -> sys::snd_pcm_format_t {
+        match self {
+            Self::S16Le => sys::SND_PCM_FORMAT_S16_LE,
+            Self::S24Le => sys::SND_PCM_FORMAT_S24_LE,
+            Self::S24_3Le => sys::SND_PCM_FORMAT_S24_3LE,
+            Self::S32Le => sys::SND_PCM_FORMAT_S32_LE,
+            Self::FloatLe => sys::SND_PCM_FORMAT_FLOAT_LE,
+            Self::Float64Le => sys::SND_PCM_FORMAT_FLOAT64_LE,
+        }
+    }
+}
+
+/// The checked configuration of one virtual card.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `format`, default `S16_LE`.
+    pub format: SampleFormat,
+    /// `rate` in Hz, default 48000.
+    pub rate: u32,
+    /// `channels`, default 2.
+    pub channels: u32,
+    /// `playback_file`: every played frame is appended here raw; `None` discards.
+    pub playback_file: Option<PathBuf>,
+    /// `capture_file`: raw frames fed to capture; silence after its end or when `None`.
+    pub capture_file: Option<PathBuf>,
+    /// `period_min` in frames, default 16.
+    pub period_min_frames: u32,
+    /// `buffer_max` in frames, default 65536.
+    pub buffer_max_frames: u32,
+    /// `skew_ppm`: the card's clock runs at `rate * (1 + skew_ppm / 1e6)`, default 0.
+    pub skew_ppm: f64,
+    /// `xrun_at_ms`: one forced xrun this long after the first start.
+    pub xrun_at_ms: Option<u64>,
+    /// `disconnect_at_ms`: from this long after the first start on, the card is gone (-ENODEV).
+    pub disconnect_at_ms: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            format: SampleFormat::S16Le,
+            rate: 48_000,
+            channels: 2,
+            playback_file: None,
+            capture_file: None,
+            period_min_frames: 16,
+            buffer_max_frames: 65_536,
+            skew_ppm: 0.0,
+            xrun_at_ms: None,
+            disconnect_at_ms: None,
+        }
+    }
+}
+
+/// Why the config block was refused. `Display` is the whole user-facing line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A key this plugin does not know.
+    UnknownKey {
+        /// The key as written.
+        key: String,
+    },
+    /// A known key with a value of the wrong type or out of range.
+    BadValue {
+        /// The key as written.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKey { key } => write!(f, "shmix_vcard: unknown config key '{key}'"),
+            Self::BadValue { key, reason } => {
+                write!(f, "shmix_vcard: bad value for config key '{key}': {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue { key: key.to_owned(), reason: reason.into() }
+}
+
+/// An integer in `min..=max`, given as an integer, an integral real or a string.
+fn int_in(key: &str, v: &Value, min: i64, max: i64) -> Result<i64, ConfigError> {
+    let n = match v {
+        Value::Int(n) => *n,
+        Value::Real(r) if r.fract() == 0.0 && r.is_finite() => *r as i64,
+        Value::Str(s) => s.trim().parse::<i64>().map_err(|_| bad(key, format!("expected an integer, got \"{s}\"")))?,
+        _ => return Err(bad(key, "expected an integer")),
+    };
+    if n < min || n > max {
+        return Err(bad(key, format!("{n} is outside {min}..={max}")));
+    }
+    Ok(n)
+}
+
+/// A real number in `min..=max`, given as an integer, a real or a string.
+fn real_in(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, ConfigError> {
+    let r = match v {
+        Value::Int(n) => *n as f64,
+        Value::Real(r) => *r,
+        Value::Str(s) => s.trim().parse::<f64>().map_err(|_| bad(key, format!("expected a number, got \"{s}\"")))?,
+        Value::Other => return Err(bad(key, "expected a number")),
+    };
+    if !r.is_finite() || r < min || r > max {
+        return Err(bad(key, format!("{r} is outside {min}..={max}")));
+    }
+    Ok(r)
+}
+
+fn string(key: &str, v: &Value) -> Result<String, ConfigError> {
+    match v {
+        Value::Str(s) if !s.is_empty() => Ok(s.clone()),
+        Value::Str(_) => Err(bad(key, "empty string")),
+        _ => Err(bad(key, "expected a string")),
+    }
+}
+
+impl Config {
+    /// Builds the config from the block's `(key, value)` pairs, in order.
+    ///
+    /// `comment`, `type` and `hint` are accepted and ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownKey`] for a key it does not know, [`ConfigError::BadValue`] for a value
+    /// of the wrong type or out of range (also when `buffer_max < 2 * period_min`).
+    pub fn from_entries<I>(entries: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, Value)>,
+    {
+        let mut c = Self::default();
+        for (key, v) in entries {
+            let k = key.as_str();
+            match k {
+                "comment" | "type" | "hint" => {}
+                "format" => {
+                    let name = string(k, &v)?;
+                    c.format = SampleFormat::from_name(&name).ok_or_else(|| {
+                        bad(
+                            k,
+                            format!(
+                                "unsupported format \"{name}\" (S16_LE, S24_LE, S24_3LE, S32_LE, \
+                                 FLOAT_LE, FLOAT64_LE)"
+                            ),
+                        )
+                    })?;
+                }
+                "rate" => c.rate = int_in(k, &v, 1000, 768_000)? as u32,
+                "channels" => c.channels = int_in(k, &v, 1, 64)? as u32,
+                "playback_file" => c.playback_file = Some(string(k, &v)?.into()),
+                "capture_file" => c.capture_file = Some(string(k, &v)?.into()),
+                "period_min" => c.period_min_frames = int_in(k, &v, 1, 1 << 20)? as u32,
+                "buffer_max" => c.buffer_max_frames = int_in(k, &v, 2, 1 << 22)? as u32,
+                "skew_ppm" => c.skew_ppm = real_in(k, &v, -100_000.0, 100_000.0)?,
+                "xrun_at_ms" => c.xrun_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
+                "disconnect_at_ms" => {
+                    c.disconnect_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64);
+                }
+                _ => return Err(ConfigError::UnknownKey { key }),
+            }
+        }
+        if u64::from(c.buffer_max_frames) < 2 * u64::from(c.period_min_frames) {
+            return Err(bad(
+                "buffer_max",
+                format!("{} is less than two periods of period_min {}", c.buffer_max_frames, c.period_min_frames),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Bytes per frame in the card's format.
+    pub fn frame_bytes(&self) -> u32 {
+        self.format.sample_bytes() * self.channels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: Value) -> (String, Value) {
+        (k.to_owned(), v)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_entries([kv("type", Value::Str("shmix_vcard".into()))]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.frame_bytes(), 4);
+    }
+
+    #[test]
+    fn numbers_as_strings_and_reals() {
+        let c = Config::from_entries([
+            kv("rate", Value::Str("44100".into())),
+            kv("channels", Value::Real(6.0)),
+            kv("skew_ppm", Value::Str("-12.5".into())),
+            kv("format", Value::Str("float_le".into())),
+            kv("hint", Value::Other),
+            kv("comment", Value::Str("x".into())),
+        ])
+        .unwrap();
+        assert_eq!((c.rate, c.channels, c.skew_ppm), (44_100, 6, -12.5));
+        assert_eq!(c.format, SampleFormat::FloatLe);
+        assert_eq!(c.frame_bytes(), 24);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let e = Config::from_entries([kv("foo", Value::Int(1))]).unwrap_err();
+        assert_eq!(e.to_string(), "shmix_vcard: unknown config key 'foo'");
+        let e = Config::from_entries([kv("rate", Value::Str("fast".into()))]).unwrap_err();
+        assert!(e.to_string().contains("'rate'"), "{e}");
+        let e = Config::from_entries([kv("format", Value::Str("U8".into()))]).unwrap_err();
+        assert!(e.to_string().contains("'format'"), "{e}");
+        let e = Config::from_entries([kv("buffer_max", Value::Int(20))]).unwrap_err();
+        assert!(e.to_string().contains("'buffer_max'"), "{e}");
+        let e = Config::from_entries([kv("channels", Value::Int(0))]).unwrap_err();
+        assert!(e.to_string().contains("'channels'"), "{e}");
+    }
+}
