@@ -1,3 +1,22 @@
-//! libasound_module_pcm_shmix.so: the ALSA ioplug PCM `type shmix`. Runs inside someone else's
-//! program, in whatever thread calls alsa-lib; no threads of its own. RT: transfer/pointer yes.
+//! libasound_module_pcm_shmix.so: the ALSA ioplug PCM `type shmix` (playback). Programs write into
+//! a shared-memory ring that shmixd mixes from; see DESIGN.md §3 and shared/PROTOCOL.md.
+//! `ioplug.rs` holds every `extern "C"`; `pcm.rs` the stream logic; `conn.rs` the socket;
+//! `config.rs` the PCM block. Runs inside someone else's program, in whatever thread calls
+//! alsa-lib; no threads of its own. RT: transfer/pointer yes.
+
+mod config;
+mod conn;
+mod ioplug;
+mod pcm;
 mod sys;
+
+/// A positive errno; callbacks return it negated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+/// A user-facing error line on stderr (open/hw_params/prepare/drain only, never transfer/pointer).
+pub(crate) fn user_error(msg: &str) {
+    eprintln!("shmix: {msg}");
+}
+
+pub use ioplug::{__snd_pcm_shmix_open_dlsym_pcm_001, _snd_pcm_shmix_open};

@@ -1,0 +1,176 @@
+//! The `pcm.NAME { type shmix ... }` block: reading it out of alsa-lib's config tree and checking
+//! it. Runs in the host program at open. RT: no.
+
+use std::ffi::CStr;
+use std::os::raw::c_long;
+
+use crate::sys;
+
+/// Default latency ceiling: the largest buffer a program may negotiate, in milliseconds.
+pub const DEFAULT_MAX_BUFFER_MS: u32 = 500;
+
+/// One config value, as read from alsa-lib's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A string node.
+    Str(String),
+    /// An integer node.
+    Int(i64),
+    /// Anything else (compound, real, pointer).
+    Other,
+}
+
+/// The checked configuration of one shmix PCM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The `socket` key (`SHMIX_SOCKET` still overrides it when resolving the path).
+    pub socket: Option<String>,
+    /// The `max_buffer_ms` key: the buffer ceiling.
+    pub max_buffer_ms: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { socket: None, max_buffer_ms: DEFAULT_MAX_BUFFER_MS }
+    }
+}
+
+/// Checks the key/value pairs of the PCM block. Errors are user-facing messages (without the
+/// `shmix:` prefix).
+///
+/// # Errors
+/// A message naming the unknown key(s) or the key with a bad value.
+pub fn parse(entries: &[(String, Value)]) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    let mut unknown = Vec::new();
+    for (key, value) in entries {
+        match key.as_str() {
+            "type" | "comment" | "hint" => {}
+            "socket" => match value {
+                Value::Str(s) => cfg.socket = Some(s.clone()),
+                _ => return Err("the 'socket' key must be a string (a path)".into()),
+            },
+            "max_buffer_ms" => {
+                let ms = match value {
+                    Value::Int(v) => *v,
+                    Value::Str(s) => {
+                        s.trim().parse::<i64>().map_err(|_| format!("max_buffer_ms: '{s}' is not an integer"))?
+                    }
+                    Value::Other => return Err("the 'max_buffer_ms' key must be an integer".into()),
+                };
+                if !(1..=60_000).contains(&ms) {
+                    return Err(format!("max_buffer_ms {ms} is out of range (1..60000)"));
+                }
+                cfg.max_buffer_ms = ms as u32;
+            }
+            other => unknown.push(other.to_owned()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown configuration key(s) {} (known: socket, max_buffer_ms)",
+            unknown.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Reads the direct children of the PCM's compound node as key/value pairs.
+///
+/// # Safety
+/// `conf` must be a valid config node handed to the open function by alsa-lib, alive for the
+/// duration of the call.
+pub unsafe fn read_entries(conf: *mut sys::snd_config_t) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    if conf.is_null() {
+        return out;
+    }
+    // SAFETY: `conf` is valid (caller); the iterator functions only walk its child list, which
+    // nobody modifies while the open function runs.
+    let (mut it, end) = unsafe { (sys::snd_config_iterator_first(conf), sys::snd_config_iterator_end(conf)) };
+    while it != end {
+        // SAFETY: `it` lies between first and end of `conf`'s children.
+        let node = unsafe { sys::snd_config_iterator_entry(it) };
+        // SAFETY: as above; `next` of a valid iterator.
+        it = unsafe { sys::snd_config_iterator_next(it) };
+        let mut id_ptr = std::ptr::null();
+        // SAFETY: `node` is a child of `conf`; `id_ptr` is a valid out pointer.
+        if unsafe { sys::snd_config_get_id(node, &mut id_ptr) } < 0 || id_ptr.is_null() {
+            continue;
+        }
+        // SAFETY: alsa-lib returns a NUL-terminated id owned by the node, alive during this call.
+        let id = unsafe { CStr::from_ptr(id_ptr) }.to_string_lossy().into_owned();
+        // SAFETY: `node` is valid.
+        let value = match unsafe { sys::snd_config_get_type(node) } {
+            sys::SND_CONFIG_TYPE_STRING => {
+                let mut s = std::ptr::null();
+                // SAFETY: `node` is a string node; `s` is a valid out pointer.
+                if unsafe { sys::snd_config_get_string(node, &mut s) } >= 0 && !s.is_null() {
+                    // SAFETY: NUL-terminated string owned by the node.
+                    Value::Str(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
+                } else {
+                    Value::Other
+                }
+            }
+            sys::SND_CONFIG_TYPE_INTEGER => {
+                let mut v: c_long = 0;
+                // SAFETY: `node` is an integer node; `v` is a valid out pointer.
+                if unsafe { sys::snd_config_get_integer(node, &mut v) } >= 0 {
+                    Value::Int(v)
+                } else {
+                    Value::Other
+                }
+            }
+            sys::SND_CONFIG_TYPE_INTEGER64 => {
+                let mut v: std::os::raw::c_longlong = 0;
+                // SAFETY: `node` is an integer64 node; `v` is a valid out pointer.
+                if unsafe { sys::snd_config_get_integer64(node, &mut v) } >= 0 {
+                    Value::Int(v)
+                } else {
+                    Value::Other
+                }
+            }
+            _ => Value::Other,
+        };
+        out.push((id, value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: Value) -> (String, Value) {
+        (k.to_owned(), v)
+    }
+
+    #[test]
+    fn defaults_and_known_keys() {
+        assert_eq!(parse(&[kv("type", Value::Str("shmix".into()))]).unwrap(), Config::default());
+        let c = parse(&[
+            kv("type", Value::Str("shmix".into())),
+            kv("socket", Value::Str("/tmp/x/sock".into())),
+            kv("max_buffer_ms", Value::Int(200)),
+            kv("hint", Value::Other),
+            kv("comment", Value::Str("hi".into())),
+        ])
+        .unwrap();
+        assert_eq!(c, Config { socket: Some("/tmp/x/sock".into()), max_buffer_ms: 200 });
+        assert_eq!(parse(&[kv("max_buffer_ms", Value::Str("300".into()))]).unwrap().max_buffer_ms, 300);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse(&[kv("socket", Value::Str("/s".into())), kv("sokcet", Value::Int(1)), kv("foo", Value::Other)])
+            .unwrap_err();
+        assert!(e.contains("'sokcet'") && e.contains("'foo'"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&[kv("socket", Value::Int(3))]).is_err());
+        assert!(parse(&[kv("max_buffer_ms", Value::Int(0))]).is_err());
+        assert!(parse(&[kv("max_buffer_ms", Value::Str("lots".into()))]).unwrap_err().contains("lots"));
+    }
+}

@@ -1,0 +1,548 @@
+//! The FFI fence: the open entry point and every ioplug callback. Each callback is one line into
+//! a guard that catches panics (a panic must never unwind into the host program) and turns
+//! `Err(Errno)` into `-errno`. Learned from alsa-lib 1.2.8 `pcm_ioplug.c`, `pcm_mmap.c`, `pcm.c`:
+//! - `BOUNDARY_WA`: `pointer` returns the read position since prepare modulo the boundary;
+//!   `snd_pcm_ioplug_hw_ptr_update` adds `hw - last_hw`, or `boundary + hw - last_hw` when the
+//!   value went down, so one whole buffer consumed between two calls is not lost.
+//! - Any error from `pointer` makes ioplug set XRUN (DRAINING: drop); `avail_update` then says EPIPE.
+//! - `snd_pcm_hw_params` runs hw_params, sw_params, `snd_pcm_mmap` (MMAP access only: a `malloc`
+//!   kept in `mmap_channels[c].addr`, mirrored in `running_areas[c].addr`), then prepare. In
+//!   prepare we point `running_areas[c].addr` at the SHM ring; `snd_pcm_munmap` frees the original
+//!   through `mmap_channels`, so nothing leaks or is freed twice. With `mmap_rw = 0`,
+//!   `mmap_commit` hands `running_areas` to `transfer`, which sees the data already in place.
+//! - `snd_pcm_ioplug_mmap_areas` is NULL without `mmap_rw`, so the areas come from the public
+//!   `snd_pcm_mmap_begin`, which needs a runnable state: prepare sets `io.state = PREPARED`
+//!   first (ioplug sets it right after a successful prepare anyway).
+//! - prepare, sw_params, drain and the poll callbacks run without the PCM lock, and `snd_pcm_drop`
+//!   may run in another thread during drain: the state lives behind our own mutex.
+//! - `snd_pcm_abort` = `snd_pcm_nonblock(pcm, 2)` sets `io.nonblock`: drain polls it.
+//!
+//! Runs in the host program's calling threads. RT: transfer/pointer/poll_revents yes.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_uint, c_ushort};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::{Mutex, MutexGuard};
+
+use shmix_shared::msg::{AudioParams, Direction};
+use shmix_shared::socket::resolve_socket_path;
+use shmix_shared::SampleFormat;
+
+use crate::config;
+use crate::conn::Conn;
+use crate::pcm::{hw_limits, Pcm, Source};
+use crate::sys;
+use crate::{user_error, Errno};
+
+/// alsa-lib's `snd_dlsym_verify()` looks this up before it trusts `_snd_pcm_shmix_open`.
+#[unsafe(no_mangle)]
+pub static __snd_pcm_shmix_open_dlsym_pcm_001: c_char = 0;
+
+static NAME: &CStr = c"shmix";
+
+/// Stored by pointer in every ioplug: must be static.
+static CALLBACKS: sys::snd_pcm_ioplug_callback_t = sys::snd_pcm_ioplug_callback_t {
+    start: Some(cb_start),
+    stop: Some(cb_stop),
+    pointer: Some(cb_pointer),
+    transfer: Some(cb_transfer),
+    close: Some(cb_close),
+    hw_params: Some(cb_hw_params),
+    hw_free: Some(cb_hw_free),
+    sw_params: Some(cb_sw_params),
+    prepare: Some(cb_prepare),
+    drain: Some(cb_drain),
+    pause: Some(cb_pause),
+    resume: None,
+    poll_descriptors_count: Some(cb_poll_descriptors_count),
+    poll_descriptors: Some(cb_poll_descriptors),
+    poll_revents: Some(cb_poll_revents),
+    dump: None,
+    delay: Some(cb_delay),
+    query_chmaps: None,
+    get_chmap: None,
+    set_chmap: None,
+};
+
+/// What `io.private_data` points at. The `snd_pcm_ioplug_t` is a separate heap block that never
+/// moves (alsa-lib aliases `&io->hw_ptr` and `&io->appl_ptr`); we only touch it through `io`.
+struct Plugin {
+    io: *mut sys::snd_pcm_ioplug_t,
+    pcm: Mutex<Pcm>,
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        // SAFETY: `io` came from `Box::into_raw` in `open` and alsa-lib is done with it (close
+        // callback, or create failed).
+        drop(unsafe { Box::from_raw(self.io) });
+    }
+}
+
+fn guard(f: impl FnOnce() -> Result<c_int, Errno>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(Errno(e))) => -e,
+        Err(_) => -libc::EIO,
+    }
+}
+
+fn guard_frames(f: impl FnOnce() -> Result<sys::snd_pcm_sframes_t, Errno>) -> sys::snd_pcm_sframes_t {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(Errno(e))) => -sys::snd_pcm_sframes_t::from(e),
+        Err(_) => -sys::snd_pcm_sframes_t::from(libc::EIO),
+    }
+}
+
+/// The plugin behind `io`.
+///
+/// # Safety
+/// `io` is an ioplug created by `open` and not yet closed.
+unsafe fn plugin<'a>(io: *mut sys::snd_pcm_ioplug_t) -> &'a Plugin {
+    // SAFETY: (caller) `private_data` was set to a live `Box<Plugin>` before create and is freed
+    // only in the close callback.
+    unsafe { &*((*io).private_data as *const Plugin) }
+}
+
+fn lock(p: &Plugin) -> Result<MutexGuard<'_, Pcm>, Errno> {
+    p.pcm.lock().map_err(|_| Errno(libc::EIO))
+}
+
+// ----- callbacks: one line each --------------------------------------------------------------
+
+unsafe extern "C" fn cb_start(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: alsa-lib passes the ioplug it created for us.
+    guard(|| lock(unsafe { plugin(io) })?.start().map(|()| 0))
+}
+
+unsafe extern "C" fn cb_stop(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: as in `cb_start`.
+    guard(|| lock(unsafe { plugin(io) }).map(|mut p| p.stop()).map(|()| 0))
+}
+
+unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_sframes_t {
+    // SAFETY: as in `cb_start`.
+    guard_frames(|| lock(unsafe { plugin(io) })?.pointer().map(|v| v as sys::snd_pcm_sframes_t))
+}
+
+unsafe extern "C" fn cb_transfer(
+    io: *mut sys::snd_pcm_ioplug_t,
+    areas: *const sys::snd_pcm_channel_area_t,
+    offset: sys::snd_pcm_uframes_t,
+    size: sys::snd_pcm_uframes_t,
+) -> sys::snd_pcm_sframes_t {
+    // SAFETY: alsa-lib passes our ioplug and `channels` areas covering `offset..offset+size`.
+    guard_frames(|| unsafe { transfer(io, areas, offset, size) })
+}
+
+unsafe extern "C" fn cb_close(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: close is the last callback; alsa-lib frees its private part after it returns.
+    guard(|| unsafe { close(io) })
+}
+
+unsafe extern "C" fn cb_hw_params(io: *mut sys::snd_pcm_ioplug_t, _params: *mut sys::snd_pcm_hw_params_t) -> c_int {
+    // SAFETY: as in `cb_start`; ioplug filled the negotiated fields before calling us.
+    guard(|| unsafe { hw_params(io) })
+}
+
+unsafe extern "C" fn cb_hw_free(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: as in `cb_start`.
+    guard(|| lock(unsafe { plugin(io) })?.hw_free().map(|()| 0))
+}
+
+unsafe extern "C" fn cb_sw_params(io: *mut sys::snd_pcm_ioplug_t, params: *mut sys::snd_pcm_sw_params_t) -> c_int {
+    // SAFETY: as in `cb_start`; `params` is valid for the call.
+    guard(|| unsafe { sw_params(io, params) })
+}
+
+unsafe extern "C" fn cb_prepare(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: as in `cb_start`.
+    guard(|| unsafe { prepare(io) })
+}
+
+unsafe extern "C" fn cb_drain(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: as in `cb_start`.
+    guard(|| unsafe { drain(io) })
+}
+
+unsafe extern "C" fn cb_pause(io: *mut sys::snd_pcm_ioplug_t, enable: c_int) -> c_int {
+    // SAFETY: as in `cb_start`.
+    guard(|| lock(unsafe { plugin(io) })?.pause(enable != 0).map(|()| 0))
+}
+
+unsafe extern "C" fn cb_poll_descriptors_count(_io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    2
+}
+
+unsafe extern "C" fn cb_poll_descriptors(
+    io: *mut sys::snd_pcm_ioplug_t,
+    pfd: *mut libc::pollfd,
+    space: c_uint,
+) -> c_int {
+    // SAFETY: as in `cb_start`; `pfd` has room for `space` entries.
+    guard(|| unsafe { poll_descriptors(io, pfd, space) })
+}
+
+unsafe extern "C" fn cb_poll_revents(
+    io: *mut sys::snd_pcm_ioplug_t,
+    pfd: *mut libc::pollfd,
+    nfds: c_uint,
+    revents: *mut c_ushort,
+) -> c_int {
+    // SAFETY: as in `cb_start`; `pfd` holds `nfds` entries and `revents` is writable.
+    guard(|| unsafe { poll_revents(io, pfd, nfds, revents) })
+}
+
+unsafe extern "C" fn cb_delay(io: *mut sys::snd_pcm_ioplug_t, delayp: *mut sys::snd_pcm_sframes_t) -> c_int {
+    // SAFETY: as in `cb_start`; `delayp` is writable.
+    guard(|| unsafe { delay(io, delayp) })
+}
+
+/// The `type shmix` constructor.
+///
+/// # Safety
+/// Called by alsa-lib with valid out pointer, name, config nodes, stream and mode.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _snd_pcm_shmix_open(
+    pcmp: *mut *mut sys::snd_pcm_t,
+    name: *const c_char,
+    _root: *mut sys::snd_config_t,
+    conf: *mut sys::snd_config_t,
+    stream: sys::snd_pcm_stream_t,
+    mode: c_int,
+) -> c_int {
+    // SAFETY: arguments straight from alsa-lib (see `# Safety`).
+    guard(|| unsafe { open(pcmp, name, conf, stream, mode) })
+}
+
+// ----- bodies -------------------------------------------------------------------------------
+
+unsafe fn open(
+    pcmp: *mut *mut sys::snd_pcm_t,
+    name: *const c_char,
+    conf: *mut sys::snd_config_t,
+    stream: sys::snd_pcm_stream_t,
+    mode: c_int,
+) -> Result<c_int, Errno> {
+    let debug = std::env::var_os("SHMIX_DEBUG").is_some_and(|v| v == "1");
+    // SAFETY: `conf` is the PCM's node, alive during open.
+    let entries = unsafe { config::read_entries(conf) };
+    let cfg = config::parse(&entries).map_err(|msg| {
+        user_error(&msg);
+        Errno(libc::EINVAL)
+    })?;
+    if stream != sys::SND_PCM_STREAM_PLAYBACK {
+        user_error("capture is not supported yet (playback only)");
+        return Err(Errno(libc::ENOTSUP));
+    }
+    let path = resolve_socket_path(cfg.socket.as_deref());
+    let conn = Conn::connect(&path, Direction::Playback).map_err(|e| {
+        user_error(&e.message);
+        Errno(e.errno)
+    })?;
+    let device = conn.device;
+    if debug {
+        eprintln!(
+            "shmix: connected to {}: device {} {} Hz {} ch, period {}",
+            conn.path().display(),
+            device.format,
+            device.rate,
+            device.channels,
+            device.period_frames
+        );
+    }
+    let pcm = Pcm::new(conn, debug)?;
+
+    let io = Box::into_raw(Box::new(sys::snd_pcm_ioplug_t {
+        version: sys::SND_PCM_IOPLUG_VERSION,
+        name: NAME.as_ptr(),
+        flags: sys::SND_PCM_IOPLUG_FLAG_BOUNDARY_WA,
+        poll_fd: -1,
+        poll_events: 0,
+        mmap_rw: 0,
+        callback: &CALLBACKS,
+        // ioplug does not take the open mode's NONBLOCK into `nonblock`; drain reads it.
+        nonblock: c_int::from(mode & sys::SND_PCM_NONBLOCK as c_int != 0),
+        ..Default::default()
+    }));
+    let plugin = Box::into_raw(Box::new(Plugin { io, pcm: Mutex::new(pcm) }));
+    // SAFETY: `io` is our fresh, unshared allocation.
+    unsafe { (*io).private_data = plugin.cast() };
+    // SAFETY: `io` is fully initialised and stays at this address until close.
+    let err = unsafe { sys::snd_pcm_ioplug_create(io, name, stream, mode) };
+    if err < 0 {
+        // SAFETY: create failed, so alsa-lib keeps no reference; nothing else owns `plugin`.
+        drop(unsafe { Box::from_raw(plugin) });
+        return Err(Errno(-err));
+    }
+    // SAFETY: `io` was created above; on error `snd_pcm_ioplug_delete` closes it, which runs our
+    // close callback and frees `plugin`.
+    if let Err(e) = unsafe { set_limits(io, &device, cfg.max_buffer_ms) } {
+        // SAFETY: as above.
+        unsafe { sys::snd_pcm_ioplug_delete(io) };
+        return Err(e);
+    }
+    // SAFETY: `pcmp` is alsa-lib's out pointer; `(*io).pcm` was set by create.
+    unsafe { *pcmp = (*io).pcm };
+    Ok(0)
+}
+
+unsafe fn set_limits(io: *mut sys::snd_pcm_ioplug_t, device: &AudioParams, max_buffer_ms: u32) -> Result<(), Errno> {
+    let l = hw_limits(device, max_buffer_ms);
+    let access = [sys::SND_PCM_ACCESS_RW_INTERLEAVED, sys::SND_PCM_ACCESS_MMAP_INTERLEAVED];
+    let format = [l.format.code()];
+    let check = |r: c_int| if r < 0 { Err(Errno(-r)) } else { Ok(()) };
+    let hw = |t: u32| t as c_int;
+    // SAFETY: `io` was created by snd_pcm_ioplug_create; the lists outlive the calls (alsa-lib
+    // copies them).
+    unsafe {
+        check(sys::snd_pcm_ioplug_set_param_list(io, hw(sys::SND_PCM_IOPLUG_HW_ACCESS), 2, access.as_ptr()))?;
+        check(sys::snd_pcm_ioplug_set_param_list(io, hw(sys::SND_PCM_IOPLUG_HW_FORMAT), 1, format.as_ptr()))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_CHANNELS), l.channels, l.channels))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_RATE), l.rate, l.rate))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(
+            io,
+            hw(sys::SND_PCM_IOPLUG_HW_PERIOD_BYTES),
+            l.period_bytes.0,
+            l.period_bytes.1,
+        ))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_PERIODS), l.periods.0, l.periods.1))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(
+            io,
+            hw(sys::SND_PCM_IOPLUG_HW_BUFFER_BYTES),
+            l.buffer_bytes.0,
+            l.buffer_bytes.1,
+        ))?;
+    }
+    Ok(())
+}
+
+unsafe fn close(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
+    // SAFETY: `private_data` is the Box made in `open`; close is called once, last.
+    let plugin = unsafe { Box::from_raw((*io).private_data as *mut Plugin) };
+    if let Ok(p) = plugin.pcm.lock() {
+        p.close();
+    }
+    drop(plugin); // closes the socket (the daemon destroys the stream), unmaps, frees `io`
+    Ok(0)
+}
+
+unsafe fn hw_params(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
+    // SAFETY: ioplug wrote these fields before calling hw_params; nobody writes them meanwhile.
+    let (format, channels, rate, period, buffer) =
+        unsafe { ((*io).format, (*io).channels, (*io).rate, (*io).period_size, (*io).buffer_size) };
+    let format = SampleFormat::from_code(format as u32).ok_or(Errno(libc::EINVAL))?;
+    let params = AudioParams {
+        format,
+        rate,
+        channels,
+        period_frames: u32::try_from(period).map_err(|_| Errno(libc::EINVAL))?,
+        buffer_frames: u32::try_from(buffer).map_err(|_| Errno(libc::EINVAL))?,
+    };
+    // SAFETY: `io` is live.
+    lock(unsafe { plugin(io) })?.hw_params(params).map(|()| 0)
+}
+
+unsafe fn sw_params(io: *mut sys::snd_pcm_ioplug_t, params: *mut sys::snd_pcm_sw_params_t) -> Result<c_int, Errno> {
+    let (mut avail_min, mut boundary): (sys::snd_pcm_uframes_t, sys::snd_pcm_uframes_t) = (1, 0);
+    // SAFETY: `params` is valid for this call; the out pointers are ours.
+    unsafe {
+        sys::snd_pcm_sw_params_get_avail_min(params, &mut avail_min);
+        sys::snd_pcm_sw_params_get_boundary(params, &mut boundary);
+    }
+    // SAFETY: `io` is live.
+    lock(unsafe { plugin(io) })?.sw_params(avail_min, boundary);
+    Ok(0)
+}
+
+unsafe fn prepare(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
+    // SAFETY: `io` is live.
+    let plugin = unsafe { plugin(io) };
+    let mut p = lock(plugin)?;
+    p.prepare()?;
+    // SAFETY: `io` is live; prepare runs with the PCM unlocked (pcm_ioplug.c), so the public
+    // mmap_begin may take the lock.
+    let pointed = unsafe { repoint_mmap_areas(io, &p) };
+    if p.debug() {
+        // SAFETY: plain field read.
+        if unsafe { (*io).access } == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED {
+            eprintln!(
+                "shmix: prepare: mmap areas {}",
+                if pointed { "point at shared memory" } else { "NOT re-pointed (copying)" }
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Points alsa-lib's running mmap areas at the SHM ring (MMAP_INTERLEAVED only). Returns
+/// whether it did; `transfer` verifies it on every call anyway.
+///
+/// # Safety
+/// `io` is live and its PCM is not locked by this thread.
+unsafe fn repoint_mmap_areas(io: *mut sys::snd_pcm_ioplug_t, p: &Pcm) -> bool {
+    let (Some((base, _)), Some(fb)) = (p.ring_region(), p.frame_bytes()) else { return false };
+    // SAFETY: plain field reads of our ioplug.
+    let (access, channels, state) = unsafe { ((*io).access, (*io).channels, (*io).state) };
+    if access != sys::SND_PCM_ACCESS_MMAP_INTERLEAVED || channels == 0 {
+        return false;
+    }
+    // snd_pcm_mmap_begin refuses SETUP; ioplug sets PREPARED right after we return success.
+    // SAFETY: `state` is ours to set (snd_pcm_ioplug_set_state does the same).
+    unsafe { (*io).state = sys::SND_PCM_STATE_PREPARED };
+    let mut areas: *const sys::snd_pcm_channel_area_t = ptr::null();
+    let (mut offset, mut frames): (sys::snd_pcm_uframes_t, sys::snd_pcm_uframes_t) = (0, 0);
+    // SAFETY: `(*io).pcm` is our PCM, set up and mmapped (hw_params ran snd_pcm_mmap); the out
+    // pointers are valid.
+    let r = unsafe { sys::snd_pcm_mmap_begin((*io).pcm, &mut areas, &mut offset, &mut frames) };
+    if r < 0 || areas.is_null() {
+        // SAFETY: restore what we changed.
+        unsafe { (*io).state = state };
+        return false;
+    }
+    let sample_bits = fb * 8 / channels;
+    for c in 0..channels as usize {
+        // SAFETY: `areas` is alsa-lib's `running_areas`, an array of `channels` entries.
+        let a = unsafe { &*areas.add(c) };
+        if a.first != c as c_uint * sample_bits || a.step != fb * 8 {
+            return false;
+        }
+    }
+    for c in 0..channels as usize {
+        // SAFETY: `running_areas` is heap memory alsa-lib allocated in snd_pcm_mmap and only
+        // reads elsewhere; it frees the buffer through `mmap_channels[c].addr`, not this field,
+        // and frees this array itself in snd_pcm_munmap (before our hw_free unmaps the ring).
+        unsafe { (*areas.cast_mut().add(c)).addr = base.cast() };
+    }
+    true
+}
+
+unsafe fn transfer(
+    io: *mut sys::snd_pcm_ioplug_t,
+    areas: *const sys::snd_pcm_channel_area_t,
+    offset: sys::snd_pcm_uframes_t,
+    size: sys::snd_pcm_uframes_t,
+) -> Result<sys::snd_pcm_sframes_t, Errno> {
+    // SAFETY: plain field reads of our ioplug (alsa-lib holds the PCM lock; it forwards appl_ptr
+    // only after we return).
+    let (appl_ptr, channels) = unsafe { ((*io).appl_ptr, (*io).channels as usize) };
+    // SAFETY: `io` is live.
+    let mut p = lock(unsafe { plugin(io) })?;
+    if size == 0 {
+        return Ok(0);
+    }
+    let frames = u32::try_from(size).map_err(|_| Errno(libc::EINVAL))?;
+    let fb = p.frame_bytes().ok_or(Errno(libc::EBADFD))? as usize;
+    let (ring, ring_len) = p.ring_region().ok_or(Errno(libc::EBADFD))?;
+    if areas.is_null() || channels == 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: alsa-lib passes one area per channel.
+    let areas = unsafe { std::slice::from_raw_parts(areas, channels) };
+    let sample_bits = (fb * 8 / channels) as c_uint;
+    let a0 = areas[0];
+    let interleaved = a0.first % 8 == 0
+        && areas.iter().enumerate().all(|(c, a)| {
+            a.addr == a0.addr && a.first == a0.first + c as c_uint * sample_bits && a.step as usize == fb * 8
+        });
+    let dst = p.transfer_target(appl_ptr)?;
+    let len = frames as usize * fb;
+    if interleaved {
+        let src = (a0.addr as *const u8).wrapping_add(a0.first as usize / 8 + offset as usize * fb);
+        if ptr::eq(src, dst) {
+            return p.transfer(appl_ptr, frames, Source::InPlace).map(|n| n as sys::snd_pcm_sframes_t);
+        }
+        let (lo, hi) = (src as usize, src as usize + len);
+        if lo < ring as usize + ring_len && hi > ring as usize {
+            return Err(Errno(libc::EIO)); // in the ring but not where it belongs: never expected
+        }
+        // SAFETY: alsa-lib guarantees the areas hold `size` frames from `offset` (the
+        // application's buffer for writei, alsa-lib's mmap buffer for mmap_commit); they do not
+        // overlap the ring (checked above) and nobody writes them during this call.
+        let bytes = unsafe { std::slice::from_raw_parts(src, len) };
+        return p.transfer(appl_ptr, frames, Source::Frames(bytes)).map(|n| n as sys::snd_pcm_sframes_t);
+    }
+    // Non-interleaved areas (never produced for our access types): gather sample by sample.
+    let sb = sample_bits as usize / 8;
+    let mut buf = vec![0u8; len];
+    for f in 0..frames as usize {
+        for (c, a) in areas.iter().enumerate() {
+            let bit = a.first as usize + (offset as usize + f) * a.step as usize;
+            // SAFETY: as above: channel `c`'s area holds frame `offset + f`; `bit` is byte
+            // aligned for our formats (whole-byte samples).
+            let s = unsafe { std::slice::from_raw_parts((a.addr as *const u8).add(bit / 8), sb) };
+            buf[f * fb + c * sb..f * fb + (c + 1) * sb].copy_from_slice(s);
+        }
+    }
+    p.transfer(appl_ptr, frames, Source::Frames(&buf)).map(|n| n as sys::snd_pcm_sframes_t)
+}
+
+unsafe fn drain(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
+    // SAFETY: `io` is live.
+    let plugin = unsafe { plugin(io) };
+    // `io.nonblock` is written by snd_pcm_nonblock/snd_pcm_abort, possibly from a signal handler
+    // or another thread: read it fresh every time.
+    // SAFETY: a volatile read of an int field of our live ioplug.
+    let nonblock = || unsafe { ptr::read_volatile(ptr::addr_of!((*io).nonblock)) } != 0;
+    Pcm::drain(&plugin.pcm, &nonblock).map(|()| 0)
+}
+
+unsafe fn poll_descriptors(
+    io: *mut sys::snd_pcm_ioplug_t,
+    pfd: *mut libc::pollfd,
+    space: c_uint,
+) -> Result<c_int, Errno> {
+    if pfd.is_null() || space < 2 {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: `io` is live.
+    let fds = lock(unsafe { plugin(io) })?.poll_fds();
+    for (i, fd) in fds.into_iter().enumerate() {
+        // SAFETY: `pfd` has room for `space >= 2` entries.
+        unsafe { *pfd.add(i) = libc::pollfd { fd, events: libc::POLLIN, revents: 0 } };
+    }
+    Ok(2)
+}
+
+unsafe fn poll_revents(
+    io: *mut sys::snd_pcm_ioplug_t,
+    pfd: *mut libc::pollfd,
+    nfds: c_uint,
+    revents: *mut c_ushort,
+) -> Result<c_int, Errno> {
+    if revents.is_null() {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: `io` is live.
+    let mut p = lock(unsafe { plugin(io) })?;
+    let sock = p.poll_fds()[1];
+    let pfds = if pfd.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: alsa-lib passes `nfds` entries.
+        unsafe { std::slice::from_raw_parts(pfd, nfds as usize) }
+    };
+    let sock_revents = pfds.iter().filter(|f| f.fd == sock).fold(0, |acc, f| acc | f.revents);
+    let r = p.revents(sock_revents);
+    if p.dead().is_some() {
+        // POLLERR then reads as -ENODEV from snd_pcm_wait (pcm_state_to_error).
+        // SAFETY: `io` is live; this is what snd_pcm_ioplug_set_state does.
+        unsafe { (*io).state = sys::SND_PCM_STATE_DISCONNECTED };
+    }
+    // SAFETY: `revents` is writable (checked non-null).
+    unsafe { *revents = r };
+    Ok(0)
+}
+
+unsafe fn delay(io: *mut sys::snd_pcm_ioplug_t, delayp: *mut sys::snd_pcm_sframes_t) -> Result<c_int, Errno> {
+    // SAFETY: `io` is live.
+    let d = lock(unsafe { plugin(io) })?.delay()?;
+    if delayp.is_null() {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: `delayp` is writable.
+    unsafe { *delayp = d as sys::snd_pcm_sframes_t };
+    Ok(0)
+}

@@ -1,0 +1,940 @@
+//! One shmix playback PCM: the stream's shared memory, its cursors, the control records, the
+//! eventfd readiness mirror, delay. Plain Rust: `ioplug.rs` translates alsa-lib's callbacks into
+//! these methods (under this PCM's mutex). Runs in the host program's calling thread(s).
+//! RT: `transfer`, `pointer`, `revents`, `delay` yes (no allocation, no syscall in steady state
+//! except the one eventfd read per period and clock_gettime through the vDSO).
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use shmix_shared::cursor;
+use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS, MAX_BUFFER_FRAMES, MAX_POOL_BYTES};
+use shmix_shared::msg::{AudioParams, Record};
+use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::sync::Ordering;
+use shmix_shared::wake::{self, SleepDecision};
+use shmix_shared::SampleFormat;
+
+use crate::conn::Conn;
+use crate::Errno;
+
+/// Smallest period the plugin offers, in frames.
+pub const MIN_PERIOD_FRAMES: u32 = 16;
+/// Most periods per buffer.
+pub const MAX_PERIODS: u32 = 1024;
+/// How long `prepare` waits for the daemon to confirm a `Stop`.
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+/// Margin added to a drain's expected duration.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// Frame counters, reported at close under `SHMIX_DEBUG=1`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames copied from the application's buffer into shared memory.
+    pub copied_frames: u64,
+    /// Frames the application wrote straight into shared memory (mmap, published only).
+    pub zero_copy_frames: u64,
+    /// Xruns the daemon reported.
+    pub xruns: u64,
+}
+
+/// The hardware constraints offered to alsa-lib (`snd_pcm_ioplug_set_param_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HwLimits {
+    /// The only format.
+    pub format: SampleFormat,
+    /// The only channel count.
+    pub channels: u32,
+    /// The only rate.
+    pub rate: u32,
+    /// Period bytes range.
+    pub period_bytes: (u32, u32),
+    /// Periods range.
+    pub periods: (u32, u32),
+    /// Buffer bytes range.
+    pub buffer_bytes: (u32, u32),
+}
+
+/// Computes the constraints for `device` under a `max_buffer_ms` ceiling: like a hardware device,
+/// only the device's format, rate and channels (`plug:shmix` converts); the buffer at least two
+/// device periods (the daemon takes device-period steps) and at most `max_buffer_ms` of audio.
+#[must_use]
+pub fn hw_limits(device: &AudioParams, max_buffer_ms: u32) -> HwLimits {
+    let fb = u64::from(device.frame_bytes());
+    let min_buf_frames = (2 * u64::from(device.period_frames)).max(2 * u64::from(MIN_PERIOD_FRAMES));
+    // Keep the whole memfd under the daemon's limit (64 KiB for header and rings is plenty).
+    let pool_frames = (MAX_POOL_BYTES - 65536) / fb;
+    let max_buf_frames = (u64::from(max_buffer_ms) * u64::from(device.rate) / 1000)
+        .min(u64::from(MAX_BUFFER_FRAMES))
+        .min(pool_frames)
+        .max(min_buf_frames);
+    let to_bytes = |frames: u64| u32::try_from(frames * fb).unwrap_or(u32::MAX);
+    HwLimits {
+        format: device.format,
+        channels: device.channels,
+        rate: device.rate,
+        period_bytes: (to_bytes(u64::from(MIN_PERIOD_FRAMES)), to_bytes(max_buf_frames / 2)),
+        periods: (2, MAX_PERIODS),
+        buffer_bytes: (to_bytes(min_buf_frames), to_bytes(max_buf_frames)),
+    }
+}
+
+/// What the stream is doing, as the plugin sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Set up, not prepared (after hw_params or a drop).
+    Setup,
+    /// Prepared, not started.
+    Prepared,
+    /// Started.
+    Running,
+    /// Paused.
+    Paused,
+    /// Draining: waiting for `Drained`.
+    Draining,
+}
+
+/// Where `transfer`'s frames are.
+#[derive(Debug)]
+pub enum Source<'a> {
+    /// Already in the ring where they belong (an mmap client wrote through the re-pointed areas).
+    InPlace,
+    /// Interleaved frames to copy.
+    Frames(&'a [u8]),
+}
+
+#[derive(Debug)]
+struct Stream {
+    shm: StreamShm,
+    params: AudioParams,
+    c2d: RingEnd,
+    d2c: RingEnd,
+    d2c_pos: u32,
+    seq: u32,
+    write_total: u64,
+    read_total: u64,
+    read_seen: u32,
+    phase: Phase,
+    /// The daemon may be consuming (Start/Resume/Drain sent, no Stopped/Drained/Xrun since).
+    daemon_active: bool,
+    stop_pending: Option<u32>,
+    drain_pending: Option<u32>,
+    drained: bool,
+    xrun: bool,
+    started_ns: u64,
+    /// Last delay reported and the write position then (delay never grows between writes).
+    last_delay: Option<(i64, u64)>,
+}
+
+/// One PCM handle's state. Lives behind a mutex in `ioplug.rs`.
+#[derive(Debug)]
+pub struct Pcm {
+    conn: Conn,
+    client_wake: EventFd,
+    daemon_wake: EventFd,
+    debug: bool,
+    stream: Option<Stream>,
+    counters: Counters,
+    boundary: u64,
+    avail_min: u32,
+    /// Set once the daemon is gone or reported `Fatal` (positive errno).
+    dead: Option<i32>,
+    /// We believe `client_wake` has a non-zero count (written by us or the daemon).
+    efd_signalled: bool,
+    /// We set `audio_write.sleeping` and have not looked at it since.
+    armed: bool,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO, no syscall).
+#[must_use]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Delay math (PROTOCOL.md "Timing"): `write - pos + queued - elapsed*rate`, never negative.
+/// `snapshot` is `(pos, queued_frames, ts_ns)`; `elapsed` is not counted while paused.
+#[must_use]
+pub fn raw_delay(
+    write: u32,
+    snapshot: (u32, u32, u64),
+    now_ns: u64,
+    rate: u32,
+    buffer: u32,
+    paused: bool,
+) -> Option<i64> {
+    let (pos, queued, ts) = snapshot;
+    let fill = write.wrapping_sub(pos);
+    if fill > buffer {
+        return None;
+    }
+    let elapsed_frames =
+        if paused { 0 } else { (u128::from(now_ns.saturating_sub(ts)) * u128::from(rate) / 1_000_000_000) as i64 };
+    Some((i64::from(fill) + i64::from(queued) - elapsed_frames).max(0))
+}
+
+/// Caps `delay` so that it never grows between writes: at most the last report plus what was
+/// written since.
+#[must_use]
+pub fn monotonic_delay(delay: i64, last: Option<(i64, u64)>, write_total: u64) -> i64 {
+    match last {
+        Some((d, w)) => delay.min(d.saturating_add(write_total.saturating_sub(w) as i64)),
+        None => delay,
+    }
+}
+
+impl Pcm {
+    /// A PCM on a connected daemon. Creates the two eventfds that every stream of this handle
+    /// uses (so poll descriptors stay valid across hw_params).
+    ///
+    /// # Errors
+    /// eventfd creation failed.
+    pub fn new(conn: Conn, debug: bool) -> Result<Self, Errno> {
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let client_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
+        let daemon_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
+        Ok(Self {
+            conn,
+            client_wake,
+            daemon_wake,
+            debug,
+            stream: None,
+            counters: Counters::default(),
+            boundary: 0,
+            avail_min: 1,
+            dead: None,
+            efd_signalled: false,
+            armed: false,
+        })
+    }
+
+    /// Whether `SHMIX_DEBUG` is on.
+    #[must_use]
+    pub fn debug(&self) -> bool {
+        self.debug
+    }
+
+    /// The poll descriptors: `client_wake` and the control socket, both POLLIN.
+    #[must_use]
+    pub fn poll_fds(&self) -> [RawFd; 2] {
+        [self.client_wake.as_fd().as_raw_fd(), self.conn.raw_fd()]
+    }
+
+    /// Whether the daemon is known to be gone (or the stream dead).
+    #[must_use]
+    pub fn dead(&self) -> Option<i32> {
+        self.dead
+    }
+
+    /// The audio ring's base address and length in bytes, if a stream exists (for re-pointing
+    /// mmap areas and for refusing sources that overlap it).
+    #[must_use]
+    pub fn ring_region(&self) -> Option<(*mut u8, usize)> {
+        self.stream.as_ref().map(|s| (s.shm.audio_ptr(), s.shm.layout().audio_bytes as usize))
+    }
+
+    /// Bytes per frame of the stream, if one exists.
+    #[must_use]
+    pub fn frame_bytes(&self) -> Option<u32> {
+        self.stream.as_ref().map(|s| s.params.frame_bytes())
+    }
+
+    fn check_alive(&self) -> Result<(), Errno> {
+        match self.dead {
+            Some(e) => Err(Errno(e)),
+            None => Ok(()),
+        }
+    }
+
+    // ----- setup ---------------------------------------------------------------------------
+
+    /// hw_params: (re)creates the stream for the negotiated parameters. User-facing failures are
+    /// printed here.
+    ///
+    /// # Errors
+    /// The daemon refused, or a system call failed.
+    pub fn hw_params(&mut self, params: AudioParams) -> Result<(), Errno> {
+        self.check_alive()?;
+        self.hw_free()?;
+        let fail = |errno: i32, msg: String| {
+            crate::user_error(&msg);
+            Errno(errno)
+        };
+        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS)
+            .map_err(|v| fail(libc::EINVAL, format!("cannot lay out a {}-frame buffer: {v}", params.buffer_frames)))?;
+        let (memfd, shm) = StreamShm::create(layout, &crate::conn::program_name())
+            .map_err(|e| fail(libc::ENOMEM, format!("cannot create the stream memory: {e}")))?;
+        shm.avail_min().value.store(self.avail_min, Ordering::Release);
+        // A stale count from an earlier stream would make poll lie.
+        let _ = self.client_wake.read();
+        self.efd_signalled = false;
+        self.armed = false;
+        let fds = [memfd.as_raw_fd(), self.client_wake.as_fd().as_raw_fd(), self.daemon_wake.as_fd().as_raw_fd()];
+        let id =
+            self.conn.create_stream(params, layout.msg_records, layout.total_bytes, fds).map_err(|(errno, msg)| {
+                if errno == libc::EAGAIN || errno == libc::ECONNRESET || errno == libc::EPIPE {
+                    self.dead = Some(libc::ENODEV);
+                }
+                fail(errno, msg)
+            })?;
+        drop(memfd); // the daemon holds its own copy; the mapping keeps the memory
+        self.debug_line(format_args!(
+            "stream {id}: {} {} Hz {} ch, period {} buffer {} frames, memfd {} bytes",
+            params.format, params.rate, params.channels, params.period_frames, params.buffer_frames, layout.total_bytes
+        ));
+        self.stream = Some(Stream {
+            shm,
+            params,
+            c2d: RingEnd::default(),
+            d2c: RingEnd::default(),
+            d2c_pos: 0,
+            seq: 0,
+            write_total: 0,
+            read_total: 0,
+            read_seen: 0,
+            phase: Phase::Setup,
+            daemon_active: false,
+            stop_pending: None,
+            drain_pending: None,
+            drained: false,
+            xrun: false,
+            started_ns: 0,
+            last_delay: None,
+        });
+        Ok(())
+    }
+
+    /// hw_free: destroys the stream (DestroyStream, wait StreamDestroyed).
+    ///
+    /// # Errors
+    /// The daemon did not answer.
+    pub fn hw_free(&mut self) -> Result<(), Errno> {
+        if self.stream.take().is_none() {
+            return Ok(());
+        }
+        if self.dead.is_some() {
+            return Ok(());
+        }
+        self.conn.destroy_stream().inspect_err(|e| {
+            self.debug_line(format_args!("DestroyStream failed: errno {}", e.0));
+            self.dead = Some(libc::ENODEV);
+        })
+    }
+
+    /// sw_params: remembers `avail_min` (published in the header) and the boundary.
+    pub fn sw_params(&mut self, avail_min: u64, boundary: u64) {
+        let buffer = self.stream.as_ref().map_or(u32::MAX, |s| s.params.buffer_frames);
+        self.avail_min = u32::try_from(avail_min).unwrap_or(u32::MAX).clamp(1, buffer.max(1));
+        self.boundary = boundary;
+        if let Some(s) = &self.stream {
+            // Pairs with the daemon's Acquire load when it decides whether to wake us.
+            s.shm.avail_min().value.store(self.avail_min, Ordering::Release);
+        }
+        self.sync_readiness();
+    }
+
+    // ----- control -------------------------------------------------------------------------
+
+    fn push(&mut self, make: impl FnOnce(u32) -> Record) -> Result<u32, Errno> {
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        s.seq = s.seq.wrapping_add(1);
+        let seq = s.seq;
+        let ok = s.shm.push_record(Ring::ClientToDaemon, &mut s.c2d, make(seq)).map_err(|_| Errno(libc::EPROTO))?;
+        if !ok {
+            // 64 records unread: the daemon is not serving this stream.
+            return Err(Errno(libc::EIO));
+        }
+        if wake::wake_if_sleeping(&s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping) {
+            let _ = self.daemon_wake.write(1);
+        }
+        Ok(seq)
+    }
+
+    /// start: `Start{seq}`.
+    ///
+    /// # Errors
+    /// Dead daemon, no stream, or the record ring is full.
+    pub fn start(&mut self) -> Result<(), Errno> {
+        self.refresh();
+        self.check_alive()?;
+        self.push(|seq| Record::Start { seq })?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        s.daemon_active = true;
+        s.phase = Phase::Running;
+        s.started_ns = now_ns();
+        s.last_delay = None;
+        self.sync_readiness();
+        Ok(())
+    }
+
+    /// stop (drop; alsa-lib calls it twice on drain + close): `Stop{seq}` if the daemon side may
+    /// be running. Idempotent. Wakes a drain waiting in another thread.
+    pub fn stop(&mut self) {
+        self.refresh();
+        let Some(s) = self.stream.as_mut() else { return };
+        let had_drain = s.drain_pending.take().is_some();
+        s.phase = Phase::Setup;
+        if s.daemon_active && s.stop_pending.is_none() && self.dead.is_none() {
+            match self.push(|seq| Record::Stop { seq }) {
+                Ok(seq) => {
+                    if let Some(s) = self.stream.as_mut() {
+                        s.stop_pending = Some(seq);
+                        s.daemon_active = false;
+                    }
+                }
+                Err(e) => self.debug_line(format_args!("cannot post Stop: errno {}", e.0)),
+            }
+        }
+        if had_drain && !self.efd_signalled {
+            // A drain polling in another thread wakes, sees its drain gone and returns.
+            let _ = self.client_wake.write(1);
+            self.efd_signalled = true;
+        }
+    }
+
+    /// pause(enable): `Pause{seq}` / `Resume{seq}`.
+    ///
+    /// # Errors
+    /// Dead daemon or no stream.
+    pub fn pause(&mut self, enable: bool) -> Result<(), Errno> {
+        self.refresh();
+        self.check_alive()?;
+        if enable {
+            self.push(|seq| Record::Pause { seq })?;
+        } else {
+            self.push(|seq| Record::Resume { seq })?;
+        }
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        s.phase = if enable { Phase::Paused } else { Phase::Running };
+        self.sync_readiness();
+        Ok(())
+    }
+
+    /// prepare: stops the daemon side if it may run and waits (bounded) for its answer, then
+    /// resets both audio cursors and the private counts. The caller re-points mmap areas.
+    ///
+    /// # Errors
+    /// Dead daemon, no stream, or no `Stopped` within [`STOP_WAIT`] (EIO).
+    pub fn prepare(&mut self) -> Result<(), Errno> {
+        self.refresh();
+        self.check_alive()?;
+        let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+        if s.daemon_active {
+            self.stop();
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        while self.stream.as_ref().is_some_and(|s| s.stop_pending.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                crate::user_error("shmixd did not confirm Stop within 1 s");
+                return Err(Errno(libc::EIO));
+            }
+            self.wait_once(left)?;
+            self.refresh();
+            self.check_alive()?;
+        }
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        // The daemon side is STOPPED: it does not touch the audio cursors (PROTOCOL.md).
+        s.shm.audio_write().pos.store(0, Ordering::Release);
+        s.shm.audio_read().pos.store(0, Ordering::Release);
+        s.write_total = 0;
+        s.read_total = 0;
+        s.read_seen = 0;
+        s.phase = Phase::Prepared;
+        s.drain_pending = None;
+        s.drained = false;
+        s.xrun = false;
+        s.last_delay = None;
+        self.sync_readiness();
+        Ok(())
+    }
+
+    /// drain: `Drain{seq}` (starting first if never started), then waits for `Drained`, bounded
+    /// by the queued audio plus [`DRAIN_MARGIN`], without holding the mutex (so a drop from
+    /// another thread aborts it). `nonblock()` is polled: non-blocking or aborted -> EAGAIN.
+    ///
+    /// # Errors
+    /// EAGAIN (non-blocking / aborted), ETIMEDOUT, EPIPE (xrun), or the daemon died.
+    pub fn drain(m: &Mutex<Pcm>, nonblock: &dyn Fn() -> bool) -> Result<(), Errno> {
+        let lock = || m.lock().map_err(|_| Errno(libc::EIO));
+        let (seq, deadline) = {
+            let mut p = lock()?;
+            p.refresh();
+            p.check_alive()?;
+            let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+            let seq = match s.drain_pending {
+                Some(seq) => seq,
+                None => {
+                    if s.write_total == s.read_total && !s.daemon_active {
+                        return Ok(()); // nothing queued, never started
+                    }
+                    let need_start = !s.daemon_active;
+                    s.phase = Phase::Draining;
+                    s.drained = false;
+                    if need_start {
+                        p.push(|seq| Record::Start { seq })?;
+                        let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+                        s.daemon_active = true;
+                        s.started_ns = now_ns();
+                    }
+                    let seq = p.push(|seq| Record::Drain { seq })?;
+                    let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+                    s.drain_pending = Some(seq);
+                    seq
+                }
+            };
+            let s = p.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+            let queued = s.write_total.saturating_sub(s.read_total);
+            let rate = u64::from(s.params.rate.max(1));
+            let expect = Duration::from_nanos(queued.saturating_mul(1_000_000_000) / rate);
+            (seq, Instant::now() + expect + DRAIN_MARGIN)
+        };
+        let mut sock_revents = 0i16;
+        loop {
+            let fds = {
+                let mut p = lock()?;
+                if sock_revents != 0 && p.dead.is_none() && p.conn.peer_gone() {
+                    p.dead = Some(libc::ENODEV);
+                }
+                p.refresh();
+                p.check_alive()?;
+                let s = p.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+                if s.drain_pending != Some(seq) {
+                    return Ok(()); // dropped meanwhile (abort by snd_pcm_drop)
+                }
+                if s.drained {
+                    p.stream.as_mut().ok_or(Errno(libc::EBADFD))?.drain_pending = None;
+                    p.sync_readiness();
+                    return Ok(());
+                }
+                if s.xrun {
+                    p.sync_readiness();
+                    return Err(Errno(libc::EPIPE));
+                }
+                if nonblock() {
+                    p.sync_readiness();
+                    return Err(Errno(libc::EAGAIN));
+                }
+                if Instant::now() >= deadline {
+                    crate::user_error("drain timed out: shmixd did not report the stream drained");
+                    p.sync_readiness();
+                    return Err(Errno(libc::ETIMEDOUT));
+                }
+                if !p.arm_for_records() {
+                    continue;
+                }
+                p.poll_fds()
+            };
+            // Unlocked: another thread may drop (abort) meanwhile; it writes client_wake.
+            let left = deadline.saturating_duration_since(Instant::now());
+            sock_revents = poll_two(fds, left)[1];
+        }
+    }
+
+    // ----- data path ----------------------------------------------------------------------
+
+    /// Where the frame at alsa-lib's `appl_ptr` lives in the ring, and its count since start.
+    fn target(&self, appl_ptr: u64) -> Result<(u64, *mut u8), Errno> {
+        let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+        // appl_ptr wraps at the boundary; our count does not: move by the signed difference
+        // (handles rewind/forward, which alsa-lib does without telling us).
+        let start = if self.boundary == 0 {
+            appl_ptr
+        } else {
+            let ours = s.write_total % self.boundary;
+            let diff = (appl_ptr + self.boundary - ours) % self.boundary;
+            if diff <= self.boundary / 2 {
+                s.write_total + diff
+            } else {
+                s.write_total.saturating_sub(self.boundary - diff)
+            }
+        };
+        let buffer = s.params.buffer_frames;
+        let index = cursor::ring_index(start, buffer);
+        let addr = s.shm.audio_ptr().wrapping_add(index as usize * s.params.frame_bytes() as usize);
+        Ok((start, addr))
+    }
+
+    /// The ring address the frame at `appl_ptr` belongs at (transfer compares the source with it).
+    ///
+    /// # Errors
+    /// No stream.
+    pub fn transfer_target(&self, appl_ptr: u64) -> Result<*mut u8, Errno> {
+        self.target(appl_ptr).map(|(_, a)| a)
+    }
+
+    /// transfer: copies (or, in place, only publishes) `frames` frames starting at `appl_ptr`,
+    /// then publishes the write position.
+    ///
+    /// # Errors
+    /// Dead daemon, no stream, or a source that does not match `frames`.
+    pub fn transfer(&mut self, appl_ptr: u64, frames: u32, src: Source<'_>) -> Result<u32, Errno> {
+        self.check_alive()?;
+        let (start, _) = self.target(appl_ptr)?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        let buffer = s.params.buffer_frames;
+        if frames > buffer {
+            return Err(Errno(libc::EINVAL));
+        }
+        let end = start + u64::from(frames);
+        if end.saturating_sub(s.read_total) > u64::from(buffer) {
+            return Err(Errno(libc::EPIPE)); // would overwrite what the daemon has not read
+        }
+        match src {
+            Source::InPlace => self.counters.zero_copy_frames += u64::from(frames),
+            Source::Frames(bytes) => {
+                if bytes.len() != frames as usize * s.params.frame_bytes() as usize {
+                    return Err(Errno(libc::EINVAL));
+                }
+                s.shm.write_audio(cursor::ring_index(start, buffer), bytes);
+                self.counters.copied_frames += u64::from(frames);
+            }
+        }
+        if end > s.write_total {
+            s.write_total = end;
+            // Publish: pairs with the daemon's Acquire load of audio_write.
+            s.shm.audio_write().pos.store(end as u32, Ordering::Release);
+        }
+        self.sync_readiness();
+        Ok(frames)
+    }
+
+    /// pointer: the daemon's read position as an absolute frame count since prepare, wrapped at
+    /// the boundary (`SND_PCM_IOPLUG_FLAG_BOUNDARY_WA`: pcm_ioplug.c computes the delta from the
+    /// previous value modulo the boundary). EPIPE after an xrun; the errno once dead.
+    ///
+    /// # Errors
+    /// EPIPE (xrun), ENODEV/ESHUTDOWN (daemon gone), EBADFD (no stream).
+    pub fn pointer(&mut self) -> Result<u64, Errno> {
+        self.refresh();
+        self.sync_readiness();
+        self.check_alive()?;
+        let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+        if s.xrun {
+            return Err(Errno(libc::EPIPE));
+        }
+        Ok(if self.boundary == 0 { s.read_total } else { s.read_total % self.boundary })
+    }
+
+    /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when
+    /// set). Returns POLLOUT when avail >= avail_min, POLLERR on xrun/disconnect/fatal.
+    pub fn revents(&mut self, sock_revents: i16) -> u16 {
+        if sock_revents != 0 && self.dead.is_none() && self.conn.peer_gone() {
+            self.debug_line(format_args!("shmixd closed the connection"));
+            self.dead = Some(libc::ENODEV);
+        }
+        self.refresh();
+        self.sync_readiness();
+        if self.dead.is_some() || self.stream.as_ref().is_some_and(|s| s.xrun) {
+            return libc::POLLERR as u16;
+        }
+        if self.want_ready() {
+            libc::POLLOUT as u16
+        } else {
+            0
+        }
+    }
+
+    /// delay: frames until a frame written now is heard. Valid from prepare, never negative, does
+    /// not grow between writes.
+    ///
+    /// # Errors
+    /// EPIPE after an xrun, the errno once dead.
+    pub fn delay(&mut self) -> Result<i64, Errno> {
+        self.refresh();
+        self.check_alive()?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        if s.xrun {
+            return Err(Errno(libc::EPIPE));
+        }
+        let fill = s.write_total.saturating_sub(s.read_total) as i64;
+        let running = matches!(s.phase, Phase::Running | Phase::Paused | Phase::Draining);
+        let from_snapshot = if running {
+            s.shm.read_timing().filter(|&(_, _, ts)| ts >= s.started_ns).and_then(|snap| {
+                raw_delay(
+                    s.write_total as u32,
+                    snap,
+                    now_ns(),
+                    s.params.rate,
+                    s.params.buffer_frames,
+                    s.phase == Phase::Paused,
+                )
+            })
+        } else {
+            None
+        };
+        let d = monotonic_delay(from_snapshot.unwrap_or(fill), s.last_delay, s.write_total);
+        if running {
+            s.last_delay = Some((d, s.write_total));
+        }
+        Ok(d)
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    /// Takes the daemon's records and its read position into private state. No syscall.
+    fn refresh(&mut self) {
+        let Some(s) = self.stream.as_mut() else { return };
+        let mut violation: Option<&'static str> = None;
+        loop {
+            match s.shm.pop_record(Ring::DaemonToClient, &mut s.d2c) {
+                Ok(None) => break,
+                Ok(Some(Ok(rec))) => {
+                    s.d2c_pos = s.d2c_pos.wrapping_add(1);
+                    match rec {
+                        Record::Stopped { seq, .. } => {
+                            if s.stop_pending == Some(seq) {
+                                s.stop_pending = None;
+                            }
+                        }
+                        Record::Xrun { .. } => {
+                            if s.stop_pending.is_none() && s.daemon_active {
+                                s.xrun = true;
+                                s.daemon_active = false;
+                                self.counters.xruns += 1;
+                            }
+                        }
+                        Record::Drained { seq, .. } => {
+                            if s.drain_pending == Some(seq) {
+                                s.drained = true;
+                                s.daemon_active = false;
+                            }
+                        }
+                        Record::Fatal { errno } => {
+                            self.dead = Some(match errno as i32 {
+                                libc::ESHUTDOWN => libc::ESHUTDOWN,
+                                _ => libc::ENODEV,
+                            });
+                        }
+                        _ => violation = Some("daemon sent a client request record"),
+                    }
+                }
+                Ok(Some(Err(_))) => {
+                    s.d2c_pos = s.d2c_pos.wrapping_add(1);
+                    violation = Some("record does not decode");
+                }
+                Err(_) => {
+                    violation = Some("d2c ring cursor out of range");
+                    break;
+                }
+            }
+        }
+        // Pairs with the daemon's Release store after it consumed frames.
+        let new = s.shm.audio_read().pos.load(Ordering::Acquire);
+        match cursor::advance(s.read_seen, new, s.write_total as u32) {
+            Ok(moved) => {
+                s.read_total += u64::from(moved);
+                s.read_seen = new;
+            }
+            Err(_) => violation = Some("audio read cursor out of range"),
+        }
+        if let Some(what) = violation {
+            if self.dead.is_none() {
+                self.debug_line(format_args!("protocol violation by shmixd: {what}"));
+            }
+            self.dead = Some(libc::EPROTO);
+        }
+    }
+
+    fn avail(s: &Stream, read: u64) -> u64 {
+        u64::from(s.params.buffer_frames).saturating_sub(s.write_total.saturating_sub(read))
+    }
+
+    /// Whether poll should report the stream ready (POLLOUT or POLLERR).
+    fn want_ready(&self) -> bool {
+        if self.dead.is_some() {
+            return true;
+        }
+        let Some(s) = &self.stream else { return false };
+        if s.xrun {
+            return true;
+        }
+        match s.phase {
+            Phase::Prepared | Phase::Running => Self::avail(s, s.read_total) >= u64::from(self.avail_min),
+            Phase::Draining => s.drained,
+            Phase::Setup | Phase::Paused => false,
+        }
+    }
+
+    /// The recheck after setting `sleeping`: a fresh look at the read cursor and the d2c ring.
+    fn fresh_ready(s: &Stream, avail_min: u32) -> bool {
+        // Pairs with the daemon's Release stores of its cursors.
+        let d2c_write = s.shm.ring_write_cursor(Ring::DaemonToClient).pos.load(Ordering::Acquire);
+        if d2c_write != s.d2c_pos {
+            return true;
+        }
+        if matches!(s.phase, Phase::Prepared | Phase::Running) {
+            let read = s.shm.audio_read().pos.load(Ordering::Acquire);
+            let fill = (s.write_total as u32).wrapping_sub(read);
+            return fill > s.params.buffer_frames || s.params.buffer_frames - fill >= avail_min;
+        }
+        false
+    }
+
+    /// Makes `client_wake`'s readiness mirror [`Self::want_ready`] (PROTOCOL.md "Wakeups").
+    /// Syscalls only on a change: an eventfd read when becoming not ready, a write when we must
+    /// signal ourselves.
+    fn sync_readiness(&mut self) {
+        let want = self.want_ready();
+        let Some(s) = &self.stream else { return };
+        let sleeping = &s.shm.audio_write().sleeping;
+        if self.armed {
+            if want {
+                // Take the flag back; if the daemon already took it, it writes (or wrote) the fd.
+                let we_took_it = sleeping.swap(0, Ordering::Relaxed) == 1;
+                self.armed = false;
+                self.efd_signalled = !we_took_it;
+            } else if sleeping.load(Ordering::Relaxed) == 1 {
+                if self.efd_signalled {
+                    // We signalled it ourselves meanwhile (stop waking a drain): take it back.
+                    let _ = self.client_wake.read();
+                    self.efd_signalled = false;
+                }
+                return; // still waiting, fd drained: the steady state costs nothing here
+            } else {
+                self.armed = false;
+                self.efd_signalled = true;
+            }
+        }
+        if want {
+            if !self.efd_signalled {
+                let _ = self.client_wake.write(1);
+                self.efd_signalled = true;
+            }
+            return;
+        }
+        if self.efd_signalled {
+            let _ = self.client_wake.read(); // EAGAIN when the daemon has not written yet: fine
+            self.efd_signalled = false;
+        }
+        if matches!(s.phase, Phase::Setup) {
+            return; // nothing will change until prepare; nobody needs waking
+        }
+        match wake::prepare_sleep(sleeping, || Self::fresh_ready(s, self.avail_min)) {
+            SleepDecision::Sleep => self.armed = true,
+            SleepDecision::Ready { peer_signals: true } => self.efd_signalled = true,
+            SleepDecision::Ready { peer_signals: false } => {
+                let _ = self.client_wake.write(1);
+                self.efd_signalled = true;
+            }
+        }
+    }
+
+    /// For the bounded waits: arms `sleeping` so the daemon's next record wakes us. Returns false
+    /// when something is already there (do not sleep).
+    fn arm_for_records(&mut self) -> bool {
+        let Some(s) = &self.stream else { return false };
+        if self.armed && s.shm.audio_write().sleeping.load(Ordering::Relaxed) == 1 {
+            return true;
+        }
+        if self.armed {
+            self.armed = false;
+            self.efd_signalled = true;
+            return false;
+        }
+        let _ = self.client_wake.read();
+        self.efd_signalled = false;
+        let d2c_pos = s.d2c_pos;
+        let sleeping = &s.shm.audio_write().sleeping;
+        let ring = s.shm.ring_write_cursor(Ring::DaemonToClient);
+        match wake::prepare_sleep(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos) {
+            SleepDecision::Sleep => {
+                self.armed = true;
+                true
+            }
+            SleepDecision::Ready { peer_signals } => {
+                self.efd_signalled = peer_signals;
+                false
+            }
+        }
+    }
+
+    /// One bounded wait on client_wake + socket (mutex held by the caller: prepare only).
+    fn wait_once(&mut self, left: Duration) -> Result<(), Errno> {
+        if !self.arm_for_records() {
+            return Ok(());
+        }
+        let revents = poll_two(self.poll_fds(), left);
+        if revents[1] != 0 && self.conn.peer_gone() {
+            self.dead = Some(libc::ENODEV);
+        }
+        Ok(())
+    }
+
+    fn debug_line(&self, args: std::fmt::Arguments<'_>) {
+        if self.debug {
+            eprintln!("shmix: {args}");
+        }
+    }
+
+    /// Close: the counters line under `SHMIX_DEBUG`. Everything else closes on drop (closing the
+    /// socket destroys the stream on the daemon side).
+    pub fn close(&self) {
+        let c = self.counters;
+        self.debug_line(format_args!(
+            "frames copied {}, zero-copy {}, xruns {}",
+            c.copied_frames, c.zero_copy_frames, c.xruns
+        ));
+    }
+}
+
+/// `poll` on two descriptors for POLLIN, at most `left`; returns each one's revents (EINTR and
+/// timeouts return zeros).
+fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
+    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+    // SAFETY: `pfds` is a valid array of 2 pollfds that outlives the call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+    if n <= 0 {
+        return [0, 0];
+    }
+    [pfds[0].revents, pfds[1].revents]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(format: SampleFormat, rate: u32, channels: u32, period: u32) -> AudioParams {
+        AudioParams { format, rate, channels, period_frames: period, buffer_frames: period * 4 }
+    }
+
+    #[test]
+    fn limits_follow_the_device_and_the_ceiling() {
+        let l = hw_limits(&dev(SampleFormat::S16Le, 48000, 2, 256), 500);
+        assert_eq!(l.buffer_bytes, (2 * 256 * 4, 24000 * 4));
+        assert_eq!(l.period_bytes.0, 16 * 4);
+        assert_eq!(l.periods, (2, 1024));
+        // A ceiling below two device periods still leaves the minimum.
+        let l = hw_limits(&dev(SampleFormat::F32Le, 48000, 8, 1024), 1);
+        assert_eq!(l.buffer_bytes.0, l.buffer_bytes.1);
+        // A huge ceiling is capped by the ring limit.
+        let l = hw_limits(&dev(SampleFormat::S16Le, 384_000, 1, 256), 60_000);
+        assert_eq!(l.buffer_bytes.1, MAX_BUFFER_FRAMES * 2);
+    }
+
+    #[test]
+    fn delay_counts_queue_and_elapsed_and_never_goes_negative() {
+        // 1000 frames in the ring, 480 in the device, snapshot 5 ms old at 48 kHz: -240.
+        let d = raw_delay(2000, (1000, 480, 1_000_000), 6_000_000, 48000, 4096, false).unwrap();
+        assert_eq!(d, 1000 + 480 - 240);
+        assert_eq!(raw_delay(2000, (1000, 480, 1_000_000), 6_000_000, 48000, 4096, true), Some(1480));
+        assert_eq!(raw_delay(2000, (1000, 0, 0), 10_000_000_000, 48000, 4096, false), Some(0));
+        // Across the u32 wrap.
+        assert_eq!(raw_delay(5, (u32::MAX - 4, 0, 0), 0, 48000, 4096, false), Some(10));
+        // A snapshot beyond our write position is ignored.
+        assert_eq!(raw_delay(5, (10, 0, 0), 0, 48000, 4096, false), None);
+    }
+
+    #[test]
+    fn delay_does_not_grow_between_writes() {
+        assert_eq!(monotonic_delay(900, Some((800, 5000)), 5000), 800);
+        assert_eq!(monotonic_delay(900, Some((800, 5000)), 5256), 900);
+        assert_eq!(monotonic_delay(700, Some((800, 5000)), 5000), 700);
+        assert_eq!(monotonic_delay(700, None, 5000), 700);
+    }
+}
