@@ -1,1 +1,140 @@
-fn main() {}
+//! `shmixd`: command line, startup and shutdown. The main thread becomes the control thread
+//! (`server`); one real-time mix thread drives the device (`mixthread`).
+//! Runs on the main thread. RT: no.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use log::{error, info};
+use shmix_daemon::device::{self, Device, Request};
+use shmix_daemon::mixer::{Counters, MixCore};
+use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
+use shmix_daemon::server::{self, Outcome, Server};
+use shmix_shared::SampleFormat;
+
+/// The shmix sound server.
+#[derive(Debug, Parser)]
+#[command(name = "shmixd", version, about)]
+struct Cli {
+    /// Socket path [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// ALSA PCM to play on [default: the first hardware card, hw:N]
+    #[arg(long, value_name = "PCM")]
+    device: Option<String>,
+    /// Sample format (S16_LE, S24_LE, S32_LE, FLOAT_LE, ...) [default: the device's best]
+    #[arg(long, value_parser = parse_format)]
+    format: Option<SampleFormat>,
+    /// Rate in Hz [default: 48000 if offered]
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Channels [default: 2 if offered]
+    #[arg(long)]
+    channels: Option<u32>,
+    /// Frames per device period
+    #[arg(long, value_name = "FRAMES", default_value_t = 256)]
+    period: u32,
+    /// Periods per device buffer
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    periods: u32,
+    /// SCHED_FIFO priority for the mix thread
+    #[arg(long, default_value_t = 20)]
+    rt_priority: i32,
+}
+
+fn parse_format(s: &str) -> Result<SampleFormat, String> {
+    SampleFormat::from_name(s).ok_or_else(|| format!("unknown sample format '{s}'"))
+}
+
+fn eventfd() -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain syscall; flags are constants.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("eventfd");
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let socket_path = cli.socket.clone().unwrap_or_else(|| shmix_shared::socket::resolve_socket_path(None));
+    server::check_socket_path(&socket_path)?;
+
+    let device_name = match &cli.device {
+        Some(d) => d.clone(),
+        None => device::first_card().ok_or_else(|| anyhow!("no sound card found; pass --device"))?,
+    };
+    if cli.period == 0 || cli.periods < 2 {
+        return Err(anyhow!("--period must be > 0 and --periods >= 2"));
+    }
+    let req = Request {
+        format: cli.format,
+        rate: cli.rate,
+        channels: cli.channels,
+        period_frames: cli.period,
+        periods: cli.periods,
+    };
+    let dev = Device::open(&device_name, &req).with_context(|| format!("opening device '{device_name}'"))?;
+    let p = dev.params();
+
+    let listen = server::listen(&socket_path)?;
+    info!(
+        "shmixd listening on {} | device '{}' {} {} Hz {} ch, period {} frames, buffer {} frames",
+        socket_path.display(),
+        device_name,
+        p.format,
+        p.rate,
+        p.channels,
+        p.period_frames,
+        p.buffer_frames
+    );
+
+    let signals = server::signal_fd()?;
+    let counters = Arc::new(Counters::default());
+    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters));
+    let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
+    let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
+    let cmd_efd = eventfd()?;
+    let ctl_efd = eventfd()?;
+    let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?);
+    shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
+    let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
+
+    let mut srv = Server::new(socket_path.clone(), listen, signals, p, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
+    let outcome = srv.run();
+    // Shutdown order: Fatal to every stream and stop the mix thread (it drops the device and
+    // the streams it holds), then close the clients (they see HUP), unlink the socket.
+    srv.request_shutdown();
+    let mix_result = handle.join();
+    srv.drain_events();
+    srv.close_clients();
+    let _ = std::fs::remove_file(srv.socket_path());
+    info!("{}", srv.stats_line());
+    match mix_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!("mix thread ended: {e}"),
+        Err(_) => error!("mix thread panicked"),
+    }
+    outcome
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, rec| writeln!(buf, "shmixd {}: {}", rec.level(), rec.args()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Shutdown) => ExitCode::SUCCESS,
+        Ok(Outcome::DeviceFailed) => ExitCode::FAILURE,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

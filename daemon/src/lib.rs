@@ -1,0 +1,14 @@
+//! shmixd, the shmix sound server, as a library: the binary (`main.rs`) wires these modules
+//! together; tests drive the mixing core (`mixer`) without ALSA.
+
+pub mod audit;
+pub mod convert;
+pub mod device;
+pub mod mixer;
+pub mod mixthread;
+pub mod server;
+
+use std::sync::atomic::AtomicI32;
+
+/// SCHED_FIFO priority the mix thread asks for (set from the command line before it starts).
+pub static RT_PRIORITY: AtomicI32 = AtomicI32::new(20);

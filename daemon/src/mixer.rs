@@ -1,0 +1,517 @@
+//! The mixing core: the stream slots, their control records and state machine, and one device
+//! cycle mixed into a byte slice (the device's mmap area in the daemon, a plain buffer in tests).
+//! No ALSA here, so it runs in tests without a card.
+//! Runs on the mix thread (built on the control thread). RT: yes — no allocation, no locks, no
+//! logging; the only syscalls are eventfd writes to sleeping clients.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shmix_shared::cursor;
+use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::wake;
+use shmix_shared::{Record, SampleFormat, Violation};
+
+use crate::convert;
+
+/// Most streams the mix thread carries at once.
+pub const MAX_STREAMS: usize = 64;
+
+/// Real-time counters, written by the mix thread (Relaxed: statistics only), read by the control
+/// thread for its once-a-second and exit reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Mix cycles (poll wakeups handled).
+    pub cycles: AtomicU64,
+    /// Device xruns (-EPIPE) recovered.
+    pub device_xruns: AtomicU64,
+    /// Device suspends (-ESTRPIPE) recovered.
+    pub device_suspends: AtomicU64,
+    /// Stream underruns (a running stream ran dry).
+    pub stream_underruns: AtomicU64,
+    /// Client eventfd writes (the client was asleep).
+    pub wakeups_sent: AtomicU64,
+    /// Wake points where the client was awake, so no write was needed.
+    pub wakeups_skipped: AtomicU64,
+    /// Frames written into the device (all paths, silence included).
+    pub frames_mixed: AtomicU64,
+    /// Frames copied straight from one stream's ring into the device (bit-exact fast path).
+    pub fastpath_frames: AtomicU64,
+    /// Daemon -> client records dropped because the client's ring was full.
+    pub records_dropped: AtomicU64,
+    /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
+    pub rt_allocations: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Daemon-side state of a playback stream (PROTOCOL.md "Stream lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not consuming; the client owns both audio cursors.
+    Stopped,
+    /// Consuming one device cycle at a time.
+    Running,
+    /// Not consuming, queued audio kept.
+    Paused,
+    /// Consuming until empty.
+    Draining,
+    /// Ring empty; waiting until the device has played the stream's last frame, then `Drained`
+    /// (ALSA's drain returns when the audio is out, not when it was handed on).
+    DrainingDevice,
+}
+
+/// One stream as the mix thread holds it. Built on the control thread, moved in through the
+/// command queue, moved back out to be dropped (munmap, close) off the real-time thread.
+#[derive(Debug)]
+pub struct Stream {
+    /// Daemon-wide id.
+    pub id: u32,
+    shm: StreamShm,
+    client_wake: OwnedFd,
+    daemon_wake: OwnedFd,
+    state: State,
+    /// Frames consumed since the last Start (ring index = this % buffer_frames).
+    read_count: u64,
+    c2d: RingEnd,
+    d2c: RingEnd,
+    buffer_frames: u32,
+    frame_bytes: u32,
+    drain_seq: u32,
+    /// Device position (frames handed to the device) just after this stream's last frame.
+    drain_until: u64,
+    violation: Option<Violation>,
+}
+
+impl Stream {
+    /// Wraps a mapped stream and its two eventfds.
+    #[must_use]
+    pub fn new(id: u32, shm: StreamShm, client_wake: OwnedFd, daemon_wake: OwnedFd) -> Self {
+        let l = *shm.layout();
+        Self {
+            id,
+            shm,
+            client_wake,
+            daemon_wake,
+            state: State::Stopped,
+            read_count: 0,
+            c2d: RingEnd::default(),
+            d2c: RingEnd::default(),
+            buffer_frames: l.buffer_frames,
+            frame_bytes: l.frame_bytes,
+            drain_seq: 0,
+            drain_until: 0,
+            violation: None,
+        }
+    }
+
+    /// The eventfd the client writes when it posted a record while we slept.
+    #[must_use]
+    pub fn daemon_wake_fd(&self) -> i32 {
+        self.daemon_wake.as_raw_fd()
+    }
+
+    /// Current daemon-side state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The violation that retired this stream, if any.
+    #[must_use]
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
+    }
+
+    fn active(&self) -> bool {
+        self.violation.is_none() && matches!(self.state, State::Running | State::Draining)
+    }
+
+    fn read_pos(&self) -> u32 {
+        self.read_count as u32
+    }
+
+    fn violate(&mut self, v: Violation) {
+        if self.violation.is_none() {
+            self.violation = Some(v);
+        }
+    }
+
+    /// Writes the client's eventfd if it sleeps; counts either way.
+    fn wake_client(&self, counters: &Counters) {
+        // Pairs with the client's prepare_sleep on `audio_write.sleeping`.
+        if wake::wake_if_sleeping(&self.shm.audio_write().sleeping) {
+            efd_write(self.client_wake.as_raw_fd());
+            Counters::bump(&counters.wakeups_sent, 1);
+        } else {
+            Counters::bump(&counters.wakeups_skipped, 1);
+        }
+    }
+
+    /// Posts a record to the client and wakes it if it sleeps.
+    fn post(&mut self, rec: Record, counters: &Counters) {
+        match self.shm.push_record(Ring::DaemonToClient, &mut self.d2c, rec) {
+            Ok(true) => {}
+            // The client does not read its ring: it only starves itself.
+            Ok(false) => Counters::bump(&counters.records_dropped, 1),
+            Err(v) => {
+                self.violate(v);
+                return;
+            }
+        }
+        self.wake_client(counters);
+    }
+
+    /// The client's published write position, checked against our read position.
+    fn fill(&mut self) -> Option<u32> {
+        // Pairs with the client's Release store of `audio_write.pos` after its copy.
+        let write = self.shm.audio_write().pos.load(Ordering::Acquire);
+        match cursor::fill(write, self.read_pos(), self.buffer_frames) {
+            Ok(f) => Some(f),
+            Err(v) => {
+                self.violate(v);
+                None
+            }
+        }
+    }
+
+    fn publish_read(&self) {
+        // Pairs with the client's Acquire load of `audio_read.pos` (it reuses the space).
+        self.shm.audio_read().pos.store(self.read_pos(), Ordering::Release);
+    }
+
+    fn finish_drain(&mut self, counters: &Counters) {
+        self.state = State::Stopped;
+        let pos = self.read_pos();
+        self.post(Record::Drained { seq: self.drain_seq, pos }, counters);
+    }
+
+    /// Handles every queued client record.
+    fn process_records(&mut self, counters: &Counters) {
+        while self.violation.is_none() {
+            let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
+                Ok(None) => return,
+                Ok(Some(Ok(r))) => r,
+                Ok(Some(Err(e))) => return self.violate(e.into()),
+                Err(v) => return self.violate(v),
+            };
+            match rec {
+                Record::Start { .. } => {
+                    if self.state == State::Stopped {
+                        self.state = State::Running;
+                        self.read_count = 0;
+                    }
+                }
+                Record::Stop { seq } => {
+                    // Discard what is queued: the read position jumps to the write position.
+                    let Some(fill) = self.fill() else { return };
+                    if self.state != State::Stopped {
+                        self.read_count += u64::from(fill);
+                        self.publish_read();
+                    }
+                    self.state = State::Stopped;
+                    let pos = self.read_pos();
+                    self.post(Record::Stopped { seq, pos }, counters);
+                }
+                Record::Pause { seq } => {
+                    if matches!(self.state, State::Running | State::Draining) {
+                        self.state = State::Paused;
+                    }
+                    let pos = self.read_pos();
+                    self.post(Record::Stopped { seq, pos }, counters);
+                }
+                Record::Resume { .. } => {
+                    if self.state == State::Paused {
+                        self.state = State::Running;
+                    }
+                }
+                Record::Drain { seq } => match self.state {
+                    State::Running => {
+                        self.state = State::Draining;
+                        self.drain_seq = seq;
+                    }
+                    State::Draining | State::DrainingDevice => self.drain_seq = seq,
+                    State::Stopped | State::Paused => {
+                        self.state = State::Stopped;
+                        let pos = self.read_pos();
+                        self.post(Record::Drained { seq, pos }, counters);
+                    }
+                },
+                Record::Stopped { .. } | Record::Xrun { .. } | Record::Drained { .. } | Record::Fatal { .. } => {
+                    self.violate(Violation::new("daemon record sent by the client", u64::from(rec.encode()[0]), 0));
+                }
+            }
+        }
+    }
+}
+
+/// Writes 1 to an eventfd. Errors (EAGAIN at a saturated counter) need no handling: the peer is
+/// already signalled.
+pub(crate) fn efd_write(fd: i32) {
+    let one: u64 = 1;
+    // SAFETY: `fd` is an open eventfd owned by the caller's stream; we write 8 bytes from a
+    // local u64.
+    let _ = unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+}
+
+/// Reads (and so resets) an eventfd; non-blocking fds return EAGAIN when not signalled.
+pub(crate) fn efd_read(fd: i32) {
+    let mut v: u64 = 0;
+    // SAFETY: `fd` is an open eventfd; we read 8 bytes into a local u64.
+    let _ = unsafe { libc::read(fd, std::ptr::addr_of_mut!(v).cast(), 8) };
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO, no syscall).
+#[must_use]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The mix state: stream slots and preallocated buffers for one device.
+#[derive(Debug)]
+pub struct MixCore {
+    format: SampleFormat,
+    channels: u32,
+    frame_bytes: usize,
+    max_frames: usize,
+    // Boxed: streams move through the queues as one pointer, never copied on the RT thread.
+    #[allow(clippy::vec_box)]
+    streams: Vec<Box<Stream>>,
+    /// Frames handed to the device since it was opened (mixed and silence prefill).
+    device_pos: u64,
+    bus: Vec<f64>,
+    scratch: Vec<u8>,
+    counters: Arc<Counters>,
+}
+
+impl MixCore {
+    /// Preallocates for cycles of at most `max_frames` frames of `format` x `channels`.
+    #[must_use]
+    pub fn new(format: SampleFormat, channels: u32, max_frames: usize, counters: Arc<Counters>) -> Self {
+        let frame_bytes = (format.sample_bytes() * channels) as usize;
+        Self {
+            format,
+            channels,
+            frame_bytes,
+            max_frames,
+            streams: Vec::with_capacity(MAX_STREAMS),
+            device_pos: 0,
+            bus: vec![0.0; max_frames * channels as usize],
+            scratch: vec![0; max_frames * frame_bytes],
+            counters,
+        }
+    }
+
+    /// The counters this core bumps.
+    #[must_use]
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Bytes per device frame.
+    #[must_use]
+    pub fn frame_bytes(&self) -> usize {
+        self.frame_bytes
+    }
+
+    /// Streams attached.
+    #[must_use]
+    pub fn streams(&self) -> &[Box<Stream>] {
+        &self.streams
+    }
+
+    /// Attaches a stream; gives it back when all slots are taken. RT: no allocation (the slot
+    /// vector has its capacity from `new`).
+    ///
+    /// # Errors
+    /// The stream itself when [`MAX_STREAMS`] are attached or its frame size differs.
+    pub fn add(&mut self, s: Box<Stream>) -> Result<(), Box<Stream>> {
+        if self.streams.len() >= MAX_STREAMS || s.frame_bytes as usize != self.frame_bytes {
+            return Err(s);
+        }
+        self.streams.push(s);
+        Ok(())
+    }
+
+    /// Detaches the stream `id`, if attached.
+    pub fn remove(&mut self, id: u32) -> Option<Box<Stream>> {
+        let i = self.streams.iter().position(|s| s.id == id)?;
+        Some(self.streams.swap_remove(i))
+    }
+
+    /// Detaches one stream that violated the protocol, if any.
+    pub fn take_violated(&mut self) -> Option<Box<Stream>> {
+        let i = self.streams.iter().position(|s| s.violation.is_some())?;
+        Some(self.streams.swap_remove(i))
+    }
+
+    /// Detaches any stream (shutdown).
+    pub fn pop_any(&mut self) -> Option<Box<Stream>> {
+        self.streams.pop()
+    }
+
+    /// Before the wait: marks every stream's c2d reader as sleeping, fences and rechecks. Returns
+    /// true when some stream already has a record queued (do not block in poll).
+    pub fn prepare_sleep(&self) -> bool {
+        let mut ready = false;
+        for s in self.streams.iter().filter(|s| s.violation.is_none()) {
+            let flag = &s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping;
+            let d = wake::prepare_sleep(flag, || {
+                // Pairs with the client's Release store in push_record. Our own read cursor is
+                // stored by us on every pop, so a Relaxed load sees its latest value.
+                let w = s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire);
+                w != s.shm.ring_read_cursor(Ring::ClientToDaemon).pos.load(Ordering::Relaxed)
+            });
+            ready |= matches!(d, wake::SleepDecision::Ready { .. });
+        }
+        ready
+    }
+
+    /// After the wait: clears the sleeping flags (we are awake: clients need not write) and
+    /// resets the daemon_wake eventfds that fired (`fired(i)` for stream index `i`).
+    pub fn after_wake(&self, fired: impl Fn(usize) -> bool) {
+        for (i, s) in self.streams.iter().enumerate() {
+            s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping.store(0, Ordering::Relaxed);
+            if fired(i) {
+                efd_read(s.daemon_wake.as_raw_fd());
+            }
+        }
+    }
+
+    /// Handles every stream's queued control records.
+    pub fn process_records(&mut self) {
+        for s in &mut self.streams {
+            s.process_records(&self.counters);
+        }
+    }
+
+    /// Mixes one contiguous run of `out.len() / frame_bytes` frames (at most `max_frames`) of all
+    /// active streams into `out`, device format. Returns the frames written.
+    pub fn mix(&mut self, out: &mut [u8], now_ns: u64) -> usize {
+        let fb = self.frame_bytes;
+        let frames = (out.len() / fb).min(self.max_frames);
+        let out = &mut out[..frames * fb];
+        let n = frames as u32;
+        let active = self.streams.iter().filter(|s| s.active()).count();
+        let counters = &*self.counters;
+        if active == 0 {
+            convert::silence(self.format, out);
+        } else if active == 1 {
+            let Some(s) = self.streams.iter_mut().find(|s| s.active()) else { return 0 };
+            let k = take(s, n).unwrap_or(0);
+            let bytes = k as usize * fb;
+            if k > 0 {
+                let idx = cursor::ring_index(s.read_count, s.buffer_frames);
+                s.shm.read_audio(idx, &mut out[..bytes]);
+                Counters::bump(&counters.fastpath_frames, u64::from(k));
+            }
+            convert::silence(self.format, &mut out[bytes..]);
+            finish(s, k, n, now_ns, self.device_pos, counters);
+        } else {
+            let samples = frames * self.channels as usize;
+            let bus = &mut self.bus[..samples];
+            bus.fill(0.0);
+            for s in self.streams.iter_mut().filter(|s| s.active()) {
+                let k = take(s, n).unwrap_or(0);
+                if k > 0 {
+                    let idx = cursor::ring_index(s.read_count, s.buffer_frames);
+                    let src = &mut self.scratch[..k as usize * fb];
+                    s.shm.read_audio(idx, src);
+                    convert::accumulate(self.format, src, bus);
+                }
+                finish(s, k, n, now_ns, self.device_pos, counters);
+            }
+            convert::encode_bus(self.format, bus, out);
+        }
+        Counters::bump(&counters.frames_mixed, u64::from(n));
+        self.device_pos += u64::from(n);
+        frames
+    }
+
+    /// After the device commit: publishes each consuming stream's timing snapshot. `device_queued`
+    /// is the device's filled buffer (buffer_size - avail).
+    /// Streams whose last frame the device has now played get `Drained`.
+    pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
+        let played = self.device_pos.saturating_sub(u64::from(device_queued));
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none()) {
+            match s.state {
+                State::Running | State::Draining => {
+                    let queued = u64::from(device_queued).min(s.read_count) as u32;
+                    s.shm.publish_timing(s.read_pos(), queued, now_ns);
+                }
+                State::DrainingDevice => {
+                    let queued = s.drain_until.saturating_sub(played).min(s.read_count);
+                    s.shm.publish_timing(s.read_pos(), queued as u32, now_ns);
+                    if queued == 0 {
+                        s.finish_drain(&self.counters);
+                    }
+                }
+                State::Stopped | State::Paused => {}
+            }
+        }
+    }
+
+    /// The device was (re)started with `prefill_frames` of silence queued: what it held is gone
+    /// (played or dropped), so pending drains complete.
+    pub fn device_restarted(&mut self, prefill_frames: usize) {
+        self.device_pos += prefill_frames as u64;
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && s.state == State::DrainingDevice) {
+            s.finish_drain(&self.counters);
+        }
+    }
+
+    /// Posts `Fatal{errno}` to every stream and wakes it.
+    pub fn fatal_all(&mut self, errno: i32) {
+        for s in &mut self.streams {
+            if s.violation.is_none() {
+                s.post(Record::Fatal { errno: errno as u32 }, &self.counters);
+            }
+        }
+    }
+}
+
+/// Frames `s` can give this cycle: min(n, fill). `None` on a cursor violation.
+fn take(s: &mut Stream, n: u32) -> Option<u32> {
+    s.fill().map(|f| f.min(n))
+}
+
+/// Bookkeeping after taking `k` of `n` frames from `s`: publish the read position, detect
+/// underrun / end of drain, wake the client when its avail reached avail_min.
+fn finish(s: &mut Stream, k: u32, n: u32, now_ns: u64, device_pos: u64, counters: &Counters) {
+    if s.violation.is_some() {
+        return;
+    }
+    s.read_count += u64::from(k);
+    s.publish_read();
+    let fill = s.fill().unwrap_or(0);
+    if s.violation.is_some() {
+        return;
+    }
+    let mut posted = false;
+    if k < n && s.state == State::Running {
+        s.state = State::Stopped;
+        Counters::bump(&counters.stream_underruns, 1);
+        let pos = s.read_pos();
+        s.post(Record::Xrun { pos, at_ns: now_ns }, counters);
+        posted = true;
+    } else if s.state == State::Draining && fill == 0 {
+        // Everything is in the device; `Drained` once it has played up to here.
+        s.state = State::DrainingDevice;
+        s.drain_until = device_pos + u64::from(k);
+    }
+    if !posted && k > 0 {
+        let avail = s.buffer_frames - fill;
+        let avail_min = s.shm.avail_min().value.load(Ordering::Relaxed).clamp(1, s.buffer_frames);
+        if avail >= avail_min {
+            s.wake_client(counters);
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The real-time mix thread: one per device. Waits in one `poll` on the device's descriptors, the
+//! command eventfd and every stream's daemon_wake eventfd; handles commands from the control
+//! thread, the streams' control records, then fills the device period by period through its mmap
+//! area (`mixer::MixCore::mix`). Retired streams and device failures go back to the control
+//! thread through a lock-free queue; statistics through atomics.
+//! Runs on the mix thread. RT: yes (everything inside `cycle`): no allocation, no locks, no
+//! logging; syscalls: poll, the device's own, eventfd reads/writes.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rtrb::{Consumer, Producer};
+
+use crate::audit;
+use crate::device::{AlsaError, Device};
+use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS};
+
+/// Control -> mix.
+#[derive(Debug)]
+pub enum Command {
+    /// Attach a stream (built and checked on the control thread).
+    Add(Box<Stream>),
+    /// Detach a stream and send it back.
+    Remove(u32),
+    /// Post `Fatal{ESHUTDOWN}` to every stream and end the thread.
+    Shutdown,
+}
+
+/// Mix -> control.
+#[derive(Debug)]
+pub enum Event {
+    /// A stream left the mix (removed, or violated the protocol: see `Stream::violation`). Drop
+    /// it here, off the real-time thread.
+    Retired(Box<Stream>),
+    /// An `Add` that found no free slot.
+    Rejected(Box<Stream>),
+    /// The device failed for good (ENODEV or an unrecoverable error); the thread has ended and
+    /// every stream got `Fatal`.
+    DeviceFailed(AlsaError),
+}
+
+/// Capacity of both queues. Every stream is retired at most once, so events never exceed the
+/// streams in existence plus one device failure.
+pub const QUEUE_CAPACITY: usize = 4 * MAX_STREAMS;
+
+/// Everything the mix thread owns.
+#[derive(Debug)]
+pub struct MixThread {
+    core: MixCore,
+    device: Device,
+    cmds: Consumer<Command>,
+    events: Producer<Event>,
+    /// Written by the control thread after each command.
+    cmd_efd: OwnedFd,
+    /// Written by us after each event.
+    ctl_efd: OwnedFd,
+    pfds: Vec<libc::pollfd>,
+    dev_nfds: usize,
+    suspended: bool,
+}
+
+/// Why the loop ended.
+enum Exit {
+    Shutdown,
+    Device(AlsaError),
+}
+
+impl MixThread {
+    /// Assembles the thread's state (control thread, before spawning).
+    #[must_use]
+    pub fn new(
+        core: MixCore,
+        device: Device,
+        cmds: Consumer<Command>,
+        events: Producer<Event>,
+        cmd_efd: OwnedFd,
+        ctl_efd: OwnedFd,
+    ) -> Self {
+        let dev_nfds = device.poll_count();
+        let empty = libc::pollfd { fd: -1, events: 0, revents: 0 };
+        Self {
+            core,
+            device,
+            cmds,
+            events,
+            cmd_efd,
+            ctl_efd,
+            pfds: vec![empty; dev_nfds + 1 + MAX_STREAMS],
+            dev_nfds,
+            suspended: false,
+        }
+    }
+
+    /// Runs until `Shutdown` or a device failure. Everything is dropped on return (streams
+    /// unmapped, the device dropped and closed), outside the real-time cycle.
+    ///
+    /// # Errors
+    /// The device failure that ended the thread.
+    pub fn run(mut self) -> Result<(), AlsaError> {
+        set_realtime();
+        let r = self.start_device().and_then(|()| loop {
+            audit::set_in_rt(true);
+            let step = self.cycle();
+            audit::set_in_rt(false);
+            match step {
+                Ok(None) => {}
+                Ok(Some(Exit::Shutdown)) => return Ok(()),
+                Ok(Some(Exit::Device(e))) | Err(e) => return Err(e),
+            }
+        });
+        if let Err(e) = r {
+            self.core.fatal_all(if e.errno == libc::ENODEV { libc::ENODEV } else { libc::EIO });
+            self.emit(Event::DeviceFailed(e));
+        }
+        r
+    }
+
+    fn start_device(&mut self) -> Result<(), AlsaError> {
+        let n = self.device.restart()?;
+        self.core.device_restarted(n);
+        self.refill_device_fds()
+    }
+
+    fn refill_device_fds(&mut self) -> Result<(), AlsaError> {
+        let n = self.dev_nfds;
+        self.device.poll_fill(&mut self.pfds[..n])
+    }
+
+    fn emit(&mut self, ev: Event) {
+        // Cannot fail while QUEUE_CAPACITY holds (see there); if it did, dropping here is the
+        // lesser evil than blocking.
+        let _ = self.events.push(ev);
+        efd_write(self.ctl_efd.as_raw_fd());
+    }
+
+    /// One wait and everything it makes due.
+    fn cycle(&mut self) -> Result<Option<Exit>, AlsaError> {
+        let counters = std::sync::Arc::clone(self.core.counters());
+        let ready = self.core.prepare_sleep();
+        let dn = self.dev_nfds;
+        self.pfds[dn] = libc::pollfd { fd: self.cmd_efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let nstreams = self.core.streams().len();
+        for (i, s) in self.core.streams().iter().enumerate() {
+            self.pfds[dn + 1 + i] = libc::pollfd { fd: s.daemon_wake_fd(), events: libc::POLLIN, revents: 0 };
+        }
+        let nfds = dn + 1 + nstreams;
+        // A suspended device is retried every 10 ms (its fds may not signal the resume).
+        let timeout = if ready {
+            0
+        } else if self.suspended {
+            10
+        } else {
+            -1
+        };
+        // SAFETY: `pfds` holds at least `nfds` initialised entries and outlives the call.
+        let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), nfds as libc::nfds_t, timeout) };
+        if r < 0 {
+            // EINTR: just go round.
+            return Ok(None);
+        }
+        counters.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+        let pfds = &self.pfds;
+        self.core.after_wake(|i| pfds[dn + 1 + i].revents != 0);
+        if self.pfds[dn].revents != 0 {
+            efd_read(self.cmd_efd.as_raw_fd());
+        }
+        if let Some(exit) = self.drain_commands() {
+            return Ok(Some(exit));
+        }
+        self.core.process_records();
+        self.retire_violated();
+
+        if let Err(e) = self.service_device() {
+            if let Some(exit) = self.recover(e)? {
+                return Ok(Some(exit));
+            }
+        }
+        self.retire_violated();
+        Ok(None)
+    }
+
+    fn drain_commands(&mut self) -> Option<Exit> {
+        // Forward only while we can answer: an Add/Remove may produce an event.
+        while self.events.slots() > 0 {
+            let Ok(cmd) = self.cmds.pop() else { break };
+            match cmd {
+                Command::Add(s) => {
+                    if let Err(s) = self.core.add(s) {
+                        self.emit(Event::Rejected(s));
+                    }
+                }
+                Command::Remove(id) => {
+                    if let Some(s) = self.core.remove(id) {
+                        self.emit(Event::Retired(s));
+                    }
+                }
+                Command::Shutdown => {
+                    self.core.fatal_all(libc::ESHUTDOWN);
+                    return Some(Exit::Shutdown);
+                }
+            }
+        }
+        None
+    }
+
+    fn retire_violated(&mut self) {
+        while self.events.slots() > 0 {
+            let Some(s) = self.core.take_violated() else { break };
+            self.emit(Event::Retired(s));
+        }
+    }
+
+    /// Writes whole periods while the device has room for one.
+    fn service_device(&mut self) -> Result<(), AlsaError> {
+        let dn = self.dev_nfds;
+        let revents = self.device.revents(&mut self.pfds[..dn])?;
+        if revents & libc::POLLERR as u16 != 0 {
+            // avail_update reports the state (-EPIPE / -ESTRPIPE / -ENODEV) below.
+        }
+        let params = self.device.params();
+        let period = params.period_frames as usize;
+        let mut avail = self.device.avail_update()?;
+        let mut wrote = false;
+        while avail >= period {
+            let mut left = period;
+            while left > 0 {
+                let core = &mut self.core;
+                let now = now_ns();
+                let n = self.device.write_mmap(left, |area| core.mix(area, now))?;
+                if n == 0 {
+                    break;
+                }
+                left -= n;
+            }
+            wrote = true;
+            avail = self.device.avail_update()?;
+        }
+        if wrote {
+            let queued = (params.buffer_frames as usize).saturating_sub(avail);
+            self.core.publish_timing(queued as u32, now_ns());
+        }
+        self.suspended = false;
+        Ok(())
+    }
+
+    fn recover(&mut self, e: AlsaError) -> Result<Option<Exit>, AlsaError> {
+        let counters = std::sync::Arc::clone(self.core.counters());
+        match e.errno {
+            libc::EPIPE => {
+                counters.device_xruns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let n = self.device.restart()?;
+                self.core.device_restarted(n);
+            }
+            libc::ESTRPIPE => {
+                if !self.suspended {
+                    counters.device_suspends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match self.device.resume() {
+                    Ok(()) => self.suspended = false,
+                    Err(r) if r.errno == libc::EAGAIN => self.suspended = true,
+                    Err(_) => {
+                        self.suspended = false;
+                        let n = self.device.restart()?;
+                        self.core.device_restarted(n);
+                    }
+                }
+            }
+            libc::EAGAIN => {}
+            _ => return Ok(Some(Exit::Device(e))),
+        }
+        self.refill_device_fds()?;
+        Ok(None)
+    }
+}
+
+/// Asks for SCHED_FIFO; logs one line either way (before the real-time loop starts).
+fn set_realtime() {
+    let prio = crate::RT_PRIORITY.load(std::sync::atomic::Ordering::Relaxed);
+    let param = libc::sched_param { sched_priority: prio };
+    // SAFETY: `param` is a valid sched_param; pthread_self is this thread.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if r == 0 {
+        log::info!("mix thread runs SCHED_FIFO priority {prio}");
+    } else {
+        log::info!(
+            "mix thread could not get SCHED_FIFO priority {prio} ({}); running with normal priority",
+            std::io::Error::from_raw_os_error(r)
+        );
+    }
+}
+
+/// Wakes the mix thread after a command was pushed (control thread).
+pub fn kick(cmd_efd: &OwnedFd) {
+    efd_write(cmd_efd.as_raw_fd());
+}

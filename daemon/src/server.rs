@@ -1,0 +1,618 @@
+//! The control thread: the listening socket, client handshakes, stream setup and teardown,
+//! signals, and the statistics report. Talks to the mix thread through `mixthread::Command` and
+//! `mixthread::Event` queues; never touches a stream while the mix thread holds it.
+//! Runs on the main thread. RT: no.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use log::{debug, error, info, warn};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use rtrb::{Consumer, Producer};
+use shmix_shared::layout::Layout;
+use shmix_shared::shm::{MapError, StreamShm};
+use shmix_shared::socket as wire;
+use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
+
+use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
+use crate::mixthread::{kick, Command, Event};
+
+/// How long a new connection may take to say `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the socket's directory (0700), refuses a path where another daemon answers, removes a
+/// stale socket file.
+///
+/// # Errors
+/// Another daemon answers, or a filesystem call fails.
+pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
+        Ok(md) => {
+            if !md.file_type().is_socket() {
+                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+            }
+            let probe = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+            let addr = UnixAddr::new(path)?;
+            if socket::connect(probe.as_raw_fd(), &addr).is_ok() {
+                bail!("another shmixd is already serving {}", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            info!("removed stale socket {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Binds and listens (non-blocking).
+///
+/// # Errors
+/// The failing socket call.
+pub fn listen(path: &Path) -> anyhow::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    socket::bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding {}", path.display()))?;
+    socket::listen(&fd, socket::Backlog::new(64)?).context("listen")?;
+    Ok(fd)
+}
+
+/// Blocks SIGTERM/SIGINT in this thread (threads spawned later inherit the mask) and returns a
+/// signalfd for them. Call before spawning the mix thread.
+///
+/// # Errors
+/// The failing call.
+pub fn signal_fd() -> anyhow::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("blocking signals")?;
+    Ok(SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    Ready,
+}
+
+#[derive(Debug)]
+struct Client {
+    fd: OwnedFd,
+    pid: i32,
+    name: String,
+    phase: Phase,
+    deadline: Instant,
+    stream: Option<u32>,
+    destroying: bool,
+}
+
+/// What the control loop holds.
+#[derive(Debug)]
+pub struct Server {
+    socket_path: PathBuf,
+    listen: OwnedFd,
+    signals: SignalFd,
+    device: AudioParams,
+    cmds: Producer<Command>,
+    pending: VecDeque<Command>,
+    cmd_efd: OwnedFd,
+    events: Consumer<Event>,
+    ctl_efd: OwnedFd,
+    counters: Arc<Counters>,
+    clients: Vec<Client>,
+    next_stream_id: u32,
+    streams_attached: usize,
+    uid: u32,
+}
+
+/// How the daemon ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// SIGTERM/SIGINT.
+    Shutdown,
+    /// The device failed; exit with an error.
+    DeviceFailed,
+}
+
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
+        .unwrap_or(false)
+}
+
+fn is_nonblocking(fd: &OwnedFd) -> bool {
+    // SAFETY: plain fcntl on a valid fd.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
+}
+
+/// A reason to disconnect a client: logged once, as one warning line.
+struct Disconnect(String);
+
+impl From<Violation> for Disconnect {
+    fn from(v: Violation) -> Self {
+        Self(format!("protocol violation: {v}"))
+    }
+}
+
+impl Server {
+    /// Assembles the control side.
+    #[allow(clippy::too_many_arguments)]
+    #[must_use]
+    pub fn new(
+        socket_path: PathBuf,
+        listen: OwnedFd,
+        signals: SignalFd,
+        device: AudioParams,
+        cmds: Producer<Command>,
+        cmd_efd: OwnedFd,
+        events: Consumer<Event>,
+        ctl_efd: OwnedFd,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            socket_path,
+            listen,
+            signals,
+            device,
+            cmds,
+            pending: VecDeque::new(),
+            cmd_efd,
+            events,
+            ctl_efd,
+            counters,
+            clients: Vec::new(),
+            next_stream_id: 1,
+            streams_attached: 0,
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
+        }
+    }
+
+    fn send_cmd(&mut self, c: Command) {
+        self.pending.push_back(c);
+        self.flush_cmds();
+    }
+
+    fn flush_cmds(&mut self) {
+        let mut sent = false;
+        while let Some(c) = self.pending.pop_front() {
+            match self.cmds.push(c) {
+                Ok(()) => sent = true,
+                Err(rtrb::PushError::Full(c)) => {
+                    self.pending.push_front(c);
+                    break;
+                }
+            }
+        }
+        if sent {
+            kick(&self.cmd_efd);
+        }
+    }
+
+    /// Serves until a signal or a device failure.
+    ///
+    /// # Errors
+    /// A failure of the control loop itself (poll).
+    pub fn run(&mut self) -> anyhow::Result<Outcome> {
+        let mut last_stats = Instant::now();
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            pfds.clear();
+            for fd in [self.listen.as_raw_fd(), self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
+                pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+            }
+            for c in &self.clients {
+                pfds.push(libc::pollfd { fd: c.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+            let now = Instant::now();
+            let mut timeout = Duration::from_secs(1).saturating_sub(now - last_stats);
+            for c in self.clients.iter().filter(|c| c.phase == Phase::AwaitHello) {
+                timeout = timeout.min(c.deadline.saturating_duration_since(now));
+            }
+            if !self.pending.is_empty() {
+                timeout = timeout.min(Duration::from_millis(5));
+            }
+            let ms = timeout.as_millis().min(1000) as libc::c_int + 1;
+            // SAFETY: `pfds` holds `len` initialised entries.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e).context("poll");
+            }
+            self.flush_cmds();
+            if pfds[1].revents != 0 {
+                if let Ok(Some(sig)) = self.signals.read_signal() {
+                    info!("signal {} received: shutting down", sig.ssi_signo);
+                    return Ok(Outcome::Shutdown);
+                }
+            }
+            if pfds[2].revents != 0 {
+                efd_read(self.ctl_efd.as_raw_fd());
+            }
+            if self.handle_events() {
+                return Ok(Outcome::DeviceFailed);
+            }
+            // Clients, by fd (the list may shrink while we go).
+            let ready: Vec<(RawFd, i16)> =
+                pfds[3..].iter().filter(|p| p.revents != 0).map(|p| (p.fd, p.revents)).collect();
+            for (fd, rev) in ready {
+                self.client_ready(fd, rev);
+            }
+            if pfds[0].revents != 0 {
+                self.accept_all();
+            }
+            let now = Instant::now();
+            let late: Vec<RawFd> = self
+                .clients
+                .iter()
+                .filter(|c| c.phase == Phase::AwaitHello && now >= c.deadline)
+                .map(|c| c.fd.as_raw_fd())
+                .collect();
+            for fd in late {
+                self.disconnect(fd, Some(Disconnect(format!("no Hello within {} s", HANDSHAKE_TIMEOUT.as_secs()))));
+            }
+            if now - last_stats >= Duration::from_secs(1) {
+                last_stats = now;
+                debug!("{}", self.stats_line());
+            }
+        }
+    }
+
+    /// One line of the real-time counters.
+    #[must_use]
+    pub fn stats_line(&self) -> String {
+        let c = &self.counters;
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = format!(
+            "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
+             wakeups sent {} skipped {} records dropped {}",
+            self.clients.len(),
+            self.streams_attached,
+            g(&c.cycles),
+            g(&c.frames_mixed),
+            g(&c.fastpath_frames),
+            g(&c.device_xruns),
+            g(&c.device_suspends),
+            g(&c.stream_underruns),
+            g(&c.wakeups_sent),
+            g(&c.wakeups_skipped),
+            g(&c.records_dropped),
+        );
+        if crate::audit::enabled() {
+            s.push_str(&format!(" | rt allocations {}", crate::audit::rt_allocations()));
+        }
+        s
+    }
+
+    /// Returns true when the device failed.
+    fn handle_events(&mut self) -> bool {
+        let mut failed = false;
+        while let Ok(ev) = self.events.pop() {
+            match ev {
+                Event::Retired(s) => {
+                    self.streams_attached = self.streams_attached.saturating_sub(1);
+                    let id = s.id;
+                    let owner = self.clients.iter().position(|c| c.stream == Some(id));
+                    if let Some(v) = s.violation() {
+                        if let Some(i) = owner {
+                            let fd = self.clients[i].fd.as_raw_fd();
+                            self.clients[i].stream = None;
+                            self.disconnect(fd, Some(Disconnect::from(v)));
+                        }
+                    } else if let Some(i) = owner {
+                        let c = &mut self.clients[i];
+                        c.stream = None;
+                        if c.destroying {
+                            c.destroying = false;
+                            info!("client pid {} ({}): stream {id} closed", c.pid, c.name);
+                            let fd = c.fd.as_raw_fd();
+                            self.reply(fd, &SocketMsg::StreamDestroyed);
+                        }
+                    }
+                    debug!("stream {id} retired");
+                    drop(s);
+                }
+                Event::Rejected(s) => {
+                    self.streams_attached = self.streams_attached.saturating_sub(1);
+                    if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
+                        let fd = self.clients[i].fd.as_raw_fd();
+                        self.clients[i].stream = None;
+                        self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
+                    }
+                }
+                Event::DeviceFailed(e) => {
+                    error!("device failed: {e}; every client got Fatal");
+                    failed = true;
+                }
+            }
+        }
+        failed
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let fd = match socket::accept4(self.listen.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+                // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            };
+            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("client refused: SO_PEERCRED failed: {e}");
+                    continue;
+                }
+            };
+            if cred.uid() != self.uid && cred.uid() != 0 {
+                warn!(
+                    "client pid {} refused: uid {} is neither the daemon's ({}) nor root",
+                    cred.pid(),
+                    cred.uid(),
+                    self.uid
+                );
+                let _ = wire::send(
+                    fd.as_fd(),
+                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: "permission denied (uid)".into() },
+                    &[],
+                );
+                continue;
+            }
+            debug!("client pid {} connected", cred.pid());
+            self.clients.push(Client {
+                fd,
+                pid: cred.pid(),
+                name: String::new(),
+                phase: Phase::AwaitHello,
+                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                stream: None,
+                destroying: false,
+            });
+        }
+    }
+
+    fn reply(&self, fd: RawFd, msg: &SocketMsg) {
+        // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Err(e) = wire::send(b, msg, &[]) {
+            debug!("send to client fd {fd}: {e}");
+        }
+    }
+
+    /// Closes a client; its stream (if any) is removed from the mix and dropped when it comes back.
+    fn disconnect(&mut self, fd: RawFd, why: Option<Disconnect>) {
+        let Some(i) = self.clients.iter().position(|c| c.fd.as_raw_fd() == fd) else { return };
+        let c = self.clients.swap_remove(i);
+        let removed = c.stream.map(|id| format!("; stream {id} removed")).unwrap_or_default();
+        match why {
+            Some(Disconnect(reason)) => warn!("client pid {} ({}): {reason}; disconnecting{removed}", c.pid, c.name),
+            None if c.stream.is_some() => info!("client pid {} ({}) closed the connection{removed}", c.pid, c.name),
+            None => debug!("client pid {} ({}) disconnected", c.pid, c.name),
+        }
+        if let Some(id) = c.stream {
+            self.send_cmd(Command::Remove(id));
+        }
+        drop(c);
+    }
+
+    fn client_ready(&mut self, fd: RawFd, rev: i16) {
+        if !self.clients.iter().any(|c| c.fd.as_raw_fd() == fd) {
+            return;
+        }
+        if rev & libc::POLLIN == 0 {
+            // HUP/ERR without data: the client is gone (exit, kill -9).
+            return self.disconnect(fd, None);
+        }
+        // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let pkt = match wire::recv(b) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("recv: {e}")))),
+        };
+        if pkt.bytes.is_empty() && pkt.fds.is_empty() {
+            return self.disconnect(fd, None);
+        }
+        if pkt.truncated {
+            return self.disconnect(fd, Some(Disconnect("packet too long or too many fds".into())));
+        }
+        let msg = match SocketMsg::decode(&pkt.bytes) {
+            Ok(m) => m,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("bad packet: {e}")))),
+        };
+        if let Err(d) = self.handle_msg(fd, msg, pkt.fds) {
+            self.disconnect(fd, Some(d));
+        }
+    }
+
+    fn handle_msg(&mut self, fd: RawFd, msg: SocketMsg, fds: Vec<OwnedFd>) -> Result<(), Disconnect> {
+        let i = self.clients.iter().position(|c| c.fd.as_raw_fd() == fd).ok_or(Disconnect("gone".into()))?;
+        let phase_hello = self.clients[i].phase == Phase::AwaitHello;
+        if !fds.is_empty() && !matches!(msg, SocketMsg::CreateStream { .. }) {
+            return Err(Disconnect(format!("{} fds attached to a message that takes none", fds.len())));
+        }
+        match msg {
+            SocketMsg::Hello { version, direction, name, .. } if phase_hello => {
+                let c = &mut self.clients[i];
+                c.name = name;
+                if version != PROTOCOL_VERSION {
+                    let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
+                    self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
+                    return Err(Disconnect(reason));
+                }
+                if direction == Direction::Capture {
+                    let reason = "capture is not supported yet".to_string();
+                    info!("client pid {} ({}): {reason}; closing", c.pid, c.name);
+                    self.reply(fd, &SocketMsg::Refused { errno: libc::ENOTSUP as u32, reason });
+                    self.clients.swap_remove(i);
+                    return Ok(());
+                }
+                c.phase = Phase::Ready;
+                debug!("client pid {} ({}) said hello", c.pid, c.name);
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device });
+                Ok(())
+            }
+            SocketMsg::CreateStream { params, msg_records, memfd_bytes } if !phase_hello => {
+                self.create_stream(i, params, msg_records, memfd_bytes, fds)
+            }
+            SocketMsg::DestroyStream if !phase_hello => {
+                let c = &mut self.clients[i];
+                match c.stream {
+                    Some(id) if !c.destroying => {
+                        c.destroying = true;
+                        self.send_cmd(Command::Remove(id));
+                    }
+                    Some(_) => return Err(Disconnect("DestroyStream while one is in progress".into())),
+                    None => self.reply(fd, &SocketMsg::StreamDestroyed),
+                }
+                Ok(())
+            }
+            other => Err(Disconnect(format!(
+                "unexpected message {} in phase {:?}",
+                match other {
+                    SocketMsg::Hello { .. } => "Hello",
+                    SocketMsg::CreateStream { .. } => "CreateStream",
+                    SocketMsg::DestroyStream => "DestroyStream",
+                    _ => "(daemon message)",
+                },
+                self.clients[i].phase
+            ))),
+        }
+    }
+
+    fn create_stream(
+        &mut self,
+        i: usize,
+        params: AudioParams,
+        msg_records: u32,
+        memfd_bytes: u64,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Disconnect> {
+        let fd = self.clients[i].fd.as_raw_fd();
+        if self.clients[i].stream.is_some() {
+            return Err(Disconnect("CreateStream while the connection already has a stream".into()));
+        }
+        let Ok([memfd, client_wake, daemon_wake]) = <[OwnedFd; 3]>::try_from(fds) else {
+            return Err(Disconnect("CreateStream needs exactly 3 fds [memfd, client_wake, daemon_wake]".into()));
+        };
+        let d = self.device;
+        let refuse = |s: &Self, reason: String| {
+            s.reply(fd, &SocketMsg::Refused { errno: libc::EINVAL as u32, reason: reason.clone() });
+            info!("client pid {}: stream refused: {reason}", s.clients[i].pid);
+            Ok(())
+        };
+        if (params.format, params.rate, params.channels) != (d.format, d.rate, d.channels) {
+            return refuse(
+                self,
+                format!(
+                    "stream {} {} Hz {} ch differs from the device's {} {} Hz {} ch",
+                    params.format, params.rate, params.channels, d.format, d.rate, d.channels
+                ),
+            );
+        }
+        if params.buffer_frames < 2 * d.period_frames {
+            return refuse(
+                self,
+                format!(
+                    "buffer of {} frames is less than two device periods ({})",
+                    params.buffer_frames,
+                    2 * d.period_frames
+                ),
+            );
+        }
+        if self.streams_attached >= MAX_STREAMS {
+            self.reply(fd, &SocketMsg::Refused { errno: libc::EBUSY as u32, reason: "too many streams".into() });
+            return Ok(());
+        }
+        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, msg_records)?;
+        if memfd_bytes != layout.total_bytes {
+            return Err(Violation::new("memfd_bytes differs from the layout", memfd_bytes, layout.total_bytes).into());
+        }
+        for (what, e) in [("client_wake", &client_wake), ("daemon_wake", &daemon_wake)] {
+            if !is_eventfd(e) {
+                return Err(Disconnect(format!("{what} is not an eventfd")));
+            }
+            if !is_nonblocking(e) {
+                return Err(Disconnect(format!("{what} eventfd is not EFD_NONBLOCK")));
+            }
+        }
+        let shm = StreamShm::map_peer(&memfd, layout).map_err(|e| match e {
+            MapError::Violation(v) => Disconnect::from(v),
+            e @ MapError::Io(..) => Disconnect(format!("cannot map memfd: {e}")),
+        })?;
+        drop(memfd);
+        let id = self.next_stream_id;
+        self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
+        let stream = Box::new(Stream::new(id, shm, client_wake, daemon_wake));
+        self.streams_attached += 1;
+        let c = &mut self.clients[i];
+        c.stream = Some(id);
+        info!(
+            "client pid {} ({}): stream {id} buffer {} period {}",
+            c.pid, c.name, params.buffer_frames, params.period_frames
+        );
+        self.send_cmd(Command::Add(stream));
+        self.reply(fd, &SocketMsg::StreamReady { stream_id: id });
+        Ok(())
+    }
+
+    /// Shutdown, step 2 (after the mix thread posted Fatal and ended): closes every client.
+    pub fn close_clients(&mut self) {
+        self.clients.clear();
+    }
+
+    /// Sends `Shutdown` to the mix thread (retrying while its queue is full).
+    pub fn request_shutdown(&mut self) {
+        self.send_cmd(Command::Shutdown);
+        let until = Instant::now() + Duration::from_secs(1);
+        while !self.pending.is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+            self.flush_cmds();
+        }
+    }
+
+    /// Drops what the mix thread handed back after it ended.
+    pub fn drain_events(&mut self) {
+        while let Ok(ev) = self.events.pop() {
+            drop(ev);
+        }
+    }
+
+    /// The socket path (to unlink at exit).
+    #[must_use]
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+}

@@ -1,0 +1,362 @@
+//! Real-time proof for the mixing core: drives `MixCore` in-process with real stream memfds (made
+//! the way the plugin makes them) for thousands of periods with 1, 2 and several streams —
+//! starts, stops, pauses, drains and underruns included — and asserts that the mix cycle never
+//! allocates, that one stream reaches the output bit for bit, and that several give their exact
+//! saturated sum. Built with `--features rt-audit` the daemon's own counting allocator is used;
+//! without it this binary installs the same allocator itself, so plain `cargo test` runs it too.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shmix_daemon::audit;
+use shmix_daemon::mixer::{Counters, MixCore, Stream};
+use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
+use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::{wake, Record, SampleFormat};
+
+#[cfg(not(feature = "rt-audit"))]
+#[global_allocator]
+static GLOBAL: audit::CountingAlloc = audit::CountingAlloc;
+
+const CHANNELS: u32 = 2;
+const PERIOD: usize = 256;
+
+fn eventfd() -> OwnedFd {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0);
+    // SAFETY: fresh descriptor we own.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Deterministic xorshift.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.next().is_multiple_of(one_in)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CState {
+    /// Daemon side stopped; the client may reset and start.
+    Idle,
+    Running,
+    /// Pause sent; waiting for `Stopped`.
+    Pausing,
+    Paused(u32),
+    /// Stop or drain sent; waiting for the answer.
+    Stopping,
+    /// Deliberately not writing (forces an underrun).
+    Starving,
+}
+
+/// The plugin's side of one stream, as the test plays it.
+struct Client {
+    shm: StreamShm,
+    c2d: RingEnd,
+    d2c: RingEnd,
+    buffer: u32,
+    written: u64,
+    seq: u32,
+    state: CState,
+    client_wake: OwnedFd,
+    frame: Vec<u8>,
+    got: Counts,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    xruns: u32,
+    drained: u32,
+    stopped: u32,
+}
+
+impl Client {
+    fn fill(&self) -> u32 {
+        (self.written as u32).wrapping_sub(self.shm.audio_read().pos.load(Ordering::Acquire))
+    }
+    /// The daemon's read count since start, seen from here.
+    fn read_count(&self) -> u64 {
+        self.written - u64::from(self.fill())
+    }
+    fn write(&mut self, frames: u32, rng: &mut Rng) {
+        let fb = self.frame.len();
+        for _ in 0..frames {
+            for b in self.frame.chunks_exact_mut(2) {
+                // Full-scale values so three streams saturate often.
+                b.copy_from_slice(&(rng.next() as i16).to_le_bytes());
+            }
+            let idx = (self.written % u64::from(self.buffer)) as u32;
+            self.shm.write_audio(idx, &self.frame[..fb]);
+            self.written += 1;
+        }
+        self.shm.audio_write().pos.store(self.written as u32, Ordering::Release);
+    }
+    fn send(&mut self, make: impl FnOnce(u32) -> Record) {
+        self.seq += 1;
+        let r = make(self.seq);
+        assert!(self.shm.push_record(Ring::ClientToDaemon, &mut self.c2d, r).unwrap());
+        // The daemon's sleeping flag: write its eventfd if set (the test does not poll it).
+        let _ = wake::wake_if_sleeping(&self.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping);
+    }
+    fn reset_and_start(&mut self, rng: &mut Rng) {
+        self.shm.audio_write().pos.store(0, Ordering::Release);
+        self.shm.audio_read().pos.store(0, Ordering::Release);
+        self.written = 0;
+        let pre = (rng.next() % u64::from(self.buffer)) as u32 + 1;
+        self.write(pre, rng);
+        self.send(|seq| Record::Start { seq });
+        self.state = CState::Running;
+    }
+    /// Reads the daemon's records and the client's eventfd; advances the client's state machine.
+    fn step(&mut self, rng: &mut Rng) {
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes from our non-blocking eventfd into a local.
+        let _ = unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.client_wake), (&raw mut v).cast(), 8) };
+        while let Some(r) = self.shm.pop_record(Ring::DaemonToClient, &mut self.d2c).unwrap() {
+            match r.unwrap() {
+                Record::Xrun { .. } => {
+                    self.got.xruns += 1;
+                    self.state = CState::Idle;
+                }
+                Record::Drained { .. } => {
+                    self.got.drained += 1;
+                    self.state = CState::Idle;
+                }
+                Record::Stopped { .. } => {
+                    self.got.stopped += 1;
+                    self.state = if self.state == CState::Pausing {
+                        CState::Paused(rng.next() as u32 % 20)
+                    } else {
+                        CState::Idle
+                    };
+                }
+                other => panic!("unexpected daemon record {other:?}"),
+            }
+        }
+        match self.state {
+            CState::Idle => {
+                if rng.chance(3) {
+                    self.reset_and_start(rng);
+                }
+            }
+            CState::Running => {
+                let avail = self.buffer - self.fill();
+                let n = if rng.chance(4) { avail / 2 } else { avail };
+                self.write(n, rng);
+                match rng.next() % 200 {
+                    0 => {
+                        self.send(|seq| Record::Stop { seq });
+                        self.state = CState::Stopping;
+                    }
+                    1 => {
+                        self.send(|seq| Record::Drain { seq });
+                        self.state = CState::Stopping;
+                    }
+                    2 => {
+                        self.send(|seq| Record::Pause { seq });
+                        self.state = CState::Pausing;
+                    }
+                    3 | 4 => self.state = CState::Starving,
+                    _ => {
+                        if self.buffer - self.fill() < PERIOD as u32 {
+                            // Wait for room like the plugin: flag, fence, recheck.
+                            let _ = wake::prepare_sleep(&self.shm.audio_write().sleeping, || false);
+                        }
+                    }
+                }
+            }
+            CState::Paused(0) => {
+                self.send(|seq| Record::Resume { seq });
+                self.state = CState::Running;
+            }
+            CState::Paused(n) => self.state = CState::Paused(n - 1),
+            CState::Pausing | CState::Stopping | CState::Starving => {}
+        }
+    }
+}
+
+fn make_stream(id: u32, buffer: u32, rng: &mut Rng) -> (Client, Box<Stream>) {
+    let fb = SampleFormat::S16Le.sample_bytes() * CHANNELS;
+    let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).unwrap();
+    let (memfd, client_shm) = StreamShm::create(layout, "rt-test").unwrap();
+    let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
+    client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
+    let client_wake = eventfd();
+    let daemon_wake = eventfd();
+    let stream = Box::new(Stream::new(id, daemon_shm, client_wake.try_clone().unwrap(), daemon_wake));
+    let mut c = Client {
+        shm: client_shm,
+        c2d: RingEnd::default(),
+        d2c: RingEnd::default(),
+        buffer,
+        written: 0,
+        seq: 0,
+        state: CState::Idle,
+        client_wake,
+        frame: vec![0; fb as usize],
+        got: Counts::default(),
+    };
+    c.reset_and_start(rng);
+    (c, stream)
+}
+
+/// Runs `periods` cycles of `nstreams` streams; checks every output sample and the allocation count.
+fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
+    let mut rng = Rng(seed);
+    let counters = Arc::new(Counters::default());
+    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut clients = Vec::new();
+    for i in 0..nstreams {
+        let buffer = [1024, 600, 4096, 777][i % 4];
+        let (c, s) = make_stream(i as u32 + 1, buffer, &mut rng);
+        core.add(s).unwrap();
+        clients.push(c);
+    }
+    let fb = (2 * CHANNELS) as usize;
+    let mut out = vec![0u8; PERIOD * fb];
+    let mut expect = vec![0i32; PERIOD * CHANNELS as usize];
+    let mut scratch = vec![0u8; PERIOD * fb];
+    let mut r0 = vec![0u64; nstreams];
+    let allocs_before = audit::rt_allocations();
+    let mut checked_samples = 0u64;
+    for p in 0..periods {
+        for c in &mut clients {
+            c.step(&mut rng);
+            // Starving ends after a while (the daemon will have reported the underrun).
+            if c.state == CState::Starving && rng.chance(8) {
+                c.state = CState::Running;
+            }
+        }
+        // A short period now and then (the device's run at the end of its buffer).
+        let frames = if p % 7 == 3 { PERIOD - 100 } else { PERIOD };
+
+        audit::set_in_rt(true);
+        let _ = core.prepare_sleep();
+        core.after_wake(|_| false);
+        core.process_records();
+        audit::set_in_rt(false);
+
+        for (i, c) in clients.iter().enumerate() {
+            r0[i] = c.read_count();
+        }
+
+        audit::set_in_rt(true);
+        let n = core.mix(&mut out[..frames * fb], p as u64);
+        core.publish_timing(512, p as u64);
+        let violated = core.take_violated();
+        audit::set_in_rt(false);
+        assert!(violated.is_none(), "no stream may be violated: {violated:?}");
+        assert_eq!(n, frames);
+
+        // Oracle: what each stream gave is [r0, r1) of its ring, at the start of the period.
+        expect[..frames * CHANNELS as usize].fill(0);
+        for (i, c) in clients.iter().enumerate() {
+            let k = (c.read_count() - r0[i]) as usize;
+            assert!(k <= frames);
+            if k == 0 {
+                continue;
+            }
+            let idx = (r0[i] % u64::from(c.buffer)) as u32;
+            c.shm.read_audio(idx, &mut scratch[..k * fb]);
+            for (e, s) in expect.iter_mut().zip(scratch[..k * fb].chunks_exact(2)) {
+                *e += i32::from(i16::from_le_bytes([s[0], s[1]]));
+            }
+        }
+        for (j, (e, o)) in expect[..frames * CHANNELS as usize].iter().zip(out.chunks_exact(2)).enumerate() {
+            let want = (*e).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+            let got = i16::from_le_bytes([o[0], o[1]]);
+            assert_eq!(got, want, "period {p} sample {j} ({nstreams} streams)");
+            checked_samples += 1;
+        }
+    }
+    let allocs = audit::rt_allocations() - allocs_before;
+    assert_eq!(allocs, 0, "the mix cycle allocated {allocs} times");
+    let mut total = Counts::default();
+    for c in &clients {
+        total.xruns += c.got.xruns;
+        total.drained += c.got.drained;
+        total.stopped += c.got.stopped;
+    }
+    let fast = counters.fastpath_frames.load(Ordering::Relaxed);
+    if nstreams == 1 {
+        assert!(fast > 0, "one stream must take the fast path");
+    }
+    eprintln!(
+        "{nstreams} streams, {periods} periods: {checked_samples} samples checked, {total:?}, fast-path frames {fast}, \
+         wakeups sent {} skipped {}",
+        counters.wakeups_sent.load(Ordering::Relaxed),
+        counters.wakeups_skipped.load(Ordering::Relaxed)
+    );
+    // Retire everything off the RT section (drops unmap here).
+    while core.pop_any().is_some() {}
+    (total, fast)
+}
+
+#[test]
+fn counting_allocator_sees_allocations_in_rt() {
+    // The audit must be able to fail: an allocation with the flag set is counted.
+    let before = audit::rt_allocations();
+    audit::set_in_rt(true);
+    let v = std::hint::black_box(vec![1u8; 64]);
+    audit::set_in_rt(false);
+    drop(v);
+    assert!(audit::rt_allocations() > before);
+}
+
+#[test]
+fn one_stream_is_bit_exact_without_allocating() {
+    let (c, _) = run(1, 6000, 0x1234_5678_9abc_def1);
+    assert!(c.xruns > 0 && c.drained > 0 && c.stopped > 0, "scenario must cover xrun/drain/stop: {c:?}");
+}
+
+#[test]
+fn two_streams_sum_without_allocating() {
+    let (c, _) = run(2, 4000, 0x0fed_cba9_8765_4321);
+    assert!(c.xruns > 0 && c.drained > 0 && c.stopped > 0, "{c:?}");
+}
+
+#[test]
+fn several_streams_saturate_without_allocating() {
+    let (c, _) = run(5, 4000, 0x5555_aaaa_1234_4321);
+    assert!(c.xruns > 0 && c.drained > 0 && c.stopped > 0, "{c:?}");
+}
+
+#[test]
+fn three_streams_constant_saturated_sum() {
+    // Deterministic values: 3 x 20000 saturates to 32767, 3 x -20000 to -32768, 3 x 5 = 15.
+    let counters = Arc::new(Counters::default());
+    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut rng = Rng(1);
+    let mut clients = Vec::new();
+    for id in 1..=3 {
+        let (mut c, s) = make_stream(id, 1024, &mut rng);
+        // Replace the random prefill by a known pattern.
+        c.shm.audio_write().pos.store(0, Ordering::Release);
+        c.written = 0;
+        let pat: Vec<u8> = (0..PERIOD * 2).flat_map(|i| [20000i16, -20000, 5][i % 3].to_le_bytes()).collect();
+        c.shm.write_audio(0, &pat);
+        c.written = PERIOD as u64;
+        c.shm.audio_write().pos.store(PERIOD as u32, Ordering::Release);
+        core.add(s).unwrap();
+        clients.push(c);
+    }
+    core.process_records();
+    let mut out = vec![0u8; PERIOD * 4];
+    audit::set_in_rt(true);
+    core.mix(&mut out, 0);
+    audit::set_in_rt(false);
+    let got: Vec<i16> = out.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(*g, [i16::MAX, i16::MIN, 15][i % 3], "sample {i}");
+    }
+    assert_eq!(counters.fastpath_frames.load(Ordering::Relaxed), 0);
+}
