@@ -530,6 +530,12 @@ unsafe fn poll_revents(
         // POLLERR then reads as -ENODEV from snd_pcm_wait (pcm_state_to_error).
         // SAFETY: `io` is live; this is what snd_pcm_ioplug_set_state does.
         unsafe { (*io).state = sys::SND_PCM_STATE_DISCONNECTED };
+    } else if p.in_xrun() {
+        // Likewise POLLERR reads as -EPIPE only in the XRUN state; while alsa-lib still thinks
+        // the stream runs it would turn into -EIO and the program would give up instead of
+        // recovering with prepare.
+        // SAFETY: `io` is live; this is what snd_pcm_ioplug_set_state does.
+        unsafe { (*io).state = sys::SND_PCM_STATE_XRUN };
     }
     // SAFETY: `revents` is writable (checked non-null).
     unsafe { *revents = r };

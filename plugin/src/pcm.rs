@@ -230,6 +230,11 @@ impl Pcm {
         self.dead
     }
 
+    /// Whether the daemon reported an xrun that the next prepare has not cleared yet.
+    pub fn in_xrun(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.xrun)
+    }
+
     /// The audio ring's base address and length in bytes, if a stream exists (for re-pointing
     /// mmap areas and for refusing sources that overlap it).
     #[must_use]
