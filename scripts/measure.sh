@@ -11,7 +11,7 @@ PROFILE=${PROFILE:-release}
 T=$PWD/target/$PROFILE
 SECS=${SECS:-10}
 W=$(mktemp -d /tmp/shmix-measure.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$W"; echo "work dir: $W" >&2' EXIT
 sox -q -n -r 48000 -b 16 -c 2 "$W/noise.wav" synth "$SECS" whitenoise gain -6
 cat > "$W/asound.conf" <<CONF
 pcm_type.shmix { lib "$T/libasound_module_pcm_shmix.so" }
@@ -36,7 +36,7 @@ for P in "${@:-64 256 1024}"; do
       sleep 0.3
       strace -c -f -o "$W/c.strace" aplay -q -D shmix --period-size="$P" --buffer-size=$((4 * P)) "$W/noise.wav"
       kill -INT $S; wait $S || true
-      csc=$(awk '/total/ {print $3}' "$W/c.strace"); dsc=$(awk '/total/ {print $3}' "$W/d.strace")
+      csc=$(awk '$NF=="total" {print $4}' "$W/c.strace"); dsc=$(awk '$NF=="total" {print $4}' "$W/d.strace")
       dw=$(awk '$NF=="write" {print $4}' "$W/d.strace"); dw=${dw:-0}
       printf '%-7s %-12s %-12s %-12s %-14.2f %-14.2f %.2f\n' "$P" - - - "$(echo "$csc / $periods" | bc -l)" \
         "$(echo "$dsc / $periods" | bc -l)" "$(echo "$dw / $periods" | bc -l)"
