@@ -46,7 +46,11 @@ test: build
 demo: build-release
 	PROFILE=release scripts/demo.sh
 
-install: build-release
+# Installs what `make build-release` built (run that first as yourself: under sudo there is
+# usually no cargo).
+RELEASE_FILES := target/release/libasound_module_pcm_shmix.so target/release/shmixd
+install:
+	@for f in $(RELEASE_FILES); do [ -e $$f ] || { echo "$$f is missing: run 'make build-release' first" >&2; exit 1; }; done
 	install -d $(DESTDIR)$(PLUGIN_DIR) $(DESTDIR)$(CONF_DIR) $(DESTDIR)$(PREFIX)/bin
 	install -m 0644 target/release/libasound_module_pcm_shmix.so $(DESTDIR)$(PLUGIN_DIR)/
 	install -m 0644 asound.conf.d/50-shmix.conf $(DESTDIR)$(CONF_DIR)/
