@@ -371,16 +371,31 @@ impl Device {
         Ok(())
     }
 
-    /// Demangles the device's poll results into POLLOUT/POLLERR.
+    /// Demangles the device's poll results into POLLOUT/POLLERR. POLLERR is turned into the
+    /// error of the state behind it, as `snd_pcm_wait` does: `avail_update` does not report
+    /// SUSPENDED (neither hw nor ioplug PCMs do), and with less than a period free no
+    /// `mmap_begin` would either, so the loop would spin on POLLERR for as long as the device
+    /// sleeps.
     ///
     /// # Errors
-    /// The alsa-lib error.
+    /// The alsa-lib error; with POLLERR: `EPIPE` (XRUN), `ESTRPIPE` (SUSPENDED), `ENODEV`
+    /// (DISCONNECTED).
     pub fn revents(&self, pfds: &mut [libc::pollfd]) -> Result<u16, AlsaError> {
         let mut rev: libc::c_ushort = 0;
         // SAFETY: `pcm` is open; `pfds` came from poll_fill; `rev` is a local.
         check("snd_pcm_poll_descriptors_revents", unsafe {
             sys::snd_pcm_poll_descriptors_revents(self.pcm, pfds.as_mut_ptr(), pfds.len() as libc::c_uint, &mut rev)
         })?;
+        if rev & libc::POLLERR as libc::c_ushort != 0 {
+            // SAFETY: `pcm` is open.
+            let errno = match unsafe { sys::snd_pcm_state(self.pcm) } {
+                sys::SND_PCM_STATE_XRUN => libc::EPIPE,
+                sys::SND_PCM_STATE_SUSPENDED => libc::ESTRPIPE,
+                sys::SND_PCM_STATE_DISCONNECTED => libc::ENODEV,
+                _ => return Ok(rev),
+            };
+            return Err(AlsaError { func: "snd_pcm_state", errno });
+        }
         Ok(rev)
     }
 

@@ -1,6 +1,7 @@
 //! The virtual card's model: a hardware pointer that follows CLOCK_MONOTONIC from the moment of
 //! start, playback frames copied from alsa-lib's buffer to `playback_file`, capture frames copied
-//! from `capture_file` into it, xrun and fault injection, and the timerfd deadline.
+//! from `capture_file` into it, xrun and fault injection (xrun, unplug, suspend/resume), and the
+//! timerfd deadline.
 //! `ioplug.rs` owns the FFI; this module sees alsa-lib only through [`IoView`] and [`Area`].
 //! Runs in: whichever application thread calls the PCM (under the plugin's mutex). RT: yes (no
 //! allocation; syscalls: write/pread on the files, timerfd_settime/read).
@@ -11,6 +12,7 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::config::Config;
+use crate::sys;
 use crate::timer::TimerFd;
 
 /// A positive errno that leaves a callback as `-errno`.
@@ -33,6 +35,15 @@ pub struct IoView {
     pub appl: u64,
     /// `io->state == SND_PCM_STATE_DRAINING`.
     pub draining: bool,
+    /// `io->state` itself (what a suspend saves and `resume` restores).
+    pub state: sys::snd_pcm_state_t,
+}
+
+impl IoView {
+    /// A view of a stream in `state` with the application at `appl`.
+    pub fn new(appl: u64, state: sys::snd_pcm_state_t) -> Self {
+        Self { appl, draining: state == sys::SND_PCM_STATE_DRAINING, state }
+    }
 }
 
 /// alsa-lib's interleaved ring buffer (`mmap_rw = 1`: its own `malloc`), checked at prepare.
@@ -51,6 +62,44 @@ pub enum PointerError {
     Xrun,
     /// `disconnect_at_ms` has passed: the card is unplugged.
     Gone,
+    /// The card is asleep (`suspend_at_ms`) until a successful `resume` (or a prepare).
+    Suspended,
+}
+
+/// What `poll_revents` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Nothing to do yet.
+    Wait,
+    /// avail reached avail_min, or an xrun the application finds out about from `pointer`.
+    Ready,
+    /// The card is suspended: ready with POLLERR, as the kernel reports a SUSPENDED stream.
+    Error,
+}
+
+/// One sleep of the card (`suspend_at_ms` for `suspend_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sleep {
+    /// The moment the card fell asleep (the scheduled one, not when a callback noticed).
+    pub since_ns: u64,
+    /// The first moment `resume` succeeds.
+    pub wake_ns: u64,
+    /// alsa-lib's state when the card fell asleep, which `resume` restores.
+    pub host_state: sys::snd_pcm_state_t,
+    /// Whether the clock ran (it continues at resume).
+    pub was_running: bool,
+}
+
+/// Host states the kernel suspends (`snd_pcm_pre_suspend` skips OPEN, SETUP, DISCONNECTED).
+fn suspendable(state: sys::snd_pcm_state_t) -> bool {
+    matches!(
+        state,
+        sys::SND_PCM_STATE_PREPARED
+            | sys::SND_PCM_STATE_RUNNING
+            | sys::SND_PCM_STATE_XRUN
+            | sys::SND_PCM_STATE_DRAINING
+            | sys::SND_PCM_STATE_PAUSED
+    )
 }
 
 /// The card's sample clock: frames elapsed for nanoseconds elapsed, with skew.
@@ -119,6 +168,9 @@ pub struct Card {
     first_start_ns: Option<u64>,
     xrun_injected: bool,
     gone: bool,
+    /// The one suspend has happened (or passed while the stream was not suspendable).
+    suspend_injected: bool,
+    asleep: Option<Sleep>,
 }
 
 const ENODEV: Errno = Errno(libc::ENODEV);
@@ -155,6 +207,8 @@ impl Card {
             first_start_ns: None,
             xrun_injected: false,
             gone: false,
+            suspend_injected: false,
+            asleep: None,
         }
     }
 
@@ -192,6 +246,78 @@ impl Card {
         } else {
             Ok(())
         }
+    }
+
+    /// The current sleep, if the card is suspended.
+    pub fn asleep(&self) -> Option<Sleep> {
+        self.asleep
+    }
+
+    /// `suspend_at_ms` has come and the stream is in a state the kernel would suspend.
+    fn suspend_due(&self, now_ns: u64, view: IoView) -> bool {
+        !self.suspend_injected
+            && !self.gone
+            && suspendable(view.state)
+            && self.ms_after_first_start(self.cfg.suspend_at_ms).is_some_and(|t| now_ns >= t)
+    }
+
+    /// The suspend time passed without a callback seeing a suspendable stream (stopped or being
+    /// set up): like the kernel, that stream is not suspended.
+    fn skip_due_suspend(&mut self, now_ns: u64) {
+        if self.ms_after_first_start(self.cfg.suspend_at_ms).is_some_and(|t| now_ns >= t) {
+            self.suspend_injected = true;
+        }
+    }
+
+    /// Falls asleep at the scheduled moment: the hardware stops where the clock was then
+    /// (playback: at most at the last written frame, so an underrun the writer had not noticed
+    /// yet is forgiven; the frames still in the buffer stay there and play after the resume).
+    fn fall_asleep(&mut self, now_ns: u64, view: IoView) {
+        let since_ns = self.ms_after_first_start(self.cfg.suspend_at_ms).unwrap_or(now_ns).min(now_ns);
+        if self.running {
+            let clock = self.clock_frames(since_ns.max(self.seg_start_ns));
+            match self.dir {
+                Direction::Playback => {
+                    let appl = self.appl_frames(view.appl);
+                    self.play_until(clock.min(appl), appl);
+                }
+                Direction::Capture => self.capture_until(clock.max(self.hw_frames)),
+            }
+        }
+        self.asleep = Some(Sleep {
+            since_ns,
+            wake_ns: since_ns.saturating_add(self.cfg.suspend_ms.saturating_mul(1_000_000)),
+            host_state: view.state,
+            was_running: self.running,
+        });
+        self.suspend_injected = true;
+        self.running = false;
+        self.base_frames = self.hw_frames;
+        self.timer.fire_now();
+    }
+
+    /// The `resume` callback's model: fails with `EAGAIN` until `suspend_ms` after the card fell
+    /// asleep; then the clock continues from where it stopped (frames still in the buffer play
+    /// next) and the state alsa-lib had at the suspend is returned for it to be restored.
+    ///
+    /// # Errors
+    /// `EAGAIN` while asleep, `EBADFD` when not suspended, `ENODEV` once the card is gone.
+    pub fn resume(&mut self, now_ns: u64, view: IoView) -> Result<sys::snd_pcm_state_t, Errno> {
+        self.check_gone(now_ns)?;
+        let Some(sleep) = self.asleep else {
+            return Err(Errno(libc::EBADFD));
+        };
+        if now_ns < sleep.wake_ns {
+            return Err(Errno(libc::EAGAIN));
+        }
+        self.asleep = None;
+        if sleep.was_running {
+            self.running = true;
+            self.seg_start_ns = now_ns;
+            self.base_frames = self.hw_frames;
+        }
+        self.arm(now_ns, IoView::new(view.appl, sleep.host_state));
+        Ok(sleep.host_state)
     }
 
     fn forced_xrun_due(&self, now_ns: u64) -> bool {
@@ -261,6 +387,10 @@ impl Card {
     /// `ENODEV` once the card is gone.
     pub fn prepare(&mut self, now_ns: u64, area: Area, view: IoView) -> Result<(), Errno> {
         self.check_gone(now_ns)?;
+        // Prepare is also how a caller gives up on a suspended card (the kernel allows it).
+        if self.asleep.take().is_none() && !suspendable(view.state) {
+            self.skip_due_suspend(now_ns);
+        }
         self.area = Some(area);
         self.running = false;
         self.base_frames = 0;
@@ -273,9 +403,12 @@ impl Card {
     /// Starts the clock at the current hw position.
     ///
     /// # Errors
-    /// `ENODEV` once the card is gone.
+    /// `ENODEV` once the card is gone, `ESTRPIPE` while suspended.
     pub fn start(&mut self, now_ns: u64, view: IoView) -> Result<(), Errno> {
         self.check_gone(now_ns)?;
+        if self.asleep.is_some() {
+            return Err(Errno(libc::ESTRPIPE));
+        }
         self.first_start_ns.get_or_insert(now_ns);
         self.running = true;
         self.seg_start_ns = now_ns;
@@ -285,9 +418,13 @@ impl Card {
     }
 
     /// Stops the clock; playback records what was played since the last pointer update.
-    /// Idempotent (alsa-lib calls it at drain end and again at close).
+    /// Idempotent (alsa-lib calls it at drain end and again at close). Ends a suspension (drop
+    /// from SUSPENDED goes to SETUP); a suspend still to come for a stopped stream is skipped.
     pub fn stop(&mut self, now_ns: u64, view: IoView) {
         let _ = self.check_gone(now_ns);
+        if self.asleep.take().is_none() {
+            self.skip_due_suspend(now_ns);
+        }
         if self.running && !self.xrun && !self.gone && self.dir == Direction::Playback {
             let appl = self.appl_frames(view.appl);
             let clock = self.clock_frames(now_ns);
@@ -302,9 +439,12 @@ impl Card {
     /// Freezes (`enable`) or resumes the clock.
     ///
     /// # Errors
-    /// `ENODEV` once the card is gone.
+    /// `ENODEV` once the card is gone, `ESTRPIPE` while suspended.
     pub fn pause(&mut self, now_ns: u64, enable: bool, view: IoView) -> Result<(), Errno> {
         self.check_gone(now_ns)?;
+        if self.asleep.is_some() {
+            return Err(Errno(libc::ESTRPIPE));
+        }
         if enable && self.running {
             self.base_frames = self.clock_frames(now_ns);
             self.running = false;
@@ -324,10 +464,18 @@ impl Card {
     /// [`PointerError::Xrun`] when the clock passed the writer (playback: `avail >= stop_threshold`,
     /// that is, past appl_ptr by default) or the reader (capture), or at `xrun_at_ms` (once);
     /// it stays until the next prepare. [`PointerError::Gone`] after `disconnect_at_ms`.
+    /// [`PointerError::Suspended`] from `suspend_at_ms` until a resume or prepare (the position
+    /// stays where the clock was at that moment).
     pub fn pointer(&mut self, now_ns: u64, view: IoView) -> Result<u64, PointerError> {
         if self.check_gone(now_ns).is_err() {
             self.timer.fire_now();
             return Err(PointerError::Gone);
+        }
+        if self.asleep.is_none() && self.suspend_due(now_ns, view) {
+            self.fall_asleep(now_ns, view);
+        }
+        if self.asleep.is_some() {
+            return Err(PointerError::Suspended);
         }
         if self.xrun {
             return Err(PointerError::Xrun);
@@ -366,12 +514,20 @@ impl Card {
 
     /// The `poll_revents` callback: clears the timerfd, says whether the application may
     /// proceed (avail >= avail_min, or an xrun/fault it must notice), re-arms the timer.
+    /// A suspended card is [`Readiness::Error`] (and stays readable) until it is resumed.
     ///
     /// # Errors
     /// `ENODEV` once the card is gone.
-    pub fn poll_ready(&mut self, now_ns: u64, view: IoView) -> Result<bool, Errno> {
+    pub fn poll_ready(&mut self, now_ns: u64, view: IoView) -> Result<Readiness, Errno> {
         self.check_gone(now_ns)?;
         self.timer.clear();
+        if self.asleep.is_none() && self.suspend_due(now_ns, view) {
+            self.fall_asleep(now_ns, view);
+        }
+        if self.asleep.is_some() {
+            self.timer.fire_now();
+            return Ok(Readiness::Error);
+        }
         let appl = self.appl_frames(view.appl);
         let ready = if self.xrun || self.forced_xrun_due(now_ns) {
             true
@@ -387,7 +543,7 @@ impl Card {
             self.avail_at(self.hw_frames, appl) >= i128::from(self.avail_min)
         };
         self.arm(now_ns, view);
-        Ok(ready)
+        Ok(if ready { Readiness::Ready } else { Readiness::Wait })
     }
 
     /// The CLOCK_MONOTONIC time at which the clock reaches `frames` (0 if it already has).
@@ -400,9 +556,9 @@ impl Card {
     }
 
     /// Arms the timerfd for the next moment the application must look: avail reaching avail_min
-    /// (drain: the last frame played), an xrun, or a pending fault.
+    /// (drain: the last frame played), an xrun, or a pending fault (xrun, suspend, unplug).
     fn arm(&mut self, now_ns: u64, view: IoView) {
-        if self.gone || self.xrun {
+        if self.gone || self.xrun || self.asleep.is_some() {
             self.timer.fire_now();
             return;
         }
@@ -430,6 +586,11 @@ impl Card {
         }
         if !self.xrun_injected {
             if let Some(f) = self.ms_after_first_start(self.cfg.xrun_at_ms) {
+                t = t.min(f);
+            }
+        }
+        if !self.suspend_injected {
+            if let Some(f) = self.ms_after_first_start(self.cfg.suspend_at_ms) {
                 t = t.min(f);
             }
         }
@@ -572,7 +733,7 @@ mod tests {
         let mut c = card(Direction::Playback);
         c.sw_params(0, 256, 1024, 1 << 30).unwrap();
         let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
-        let v = |appl| IoView { appl, draining: false };
+        let v = |appl| IoView::new(appl, sys::SND_PCM_STATE_RUNNING);
         c.prepare(0, area, v(1024)).unwrap();
         let t0 = 1_000_000_000;
         c.start(t0, v(1024)).unwrap();
@@ -584,7 +745,7 @@ mod tests {
         // Draining instead stops at appl.
         c.prepare(0, area, v(1024)).unwrap();
         c.start(t0, v(1024)).unwrap();
-        let d = IoView { appl: 1024, draining: true };
+        let d = IoView::new(1024, sys::SND_PCM_STATE_DRAINING);
         assert_eq!(c.pointer(t0 + 30_000_000, d), Ok(1024));
     }
 
@@ -594,7 +755,7 @@ mod tests {
         let mut c = card(Direction::Playback);
         c.sw_params(0, 256, 4096, 1 << 30).unwrap();
         let area = Area { base: buf.as_mut_ptr(), frames: 4096 };
-        let v = IoView { appl: 4096, draining: false };
+        let v = IoView::new(4096, sys::SND_PCM_STATE_RUNNING);
         c.prepare(0, area, v).unwrap();
         let t0 = 1_000_000_000;
         c.start(t0, v).unwrap();
@@ -611,7 +772,7 @@ mod tests {
         let mut c = card(Direction::Capture);
         c.sw_params(0, 256, 1024, 1 << 30).unwrap();
         let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
-        let v = IoView { appl: 0, draining: false };
+        let v = IoView::new(0, sys::SND_PCM_STATE_RUNNING);
         c.prepare(0, area, v).unwrap();
         let t0 = 1_000_000_000;
         c.start(t0, v).unwrap();
@@ -621,5 +782,132 @@ mod tests {
         assert_eq!(c.pointer(t0 + 31_000_000, v), Err(PointerError::Xrun));
         c.prepare(t0 + 32_000_000, area, v).unwrap();
         assert_eq!(c.pointer(t0 + 33_000_000, v), Ok(0));
+    }
+
+    fn suspending_card(dir: Direction, suspend_ms: u64, playback_file: Option<File>) -> Card {
+        let cfg = Config { suspend_at_ms: Some(100), suspend_ms, ..Config::default() };
+        Card::new(cfg, dir, TimerFd::new().unwrap(), playback_file, None)
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn suspend_freezes_at_its_moment_and_resume_waits_then_continues() {
+        let mut buf: Vec<u8> = (0..4096u32 * 4).map(|i| (i % 251) as u8 + 1).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let rec_path = dir.path().join("rec.raw");
+        let rec = File::create(&rec_path).unwrap();
+        let mut c = suspending_card(Direction::Playback, 200, Some(rec));
+        c.sw_params(0, 256, 4096, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 4096 };
+        let run = |appl| IoView::new(appl, sys::SND_PCM_STATE_RUNNING);
+        let susp = |appl| IoView::new(appl, sys::SND_PCM_STATE_SUSPENDED);
+        c.prepare(0, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        let t0 = 1_000_000_000;
+        c.start(t0, run(4096)).unwrap();
+        // 50 ms: 2400 frames played.
+        assert_eq!(c.pointer(t0 + 50 * MS, run(4096)), Ok(2400));
+        assert_eq!(c.asleep(), None);
+        // Noticed at 130 ms, the card fell asleep at 100 ms: 4800 frames > appl 4096 would be an
+        // underrun, which the suspend forgives: it stops at the last written frame.
+        assert_eq!(c.pointer(t0 + 130 * MS, run(4096)), Err(PointerError::Suspended));
+        let sleep = c.asleep().unwrap();
+        assert_eq!(
+            sleep,
+            Sleep {
+                since_ns: t0 + 100 * MS,
+                wake_ns: t0 + 300 * MS,
+                host_state: sys::SND_PCM_STATE_RUNNING,
+                was_running: true
+            }
+        );
+        assert_eq!(c.hw_frames, 4096);
+        // Asleep: no progress, poll reports the error, start/pause refuse, resume says EAGAIN.
+        assert_eq!(c.pointer(t0 + 250 * MS, susp(4096)), Err(PointerError::Suspended));
+        assert_eq!(c.poll_ready(t0 + 250 * MS, susp(4096)), Ok(Readiness::Error));
+        assert_eq!(c.start(t0 + 250 * MS, susp(4096)), Err(Errno(libc::ESTRPIPE)));
+        assert_eq!(c.pause(t0 + 250 * MS, true, susp(4096)), Err(Errno(libc::ESTRPIPE)));
+        assert_eq!(c.resume(t0 + 299 * MS, susp(4096)), Err(Errno(libc::EAGAIN)));
+        // Awake: RUNNING again, the clock continues from 4096 (the application refilled).
+        assert_eq!(c.resume(t0 + 300 * MS, susp(4096)), Ok(sys::SND_PCM_STATE_RUNNING));
+        assert_eq!(c.asleep(), None);
+        assert_eq!(c.pointer(t0 + 310 * MS, run(8192)), Ok(4096 + 480));
+        // Only once: no second suspend, and a second resume is refused.
+        // 590 ms later: 28 320 frames more.
+        assert_eq!(c.pointer(t0 + 900 * MS, run(8192 + 28_800)), Ok(4096 + 480 + 28_320));
+        assert_eq!(c.resume(t0 + 900 * MS, run(0)), Err(Errno(libc::EBADFD)));
+        // Every frame was played exactly once, in order.
+        let played = std::fs::read(&rec_path).unwrap();
+        let frames = (4096 + 480 + 28_320) * 4;
+        assert_eq!(played.len(), frames);
+        let expected: Vec<u8> = (0..frames).map(|i| buf[i % buf.len()]).collect();
+        assert!(played == expected);
+    }
+
+    #[test]
+    fn suspend_keeps_the_buffer_and_resume_restores_prepared() {
+        let mut buf = vec![0u8; 1024 * 4];
+        let mut c = suspending_card(Direction::Playback, 0, None);
+        c.sw_params(0, 256, 1024, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
+        let t0 = 1_000_000_000;
+        c.prepare(0, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        c.start(t0, IoView::new(1024, sys::SND_PCM_STATE_RUNNING)).unwrap();
+        // Stopped and prepared again before the suspend: a prepared stream is suspended too.
+        c.stop(t0 + 10 * MS, IoView::new(1024, sys::SND_PCM_STATE_RUNNING));
+        c.prepare(t0 + 10 * MS, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        let prepared = IoView::new(512, sys::SND_PCM_STATE_PREPARED);
+        assert_eq!(c.poll_ready(t0 + 100 * MS, prepared), Ok(Readiness::Error));
+        assert_eq!(c.asleep().map(|s| (s.host_state, s.was_running)), Some((sys::SND_PCM_STATE_PREPARED, false)));
+        // suspend_ms 0: resume works at once and gives PREPARED back, position untouched.
+        assert_eq!(c.resume(t0 + 100 * MS, prepared), Ok(sys::SND_PCM_STATE_PREPARED));
+        assert_eq!(c.pointer(t0 + 200 * MS, prepared), Ok(0));
+    }
+
+    #[test]
+    fn prepare_ends_a_suspension_and_stopped_streams_are_not_suspended() {
+        let mut buf = vec![0u8; 1024 * 4];
+        let area = Area { base: buf.as_mut_ptr(), frames: 1024 };
+        let t0 = 1_000_000_000;
+        let run = IoView::new(1024, sys::SND_PCM_STATE_RUNNING);
+
+        // Giving up on the resume: prepare from SUSPENDED starts afresh, no second suspend.
+        let mut c = suspending_card(Direction::Playback, 10_000, None);
+        c.sw_params(0, 256, 1024, 1 << 30).unwrap();
+        c.prepare(0, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        c.start(t0, run).unwrap();
+        assert_eq!(c.pointer(t0 + 101 * MS, run), Err(PointerError::Suspended));
+        c.prepare(t0 + 120 * MS, area, IoView::new(1024, sys::SND_PCM_STATE_SUSPENDED)).unwrap();
+        assert_eq!(c.asleep(), None);
+        c.start(t0 + 120 * MS, run).unwrap();
+        assert_eq!(c.pointer(t0 + 130 * MS, run), Ok(480));
+
+        // A stream stopped (SETUP) when the moment passes is not suspended later.
+        let mut c = suspending_card(Direction::Playback, 200, None);
+        c.sw_params(0, 256, 1024, 1 << 30).unwrap();
+        c.prepare(0, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        c.start(t0, run).unwrap();
+        c.stop(t0 + 10 * MS, run);
+        c.stop(t0 + 150 * MS, IoView::new(1024, sys::SND_PCM_STATE_SETUP));
+        c.prepare(t0 + 160 * MS, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        c.start(t0 + 160 * MS, run).unwrap();
+        assert_eq!(c.pointer(t0 + 170 * MS, run), Ok(480));
+        assert_eq!(c.poll_ready(t0 + 171 * MS, run).map(|r| r != Readiness::Error), Ok(true));
+    }
+
+    #[test]
+    fn capture_suspend_records_until_its_moment() {
+        let mut buf = vec![0u8; 8192 * 4];
+        let mut c = suspending_card(Direction::Capture, 50, None);
+        c.sw_params(0, 256, 8192, 1 << 30).unwrap();
+        let area = Area { base: buf.as_mut_ptr(), frames: 8192 };
+        let run = IoView::new(0, sys::SND_PCM_STATE_RUNNING);
+        c.prepare(0, area, IoView::new(0, sys::SND_PCM_STATE_SETUP)).unwrap();
+        let t0 = 1_000_000_000;
+        c.start(t0, run).unwrap();
+        assert_eq!(c.pointer(t0 + 120 * MS, run), Err(PointerError::Suspended));
+        assert_eq!(c.hw_frames, 4800);
+        assert_eq!(c.resume(t0 + 160 * MS, run), Ok(sys::SND_PCM_STATE_RUNNING));
+        assert_eq!(c.pointer(t0 + 170 * MS, run), Ok(4800 + 480));
     }
 }

@@ -98,6 +98,10 @@ pub struct Config {
     pub xrun_at_ms: Option<u64>,
     /// `disconnect_at_ms`: from this long after the first start on, the card is gone (-ENODEV).
     pub disconnect_at_ms: Option<u64>,
+    /// `suspend_at_ms`: this long after the first start the card falls asleep once (SUSPENDED).
+    pub suspend_at_ms: Option<u64>,
+    /// `suspend_ms`: how long it sleeps, default 200; `resume` cannot wake it earlier.
+    pub suspend_ms: u64,
 }
 
 impl Default for Config {
@@ -113,6 +117,8 @@ impl Default for Config {
             skew_ppm: 0.0,
             xrun_at_ms: None,
             disconnect_at_ms: None,
+            suspend_at_ms: None,
+            suspend_ms: 200,
         }
     }
 }
@@ -227,6 +233,8 @@ impl Config {
                 "disconnect_at_ms" => {
                     c.disconnect_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64);
                 }
+                "suspend_at_ms" => c.suspend_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
+                "suspend_ms" => c.suspend_ms = int_in(k, &v, 0, i64::from(u32::MAX))? as u64,
                 _ => return Err(ConfigError::UnknownKey { key }),
             }
         }
@@ -288,5 +296,16 @@ mod tests {
         assert!(e.to_string().contains("'buffer_max'"), "{e}");
         let e = Config::from_entries([kv("channels", Value::Int(0))]).unwrap_err();
         assert!(e.to_string().contains("'channels'"), "{e}");
+        let e = Config::from_entries([kv("suspend_ms", Value::Int(-1))]).unwrap_err();
+        assert!(e.to_string().contains("'suspend_ms'"), "{e}");
+    }
+
+    #[test]
+    fn suspend_keys() {
+        let c = Config::from_entries([kv("suspend_at_ms", Value::Int(1000))]).unwrap();
+        assert_eq!((c.suspend_at_ms, c.suspend_ms), (Some(1000), 200));
+        let c = Config::from_entries([kv("suspend_at_ms", Value::Str("5".into())), kv("suspend_ms", Value::Int(0))])
+            .unwrap();
+        assert_eq!((c.suspend_at_ms, c.suspend_ms), (Some(5), 0));
     }
 }

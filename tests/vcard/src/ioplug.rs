@@ -9,6 +9,16 @@
 //! - A negative `pointer` result sets the state to XRUN (or drops the stream while DRAINING),
 //!   whatever it is; a state set with `snd_pcm_ioplug_set_state` survives only a `>= 0` result.
 //! - `prepare`, `sw_params` and `poll_*` run without the PCM lock: the card has its own mutex.
+//! - Suspend: nothing in ioplug produces SUSPENDED; the plugin sets it (`snd_pcm_ioplug_set_state`)
+//!   from `pointer` (returning the unchanged position, since a negative result means XRUN) or
+//!   `poll_revents` (with POLLERR, which `snd_pcm_wait` turns into `-ESTRPIPE` from the state).
+//!   pcm.c's `bad_pcm_state` then fails reads, writes and `mmap_begin` with `-ESTRPIPE`; ioplug's
+//!   `avail_update` does not (it only reports XRUN), exactly like the hw plugin.
+//! - `snd_pcm_resume` calls the `resume` callback without the PCM lock and returns 0 whatever
+//!   the callback returns (`snd_pcm_ioplug_resume`); with no callback it returns 0 too and the
+//!   state stays SUSPENDED. So neither `-EAGAIN` nor `-ENOSYS` can reach the caller: the
+//!   callback waits until the card is awake (as the kernel's RESUME ioctl waits for the card to
+//!   power up) and restores the state itself. Defining it also sets SND_PCM_INFO_RESUME.
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_ushort, CStr};
 use std::fs::{File, OpenOptions};
@@ -16,7 +26,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::card::{Area, Card, Direction, Errno, IoView, PointerError};
+use crate::card::{Area, Card, Direction, Errno, IoView, PointerError, Readiness};
 use crate::config::{Config, Value};
 use crate::sys;
 use crate::timer::{now_ns, TimerFd};
@@ -57,7 +67,7 @@ static CALLBACKS: sys::snd_pcm_ioplug_callback_t = sys::snd_pcm_ioplug_callback_
     prepare: Some(cb_prepare),
     drain: None,
     pause: Some(cb_pause),
-    resume: None,
+    resume: Some(cb_resume),
     poll_descriptors_count: None,
     poll_descriptors: None,
     poll_revents: Some(cb_poll_revents),
@@ -100,7 +110,7 @@ impl Plugin {
                 std::ptr::addr_of!((*self.io).state).read_volatile(),
             )
         };
-        IoView { appl: frames(appl), draining: state == sys::SND_PCM_STATE_DRAINING }
+        IoView::new(frames(appl), state)
     }
 
     /// The interleaved ring buffer alsa-lib allocated (`mmap_rw = 1`), checked against the
@@ -163,11 +173,17 @@ unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_
         match p.lock()?.pointer(now_ns(), view) {
             Ok(pos) => Ok(pos as c_long),
             Err(PointerError::Xrun) => Err(Errno(libc::EPIPE)),
-            Err(PointerError::Gone) => {
+            Err(e @ (PointerError::Gone | PointerError::Suspended)) => {
                 // A negative result would turn into XRUN (pcm_ioplug.c hw_ptr_update): report no
-                // progress instead and mark the stream DISCONNECTED, so reads/writes get -ENODEV.
+                // progress instead and mark the stream DISCONNECTED (reads/writes get -ENODEV) or
+                // SUSPENDED (-ESTRPIPE).
+                let state = if e == PointerError::Gone {
+                    sys::SND_PCM_STATE_DISCONNECTED
+                } else {
+                    sys::SND_PCM_STATE_SUSPENDED
+                };
                 // SAFETY: `io` is live; set_state only stores the state (we run under the pcm lock).
-                unsafe { sys::snd_pcm_ioplug_set_state(io, sys::SND_PCM_STATE_DISCONNECTED) };
+                unsafe { sys::snd_pcm_ioplug_set_state(io, state) };
                 // SAFETY: `io` is live; hw_ptr is the position we reported last.
                 Ok(unsafe { std::ptr::addr_of!((*io).hw_ptr).read_volatile() } as c_long)
             }
@@ -260,16 +276,51 @@ unsafe extern "C" fn cb_poll_revents(
         let view = p.view();
         let mut card = p.lock()?;
         let ready = card.poll_ready(now_ns(), view)?;
-        let events = if !ready {
-            0
-        } else if card.direction() == Direction::Playback {
-            libc::POLLOUT
-        } else {
-            libc::POLLIN
+        let io_event = if card.direction() == Direction::Playback { libc::POLLOUT } else { libc::POLLIN };
+        let events = match ready {
+            Readiness::Wait => 0,
+            Readiness::Ready => io_event,
+            Readiness::Error => {
+                // SAFETY: `io` is live; set_state only stores the state. poll_revents runs without
+                // the pcm lock, but the caller is the thread that drives this pcm.
+                unsafe { sys::snd_pcm_ioplug_set_state(io, sys::SND_PCM_STATE_SUSPENDED) };
+                // What the kernel reports for a SUSPENDED stream.
+                io_event | libc::POLLERR
+            }
         };
         // SAFETY: `revents` points at alsa-lib's output variable for this call.
         unsafe { revents.write(events as c_ushort) };
         Ok(0)
+    })
+}
+
+/// `snd_pcm_resume`: waits until the card is awake (`suspend_ms` after it fell asleep), then the
+/// clock continues and alsa-lib's state goes back to what it was (RUNNING, PREPARED, ...).
+/// alsa-lib ignores the result (see the module docs), so a not-suspended card just returns.
+///
+/// # Safety
+/// See [`cb_start`].
+unsafe extern "C" fn cb_resume(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
+    // SAFETY: alsa-lib passes the live ioplug this plugin created.
+    let p = unsafe { plugin(io) };
+    ffi_guard(|| loop {
+        let view = p.view();
+        let mut card = p.lock()?;
+        match card.resume(now_ns(), view) {
+            Ok(state) => {
+                // SAFETY: `io` is live; set_state only stores the state. resume runs without the
+                // pcm lock ("need own locking"), but the caller is the thread that drives this pcm.
+                unsafe { sys::snd_pcm_ioplug_set_state(io, state) };
+                return Ok(0);
+            }
+            Err(Errno(libc::EAGAIN)) => {
+                let wake_ns = card.asleep().map_or(0, |s| s.wake_ns);
+                // Sleep without the card's lock.
+                drop(card);
+                std::thread::sleep(std::time::Duration::from_nanos(wake_ns.saturating_sub(now_ns())));
+            }
+            Err(e) => return Err(e),
+        }
     })
 }
 

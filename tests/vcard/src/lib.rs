@@ -5,7 +5,8 @@
 //! follows CLOCK_MONOTONIC from the moment of start, the poll fd is a timerfd armed for the moment
 //! `avail` reaches `avail_min`, and the stream goes to XRUN when the application falls behind.
 //! Playback appends every frame the card plays to `playback_file`; capture reads `capture_file`.
-//! Faults can be injected (`xrun_at_ms`, `disconnect_at_ms`) and the clock skewed (`skew_ppm`).
+//! Faults can be injected (`xrun_at_ms`, `disconnect_at_ms`, `suspend_at_ms` + `suspend_ms`) and the
+//! clock skewed (`skew_ppm`).
 //! No threads: everything happens in the application's calls.
 //!
 //! Modules: `sys` (bindgen), `ioplug` (all `extern "C"`), `card` (the model), `config`, `timer`.

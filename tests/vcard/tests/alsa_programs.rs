@@ -343,6 +343,28 @@ fn injected_xrun_is_an_underrun_and_playback_goes_on() {
 }
 
 #[test]
+fn suspend_makes_aplay_resume_and_nothing_is_lost() {
+    // Asleep from 500 ms to 700 ms after the start; aplay's resume waits for the wake and the card
+    // continues where it stopped, so every frame is played once, in order, 200 ms late.
+    let rig = Rig::new("format S16_LE playback_file \"{dir}/rec.raw\" suspend_at_ms 500 suspend_ms 200");
+    let data = Fmt::S16.noise(2.0, 0x5eed_000a);
+    std::fs::write(rig.path("in.wav"), wav(Fmt::S16, &data)).unwrap();
+    for mmap in [false, true] {
+        let _ = std::fs::remove_file(rig.path("rec.raw"));
+        let args: &[&str] = if mmap { &["-D", "card", "--mmap", "in.wav"] } else { &["-D", "card", "in.wav"] };
+        let (out, took) = rig.run("aplay", args);
+        assert!(out.status.success(), "aplay (mmap {mmap}) failed: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Suspended. Trying resume. Done."), "mmap {mmap}: stderr: {stderr}");
+        assert!(!stderr.contains("Failed. Restarting"), "mmap {mmap}: resume failed: {stderr}");
+        assert_eq!(stderr.matches("Suspended").count(), 1, "mmap {mmap}: stderr: {stderr}");
+        let rec = std::fs::read(rig.path("rec.raw")).unwrap();
+        assert_recorded_exactly(&rec, &data, 4);
+        assert!(took >= Duration::from_millis(2150), "2 s of audio and a 200 ms sleep took {took:?}");
+    }
+}
+
+#[test]
 fn disconnect_makes_aplay_fail_with_enodev() {
     let rig = Rig::new("format S16_LE playback_file \"{dir}/rec.raw\" disconnect_at_ms 300");
     let data = Fmt::S16.noise(2.0, 0x5eed_0009);
