@@ -2,5 +2,7 @@
 //! virtual card through a daemon of its own on a private socket.
 
 mod common;
+mod faults;
 mod hostile;
 mod playback;
+mod semantics;

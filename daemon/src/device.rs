@@ -433,7 +433,15 @@ impl Device {
     /// `EAGAIN` while the device is still suspended; others: prepare instead.
     pub fn resume(&self) -> Result<(), AlsaError> {
         // SAFETY: `pcm` is open.
-        check("snd_pcm_resume", unsafe { sys::snd_pcm_resume(self.pcm) }).map(drop)
+        check("snd_pcm_resume", unsafe { sys::snd_pcm_resume(self.pcm) })?;
+        // An ioplug device without a resume callback returns 0 and stays SUSPENDED
+        // (pcm_ioplug.c): report that as "cannot resume" so the caller prepares instead of
+        // counting a new suspend every cycle.
+        // SAFETY: `pcm` is open.
+        if unsafe { sys::snd_pcm_state(self.pcm) } == sys::SND_PCM_STATE_SUSPENDED {
+            return Err(AlsaError { func: "snd_pcm_resume", errno: libc::ENOSYS });
+        }
+        Ok(())
     }
 
     /// Writes up to `frames` frames through the mmap area: `fill` gets one contiguous run of

@@ -213,10 +213,8 @@ impl MixThread {
     /// Writes whole periods while the device has room for one.
     fn service_device(&mut self) -> Result<(), AlsaError> {
         let dn = self.dev_nfds;
-        let revents = self.device.revents(&mut self.pfds[..dn])?;
-        if revents & libc::POLLERR as u16 != 0 {
-            // avail_update reports the state (-EPIPE / -ESTRPIPE / -ENODEV) below.
-        }
+        // POLLERR comes back as the error of the device's state (-EPIPE / -ESTRPIPE / -ENODEV).
+        self.device.revents(&mut self.pfds[..dn])?;
         let params = self.device.params();
         let period = params.period_frames as usize;
         let mut avail = self.device.avail_update()?;

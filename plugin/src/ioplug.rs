@@ -524,8 +524,10 @@ unsafe fn poll_revents(
         // SAFETY: alsa-lib passes `nfds` entries.
         unsafe { std::slice::from_raw_parts(pfd, nfds as usize) }
     };
+    let efd = p.poll_fds()[0];
     let sock_revents = pfds.iter().filter(|f| f.fd == sock).fold(0, |acc, f| acc | f.revents);
-    let r = p.revents(sock_revents);
+    let efd_revents = pfds.iter().filter(|f| f.fd == efd).fold(0, |acc, f| acc | f.revents);
+    let r = p.revents(sock_revents, efd_revents);
     if p.dead().is_some() {
         // POLLERR then reads as -ENODEV from snd_pcm_wait (pcm_state_to_error).
         // SAFETY: `io` is live; this is what snd_pcm_ioplug_set_state does.

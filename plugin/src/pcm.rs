@@ -627,10 +627,17 @@ impl Pcm {
 
     /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when
     /// set). Returns POLLOUT when avail >= avail_min, POLLERR on xrun/disconnect/fatal.
-    pub fn revents(&mut self, sock_revents: i16) -> u16 {
+    pub fn revents(&mut self, sock_revents: i16, efd_revents: i16) -> u16 {
         if sock_revents != 0 && self.dead.is_none() && self.conn.peer_gone() {
             self.debug_line(format_args!("shmixd closed the connection"));
             self.dead = Some(libc::ENODEV);
+        }
+        if efd_revents & libc::POLLIN != 0 && self.armed {
+            // A late write of the daemon for an earlier sleep (it took the flag, we woke by
+            // other means, drained and armed again, then its write landed): the fd is signalled
+            // while we wait. Believe poll, so sync_readiness drains it instead of letting the
+            // program spin in poll until the daemon's next wake.
+            self.efd_signalled = true;
         }
         self.refresh();
         self.sync_readiness();
@@ -672,7 +679,11 @@ impl Pcm {
         } else {
             None
         };
-        let d = monotonic_delay(from_snapshot.unwrap_or(fill), s.last_delay, s.write_total);
+        // The frames still in our ring have not been played whatever the clock says: when the
+        // daemon stalls, the snapshot ages but nothing is consumed. (Applied before the
+        // monotonic cap, which then cannot go below it either: the fill never grows without a
+        // write.)
+        let d = monotonic_delay(from_snapshot.unwrap_or(fill).max(fill), s.last_delay, s.write_total);
         if running {
             s.last_delay = Some((d, s.write_total));
         }

@@ -1,0 +1,558 @@
+//! PCM semantics through shmix, checked with numbers and samples: which copy path ran (the
+//! plugin's counters), non-blocking programs neither busy-loop nor lose frames, odd period
+//! sizes, delay/pause/drop/drain/abort/status/wait from a C program on alsa-lib's API, no
+//! descriptor leaks over many open/close cycles, and the daemon's recovery from a device xrun.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const RATE: u32 = 48000;
+const CH: usize = 2;
+
+/// Stereo noise, `secs` long, from two seeds (never a frame of zeros).
+fn stereo_noise(seed: u32, secs: f64) -> Vec<i16> {
+    let n = (secs * f64::from(RATE)) as usize;
+    interleave(&[noise(seed, n, 30000), noise(seed + 1000, n, 30000)])
+}
+
+fn write_raw(path: &Path, samples: &[i16]) {
+    let b: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(path, b).expect("write raw");
+}
+
+fn aplay(rig: &Rig, extra: &[&str], wav: &Path) -> Command {
+    let mut c = rig.cmd("aplay");
+    c.args(["-D", "shmix"]).args(extra).arg(wav);
+    c
+}
+
+/// A `key : value` number from `aplay -v`'s setup dump.
+fn aplay_setup_value(out: &str, key: &str) -> Option<u64> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// One stretch of the recording that equals `sound[sound_at..sound_at + len]` (frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    rec_at: usize,
+    sound_at: usize,
+    len: usize,
+}
+
+/// Splits the recording into pieces of `sound`: every frame of the recording is either silence
+/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit. Panics
+/// on a frame that is neither (garbage, or a mix). `sound` must never hold a frame of zeros.
+fn pieces(rec: &[i16], sound: &[i16], what: &str) -> Vec<Piece> {
+    let rec_frames = rec.len() / CH;
+    let snd_frames = sound.len() / CH;
+    let rf = |i: usize| &rec[i * CH..(i + 1) * CH];
+    let sf = |i: usize| &sound[i * CH..(i + 1) * CH];
+    let key = 8usize; // frames that locate a piece unambiguously
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rec_frames {
+        if rf(i).iter().all(|s| *s == 0) {
+            i += 1;
+            continue;
+        }
+        let k = key.min(rec_frames - i);
+        let at =
+            (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t))).unwrap_or_else(|| {
+                panic!(
+                    "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
+                     far: {out:?}",
+                    &rec[i * CH..(i * CH + 8).min(rec.len())]
+                )
+            });
+        let mut len = 0;
+        while i + len < rec_frames && at + len < snd_frames && rf(i + len) == sf(at + len) {
+            len += 1;
+        }
+        out.push(Piece { rec_at: i, sound_at: at, len });
+        i += len;
+    }
+    out
+}
+
+/// Asserts the recording is exactly `sound[..frames]`, contiguous, with silence around it.
+fn assert_prefix_played(rig: &Rig, sound: &[i16], frames: usize, what: &str) {
+    assert!(frames > 0 && frames * CH <= sound.len(), "{what}: {frames} frames written");
+    assert_contiguous(&rig.recording_s16(), &sound[..frames * CH], CH, what);
+}
+
+// ----- 1. the plugin's counters prove which copy path ran ------------------------------------
+
+/// `frames copied C, zero-copy Z, xruns X` from the plugin's close line.
+fn counters(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("shmix: frames copied "))
+        .unwrap_or_else(|| panic!("no counters line from the plugin (SHMIX_DEBUG=1):\n{stderr}"));
+    let nums: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    assert_eq!(nums.len(), 3, "unexpected counters line {line:?}");
+    (nums[0], nums[1], nums[2])
+}
+
+fn counters_for(mmap: bool) {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(101, 1.0);
+    let frames = (sound.len() / CH) as u64;
+    let wav = rig.path("noise.wav");
+    write_wav(&wav, 2, RATE, &sound);
+    let extra: &[&str] = if mmap { &["-v", "--mmap"] } else { &["-v"] };
+    let mut c = aplay(&rig, extra, &wav);
+    c.env("SHMIX_DEBUG", "1");
+    let r = run(c, Duration::from_secs(30));
+    r.assert_ok("aplay");
+    let all = format!("{}\n{}", r.stdout, r.stderr);
+    // aplay pads its last chunk (one period) with silence: that is written too.
+    let period = aplay_setup_value(&all, "period_size").expect("period_size in aplay -v");
+    let sent = frames.div_ceil(period) * period;
+    let (copied, zero, xruns) = counters(&r.stderr);
+    eprintln!("mmap={mmap}: period {period}, sent {sent}: copied {copied}, zero-copy {zero}, xruns {xruns}");
+    if mmap {
+        assert!(
+            r.stderr.contains("shmix: prepare: mmap areas point at shared memory"),
+            "mmap areas were not re-pointed:\n{}",
+            r.stderr
+        );
+        assert_eq!((copied, zero), (0, sent), "aplay --mmap: copied/zero-copy frames");
+    } else {
+        assert_eq!((copied, zero), (sent, 0), "aplay (RW): copied/zero-copy frames");
+    }
+    assert_eq!(xruns, 0, "xruns during a plain aplay");
+    assert_contiguous(&rig.recording_s16(), &sound, CH, if mmap { "aplay --mmap" } else { "aplay" });
+}
+
+#[test]
+fn counters_rw_copies_every_frame() {
+    counters_for(false);
+}
+
+#[test]
+fn counters_mmap_copies_no_frame() {
+    counters_for(true);
+}
+
+// ----- 2. non-blocking programs: bit-exact, and they sleep ---------------------------------
+
+/// Runs `cmd` to the end (at most `limit`) and returns its output with its rusage (wait4).
+#[allow(clippy::zombie_processes)] // reaped by wait4 (std's Child cannot report rusage)
+fn run_rusage(mut cmd: Command, limit: Duration) -> (Run, libc::rusage) {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    loop {
+        // SAFETY: wait4 on our own child with valid out pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("program did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = start.elapsed();
+    let run = Run {
+        status: ExitStatus::from_raw(status),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        wall,
+    };
+    (run, ru)
+}
+
+fn cpu_secs(ru: &libc::rusage) -> f64 {
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn nonblocking(extra: &[&str]) {
+    let rig = Rig::new(Card::default(), &[]);
+    let secs = 2.0;
+    let sound = stereo_noise(201, secs);
+    let wav = rig.path("noise.wav");
+    write_wav(&wav, 2, RATE, &sound);
+    let (r, ru) = run_rusage(aplay(&rig, extra, &wav), Duration::from_secs(30));
+    r.assert_ok("aplay -N");
+    let wall = r.wall.as_secs_f64();
+    let cpu = cpu_secs(&ru);
+    eprintln!("aplay {extra:?}: wall {wall:.3} s, cpu {cpu:.3} s ({:.1} %)", 100.0 * cpu / wall);
+    assert!(wall >= secs * 0.9 && wall <= secs * 1.1 + 1.0, "aplay took {wall:.3} s for {secs} s of audio");
+    assert!(cpu < 0.2 * wall, "aplay {extra:?} used {cpu:.3} s CPU in {wall:.3} s: a busy loop");
+    assert_contiguous(&rig.recording_s16(), &sound, CH, &format!("aplay {extra:?}"));
+}
+
+#[test]
+fn nonblocking_rw_is_bit_exact_and_sleeps() {
+    nonblocking(&["-q", "-N"]);
+}
+
+#[test]
+fn nonblocking_mmap_is_bit_exact_and_sleeps() {
+    nonblocking(&["-q", "-N", "--mmap"]);
+}
+
+// ----- 3. period sizes ----------------------------------------------------------------------
+
+/// `aplay --period-size=P --buffer-size=B` on a daemon with `daemon_args`: negotiated exactly,
+/// bit-exact.
+fn period_size(p: u64, buffer: u64, daemon_args: &[&str]) {
+    let rig = Rig::new(Card::default(), daemon_args);
+    let sound = stereo_noise(300 + p as u32, 1.0);
+    let wav = rig.path("noise.wav");
+    write_wav(&wav, 2, RATE, &sound);
+    let (ps, bs) = (format!("--period-size={p}"), format!("--buffer-size={buffer}"));
+    let r = run(aplay(&rig, &["-v", &ps, &bs], &wav), Duration::from_secs(30));
+    r.assert_ok("aplay");
+    let all = format!("{}\n{}", r.stdout, r.stderr);
+    assert_eq!(aplay_setup_value(&all, "period_size"), Some(p), "negotiated period:\n{all}");
+    assert_eq!(aplay_setup_value(&all, "buffer_size"), Some(buffer), "negotiated buffer:\n{all}");
+    assert!(!all.contains("underrun"), "underrun with period {p}:\n{all}");
+    assert_contiguous(&rig.recording_s16(), &sound, CH, &format!("period {p} buffer {buffer}"));
+}
+
+/// The plugin's minimum buffer is two device periods (512 frames at the default --period 256);
+/// keep the buffer a multiple of the period.
+fn buffer_for(p: u64) -> u64 {
+    p * 4u64.max(512u64.div_ceil(p))
+}
+
+#[test]
+fn period_64_is_bit_exact() {
+    period_size(64, buffer_for(64), &[]);
+}
+
+#[test]
+fn period_104_is_bit_exact() {
+    period_size(104, buffer_for(104), &[]);
+}
+
+#[test]
+fn period_940_is_bit_exact() {
+    period_size(940, buffer_for(940), &[]);
+}
+
+#[test]
+fn period_4096_is_bit_exact() {
+    period_size(4096, buffer_for(4096), &[]);
+}
+
+// ----- 4. the C program -----------------------------------------------------------------------
+
+/// Compiles tests/c/pcm_semantics.c into the rig's temp dir.
+fn build_c(rig: &Rig) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/pcm_semantics.c");
+    let exe = rig.path("pcm_semantics");
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lasound", "-lm"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
+    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    exe
+}
+
+/// What the C program reported.
+#[derive(Debug)]
+struct CReport {
+    out: String,
+}
+
+impl CReport {
+    fn number(&self, key: &str) -> usize {
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no `{key}` line:\n{}", self.out))
+    }
+
+    fn value(&self, name: &str) -> f64 {
+        let key = format!("value {name} ");
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix(&key).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no value {name}:\n{}", self.out))
+    }
+}
+
+/// Runs the C program with `args`; every `check` line must say ok and the named checks must
+/// all be there.
+fn run_c(rig: &Rig, args: &[&str], expect_checks: &[&str]) -> CReport {
+    let exe = build_c(rig);
+    let mut c = rig.cmd(&exe);
+    c.args(args);
+    let r = run(c, Duration::from_secs(60));
+    let out = r.stdout.clone();
+    eprintln!("pcm_semantics {args:?}:\n{out}{}", r.stderr);
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("check ") && !l.contains(" ok")).collect();
+    assert!(
+        failed.is_empty(),
+        "pcm_semantics {args:?}: failed checks:\n{}\n\nfull output:\n{out}\n{}",
+        failed.join("\n"),
+        r.stderr
+    );
+    for name in expect_checks {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("check {name} ok"))),
+            "pcm_semantics {args:?}: check {name} missing:\n{out}\n{}\ndaemon log:\n{}",
+            r.stderr,
+            rig.daemon_log()
+        );
+    }
+    r.assert_ok(&format!("pcm_semantics {args:?}"));
+    CReport { out }
+}
+
+#[test]
+fn c_delay_status_wait_and_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(401, 3.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(
+        &rig,
+        &["basic", raw.to_str().unwrap()],
+        &[
+            "delay_after_prepare",
+            "delay_before_start",
+            "delay_full_before_start",
+            "status_after_start",
+            "delay_while_running",
+            "wait_full_buffer_times_out",
+            "drain",
+        ],
+    );
+    eprintln!(
+        "delay min {} max {} over {} samples; drain {:.1} ms for {:.1} ms queued; wait(10) {:.1} ms",
+        rep.value("delay_min_frames"),
+        rep.value("delay_max_frames"),
+        rep.value("delay_samples"),
+        rep.value("drain_ms"),
+        rep.value("drain_queued_ms"),
+        rep.value("wait_ms")
+    );
+    // Everything written, including the two periods written before start, was heard once.
+    assert_prefix_played(&rig, &sound, rep.number("written"), "C basic");
+}
+
+#[test]
+fn c_pause_loses_and_repeats_nothing() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(501, 1.5);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["pause", raw.to_str().unwrap()], &["can_pause", "paused_holds", "pause_drain"]);
+    let written = rep.number("written");
+    assert_eq!(written, sound.len() / CH);
+    let paused_ms = rep.value("paused_ms");
+    let p = pieces(&rig.recording_s16(), &sound, "pause");
+    // Exactly: sound[..k], a silent gap while paused, sound[k..]: nothing lost, nothing twice.
+    assert_eq!(p.len(), 2, "expected the sound in two pieces around the pause, got {p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+    assert_eq!(p[1].sound_at, p[0].len, "pause lost or repeated frames: {p:?}");
+    assert_eq!(p[1].sound_at + p[1].len, written, "the end of the sound is missing: {p:?}");
+    let gap = p[1].rec_at - (p[0].rec_at + p[0].len);
+    let gap_ms = gap as f64 * 1000.0 / f64::from(RATE);
+    eprintln!("pause: {paused_ms:.1} ms paused, recording gap {gap_ms:.1} ms after {} frames", p[0].len);
+    // The device keeps playing what it already had (its buffer is 1024 frames, 21 ms), so the
+    // gap is the pause less at most that, plus scheduling.
+    assert!(
+        gap_ms > paused_ms - 60.0 && gap_ms < paused_ms + 200.0,
+        "gap {gap_ms:.1} ms for a {paused_ms:.1} ms pause"
+    );
+}
+
+#[test]
+fn c_drop_then_second_burst_is_bit_exact() {
+    let rig = Rig::new(Card::default(), &[]);
+    let first = stereo_noise(601, 1.0);
+    let second = stereo_noise(602, 0.5);
+    let (r1, r2) = (rig.path("first.raw"), rig.path("second.raw"));
+    write_raw(&r1, &first);
+    write_raw(&r2, &second);
+    let rep = run_c(
+        &rig,
+        &["drop", r1.to_str().unwrap(), r2.to_str().unwrap()],
+        &["drop", "drop_again", "prepared_after_drop", "drop_second_burst_drain"],
+    );
+    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
+    assert_eq!(w2, second.len() / CH);
+    let both: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
+    let p = pieces(&rig.recording_s16(), &both, "drop");
+    let n1 = first.len() / CH;
+    eprintln!("drop: wrote {w1} frames of the first burst, recording pieces {p:?}");
+    // A prefix of the first burst (dropped mid-stream), then the whole second burst.
+    assert_eq!(p.len(), 2, "expected a prefix of burst 1 and all of burst 2, got {p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+    assert!(p[0].len > 0, "nothing of the first burst played before the drop: {p:?}");
+    // The drop discarded what was queued: at most the device's buffer (1024) of the client's
+    // full 4096-frame buffer may still have played.
+    assert!(p[0].len + 2048 <= w1, "drop played {} of {w1} written frames: it did not discard the queue", p[0].len);
+    assert_eq!((p[1].sound_at, p[1].len), (n1, w2), "second burst not complete: {p:?}");
+}
+
+#[test]
+fn c_nonblocking_drain_says_eagain_then_completes() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(701, 0.5);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["nonblock", raw.to_str().unwrap()], &["nonblock_drain_eagain", "nonblock_drain_completes"]);
+    eprintln!("nonblocking drain: {} wait+drain rounds", rep.value("nonblock_drain_loops"));
+    assert_prefix_played(&rig, &sound, rep.number("written"), "C nonblock");
+}
+
+#[test]
+fn c_abort_interrupts_a_blocking_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(801, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["abort", raw.to_str().unwrap()], &["abort_drain", "drop_after_abort"]);
+    eprintln!("abort: drain returned after {:.1} ms", rep.value("abort_drain_ms"));
+    // What played is a clean prefix of the sound.
+    let p = pieces(&rig.recording_s16(), &sound, "abort");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+}
+
+// ----- 5. open/close cycles leak nothing ----------------------------------------------------
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/pid/fd").count()
+}
+
+fn memfd_maps(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps").lines().filter(|l| l.contains("memfd:")).count()
+}
+
+#[test]
+fn open_close_cycles_leak_no_descriptor() {
+    let rig = Rig::new(Card::default(), &[]);
+    let pid = rig.daemon_pid();
+    // Let the mix thread start the device before counting.
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds0, maps0) = (fd_count(pid), memfd_maps(pid));
+    run_c(&rig, &["cycles", "200"], &["cycles_client_fds"]);
+    // The daemon retires closed streams asynchronously: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut fds1, mut maps1) = (fd_count(pid), memfd_maps(pid));
+    while (fds1 > fds0 + 2 || maps1 > maps0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        (fds1, maps1) = (fd_count(pid), memfd_maps(pid));
+    }
+    eprintln!("daemon fds {fds0} -> {fds1}, memfd mappings {maps0} -> {maps1}");
+    assert!(fds1 <= fds0 + 2, "daemon fds grew from {fds0} to {fds1} over 200 open/close cycles");
+    assert_eq!(maps1, maps0, "daemon keeps stream mappings after 200 open/close cycles");
+    let log = rig.daemon_log();
+    let bad: Vec<&str> =
+        log.lines().filter(|l| l.starts_with("shmixd WARN") || l.starts_with("shmixd ERROR")).collect();
+    assert!(bad.is_empty(), "daemon warned during open/close cycles:\n{}", bad.join("\n"));
+}
+
+// ----- 6. device xrun recovery ----------------------------------------------------------------
+
+#[test]
+fn device_xrun_loses_at_most_the_device_buffer() {
+    let mut rig = Rig::new(Card { extra: vec!["xrun_at_ms 1000".into()], ..Default::default() }, &[]);
+    let sound = stereo_noise(901, 3.0);
+    let wav = rig.path("noise.wav");
+    write_wav(&wav, 2, RATE, &sound);
+    let mut c = aplay(&rig, &["-q"], &wav);
+    c.env("SHMIX_DEBUG", "1");
+    let r = run(c, Duration::from_secs(30));
+    r.assert_ok("aplay");
+    assert!(!r.stderr.contains("underrun"), "the client saw an xrun for the device's:\n{}", r.stderr);
+    assert_eq!(counters(&r.stderr).2, 0, "plugin counted xruns");
+    let st = rig.signal_daemon(libc::SIGTERM);
+    assert!(st.success(), "shmixd exited with {st}");
+    let log = rig.daemon_log();
+    let stats =
+        log.lines().rev().find(|l| l.contains("device xruns")).unwrap_or_else(|| panic!("no stats line:\n{log}"));
+    assert!(stats.contains("device xruns 1 "), "expected exactly one device xrun: {stats}");
+    // The device buffer, from the daemon's startup line ("... buffer N frames").
+    let dev_buffer: usize = log
+        .lines()
+        .find_map(|l| l.split("buffer ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no device buffer in the log:\n{log}"));
+    let n = sound.len() / CH;
+    let p = pieces(&rig.recording_s16(), &sound, "device xrun");
+    eprintln!("device xrun: device buffer {dev_buffer}, recording pieces {p:?}");
+    // Like a real card: what it had played stays; what sat in its buffer at the xrun is lost
+    // (never more than that buffer); after the restart (silence prefill) the stream continues
+    // where the daemon had read to, up to the sound's end.
+    assert!(!p.is_empty() && p[0].sound_at == 0, "{p:?}");
+    let last = p.last().unwrap();
+    assert_eq!(last.sound_at + last.len, n, "the sound's end is missing: {p:?}");
+    assert!(p.len() <= 2, "more than one discontinuity: {p:?}");
+    if let [a, b] = p[..] {
+        let lost = b.sound_at.checked_sub(a.len).unwrap_or_else(|| panic!("frames repeated: {p:?}"));
+        assert!(lost <= dev_buffer, "lost {lost} frames, more than the device buffer {dev_buffer}: {p:?}");
+        assert!(a.len >= (0.8 * f64::from(RATE)) as usize, "bit-exact prefix only {} frames: {p:?}", a.len);
+        eprintln!("device xrun: prefix {} frames, lost {lost}, gap {} frames", a.len, b.rec_at - (a.rec_at + a.len));
+    }
+}
+
+#[test]
+fn c_short_sound_below_start_threshold_plays_on_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    // 700 frames: less than a period (1024) and far below the start threshold.
+    let n = 700;
+    let sound = interleave(&[noise(1001, n, 30000), noise(1002, n, 30000)]);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["short", raw.to_str().unwrap()], &["short_not_started", "short_drain"]);
+    assert_eq!(rep.number("written"), n);
+    assert_prefix_played(&rig, &sound, n, "C short");
+}
+
+#[test]
+fn c_delay_holds_while_the_daemon_stalls() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(1101, 1.5);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    // The C program SIGSTOPs the daemon for 60 ms (less than its 85 ms buffer) and samples the
+    // delay meanwhile: nothing is consumed, so it must stay at least the buffer's fill.
+    let pid = rig.daemon_pid().to_string();
+    let rep = run_c(&rig, &["stall", raw.to_str().unwrap(), &pid], &["stall_delay_holds", "stall_drain"]);
+    eprintln!("stall: minimum delay {} frames", rep.value("stall_min_delay_frames"));
+    // The device xruns during the stall (its buffer is 21 ms): what it held is lost, nothing else.
+    let p = pieces(&rig.recording_s16(), &sound, "stall");
+    let n = rep.number("written");
+    assert!(p.len() <= 2 && p[0].sound_at == 0, "{p:?}");
+    let last = p.last().unwrap();
+    assert_eq!(last.sound_at + last.len, n, "{p:?}");
+    if let [a, b] = p[..] {
+        assert!(b.sound_at >= a.len && b.sound_at - a.len <= 1024, "lost more than the device buffer: {p:?}");
+    }
+}
