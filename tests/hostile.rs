@@ -10,6 +10,7 @@ use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERS
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::socket;
 use shmix_shared::sync::Ordering;
+use shmix_shared::{ChannelMap, ResampleQuality};
 
 use crate::common::*;
 
@@ -78,7 +79,13 @@ impl Raw {
 
     fn create(&self, memfd: RawFd, memfd_bytes: u64) {
         let (a, b) = (eventfd(), eventfd());
-        let msg = SocketMsg::CreateStream { params: self.params(), msg_records: DEFAULT_MSG_RECORDS, memfd_bytes };
+        let msg = SocketMsg::CreateStream {
+            params: self.params(),
+            msg_records: DEFAULT_MSG_RECORDS,
+            memfd_bytes,
+            chmap: ChannelMap::standard(self.params().channels),
+            quality: ResampleQuality::Default,
+        };
         socket::send(self.sock.as_fd(), &msg, &[memfd, a.as_raw_fd(), b.as_raw_fd()]).unwrap();
     }
 
@@ -222,7 +229,13 @@ fn hostile_clients_are_refused_and_a_stream_stays_bit_exact() {
 
     // 7. Wrong fd count.
     let c = Raw::connect(&rig);
-    let msg = SocketMsg::CreateStream { params: c.params(), msg_records: DEFAULT_MSG_RECORDS, memfd_bytes: total };
+    let msg = SocketMsg::CreateStream {
+        params: c.params(),
+        msg_records: DEFAULT_MSG_RECORDS,
+        memfd_bytes: total,
+        chmap: ChannelMap::standard(c.params().channels),
+        quality: ResampleQuality::Default,
+    };
     socket::send(c.sock.as_fd(), &msg, &[]).unwrap();
     assert!(matches!(c.answer(), Some(SocketMsg::Refused { .. }) | None), "CreateStream without fds accepted");
 

@@ -484,7 +484,7 @@ impl Server {
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device });
                 Ok(())
             }
-            SocketMsg::CreateStream { params, msg_records, memfd_bytes } if !phase_hello => {
+            SocketMsg::CreateStream { params, msg_records, memfd_bytes, .. } if !phase_hello => {
                 self.create_stream(i, params, msg_records, memfd_bytes, fds)
             }
             SocketMsg::DestroyStream if !phase_hello => {

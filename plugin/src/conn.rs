@@ -119,7 +119,13 @@ impl Conn {
         memfd_bytes: u64,
         fds: [RawFd; 3],
     ) -> Result<u32, (i32, String)> {
-        let msg = SocketMsg::CreateStream { params, msg_records, memfd_bytes };
+        let msg = SocketMsg::CreateStream {
+            params,
+            msg_records,
+            memfd_bytes,
+            chmap: shmix_shared::ChannelMap::standard(params.channels),
+            quality: shmix_shared::ResampleQuality::Default,
+        };
         wire::send(self.sock.as_fd(), &msg, &fds).map_err(|e| (io_errno(&e), format!("sending CreateStream: {e}")))?;
         match recv_msg(self.sock.as_fd()) {
             Ok(SocketMsg::StreamReady { stream_id }) => Ok(stream_id),

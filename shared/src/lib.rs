@@ -6,6 +6,8 @@ pub mod sync;
 pub mod wake;
 
 #[cfg(not(loom))]
+pub mod chmap;
+#[cfg(not(loom))]
 pub mod cursor;
 #[cfg(not(loom))]
 pub mod error;
@@ -20,6 +22,8 @@ pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
 
+#[cfg(not(loom))]
+pub use chmap::{ChannelMap, ResampleQuality};
 #[cfg(not(loom))]
 pub use error::{DecodeError, Violation};
 #[cfg(not(loom))]

@@ -3,11 +3,12 @@
 //! field checked on decode. Runs in both processes. RT: records yes (no allocation); socket
 //! messages no (names are `String`).
 
+use crate::chmap::{ChannelMap, Position, ResampleQuality};
 use crate::error::DecodeError;
 use crate::format::SampleFormat;
 
 /// Protocol version; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest socket packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 512;
 /// Longest client name carried in `Hello`.
@@ -109,6 +110,10 @@ pub enum SocketMsg {
         msg_records: u32,
         /// Size of the memfd in bytes.
         memfd_bytes: u64,
+        /// Which speaker each channel feeds; its length equals `params.channels`.
+        chmap: ChannelMap,
+        /// Resampling quality when the stream's rate differs from the device's.
+        quality: ResampleQuality,
     },
     /// Daemon -> client: the stream is mapped and attached to the mixer.
     StreamReady {
@@ -163,6 +168,15 @@ impl Reader<'_> {
         self.buf = rest;
         String::from_utf8(s.to_vec()).map_err(|_| DecodeError::BadField(field, len as u64))
     }
+    fn bytes_padded<const N: usize>(&mut self, field: &'static str, len: usize) -> Result<[u8; N], DecodeError> {
+        if len > N || self.buf.len() < len {
+            return Err(DecodeError::Truncated(field));
+        }
+        let mut out = [0u8; N];
+        out[..len].copy_from_slice(&self.buf[..len]);
+        self.buf = &self.buf[len..];
+        Ok(out)
+    }
     fn params(&mut self) -> Result<AudioParams, DecodeError> {
         let code = self.u32("format")?;
         let format = SampleFormat::from_code(code).ok_or(DecodeError::BadField("format", u64::from(code)))?;
@@ -212,11 +226,14 @@ impl SocketMsg {
                 out.extend_from_slice(&version.to_le_bytes());
                 put_params(&mut out, device);
             }
-            Self::CreateStream { params, msg_records, memfd_bytes } => {
+            Self::CreateStream { params, msg_records, memfd_bytes, chmap, quality } => {
                 tag(&mut out, TAG_CREATE);
                 put_params(&mut out, params);
                 out.extend_from_slice(&msg_records.to_le_bytes());
                 out.extend_from_slice(&memfd_bytes.to_le_bytes());
+                out.extend_from_slice(&(*quality as u32).to_le_bytes());
+                out.extend_from_slice(&chmap.channels().to_le_bytes());
+                out.extend_from_slice(chmap.positions());
             }
             Self::StreamReady { stream_id } => {
                 tag(&mut out, TAG_READY);
@@ -256,7 +273,16 @@ impl SocketMsg {
                 if !msg_records.is_power_of_two() || msg_records > crate::layout::MAX_MSG_RECORDS {
                     return Err(DecodeError::BadField("msg_records", u64::from(msg_records)));
                 }
-                Self::CreateStream { params, msg_records, memfd_bytes: r.u64("memfd_bytes")? }
+                let memfd_bytes = r.u64("memfd_bytes")?;
+                let q = r.u32("quality")?;
+                let quality = ResampleQuality::from_u32(q).ok_or(DecodeError::BadField("quality", u64::from(q)))?;
+                let n = r.u32("chmap length")?;
+                if n != params.channels {
+                    return Err(DecodeError::BadField("chmap length", u64::from(n)));
+                }
+                let positions: [Position; MAX_CHANNELS as usize] = r.bytes_padded("chmap", n as usize)?;
+                let chmap = ChannelMap::new(&positions[..n as usize])?;
+                Self::CreateStream { params, msg_records, memfd_bytes, chmap, quality }
             }
             TAG_READY => Self::StreamReady { stream_id: r.u32("stream_id")? },
             TAG_DESTROY => Self::DestroyStream,

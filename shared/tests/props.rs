@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
-use shmix_shared::SampleFormat;
+use shmix_shared::{ChannelMap, ResampleQuality, SampleFormat};
 
 fn params() -> impl Strategy<Value = AudioParams> {
     (0usize..SampleFormat::ALL.len(), 8000u32..=384_000, 1u32..=32, 1u32..=1 << 20, 1u32..=1 << 20).prop_map(
@@ -23,11 +23,15 @@ fn socket_msg() -> impl Strategy<Value = SocketMsg> {
             SocketMsg::Hello { version, direction: if p { Direction::Playback } else { Direction::Capture }, pid, name }
         }),
         (any::<u32>(), params()).prop_map(|(version, device)| SocketMsg::Welcome { version, device }),
-        (params(), 0u32..=10, any::<u64>()).prop_map(|(params, p, memfd_bytes)| SocketMsg::CreateStream {
-            params,
-            msg_records: 1 << p,
-            memfd_bytes
-        }),
+        (params(), 0u32..=10, any::<u64>(), proptest::collection::vec(0u8..=36, 32), 0u32..=3).prop_map(
+            |(params, p, memfd_bytes, pos, q)| SocketMsg::CreateStream {
+                params,
+                msg_records: 1 << p,
+                memfd_bytes,
+                chmap: ChannelMap::new(&pos[..params.channels as usize]).unwrap(),
+                quality: ResampleQuality::from_u32(q).unwrap(),
+            }
+        ),
         any::<u32>().prop_map(|stream_id| SocketMsg::StreamReady { stream_id }),
         Just(SocketMsg::DestroyStream),
         Just(SocketMsg::StreamDestroyed),
@@ -79,6 +83,6 @@ proptest! {
 }
 
 #[test]
-fn version_constant_is_one() {
-    assert_eq!(PROTOCOL_VERSION, 1);
+fn version_constant_is_two() {
+    assert_eq!(PROTOCOL_VERSION, 2);
 }
