@@ -3,6 +3,7 @@
 
 mod common;
 mod faults;
+mod formats;
 mod hostile;
 mod playback;
 mod semantics;

@@ -9,6 +9,7 @@ use std::fmt;
 use std::ptr;
 
 use alsa_sys as sys;
+use shmix_shared::chmap::{self, ChannelMap};
 use shmix_shared::{AudioParams, SampleFormat};
 
 use crate::convert;
@@ -126,6 +127,7 @@ pub struct Device {
     pcm: *mut sys::snd_pcm_t,
     name: String,
     params: AudioParams,
+    chmap: ChannelMap,
     frame_bytes: usize,
 }
 
@@ -171,6 +173,7 @@ impl Device {
                 period_frames: 0,
                 buffer_frames: 0,
             },
+            chmap: ChannelMap::standard(1),
             frame_bytes: 0,
         };
         dev.refuse_shmix()?;
@@ -336,7 +339,40 @@ impl Device {
         self.params =
             AudioParams { format, rate, channels, period_frames: to_u32(period), buffer_frames: to_u32(buffer) };
         self.frame_bytes = self.params.frame_bytes() as usize;
+        self.chmap = self.query_chmap().unwrap_or_else(|| ChannelMap::standard(channels));
         Ok(())
+    }
+
+    /// The device's current channel map (`snd_pcm_get_chmap`), if it tells one that fits.
+    fn query_chmap(&self) -> Option<ChannelMap> {
+        // SAFETY: `pcm` is open and configured; the result is malloc'ed by alsa-lib (or NULL).
+        let m = unsafe { sys::snd_pcm_get_chmap(self.pcm) };
+        if m.is_null() {
+            return None;
+        }
+        // SAFETY: a non-NULL map holds `channels` positions after its header; we copy them out
+        // and free the allocation exactly once.
+        let positions: Vec<u32> = unsafe {
+            let n = (*m).channels as usize;
+            let v = std::slice::from_raw_parts((*m).pos.as_ptr(), n).to_vec();
+            libc::free(m.cast());
+            v
+        };
+        if positions.len() != self.params.channels as usize {
+            return None;
+        }
+        // Drop the phase-inverse and driver-specific bits (SND_CHMAP_PHASE_INVERSE, DRIVER_SPEC).
+        let pos: Vec<u8> = positions
+            .iter()
+            .map(|p| u8::try_from(p & 0xffff).ok().filter(|p| *p <= chmap::LAST).unwrap_or(chmap::UNKNOWN))
+            .collect();
+        ChannelMap::new(&pos).ok()
+    }
+
+    /// The device's channel map (its own, else the standard map for its channels).
+    #[must_use]
+    pub fn chmap(&self) -> ChannelMap {
+        self.chmap
     }
 
     /// The configured parameters.

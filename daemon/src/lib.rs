@@ -6,6 +6,7 @@ pub mod convert;
 pub mod device;
 pub mod mixer;
 pub mod mixthread;
+pub mod pipeline;
 pub mod server;
 
 use std::sync::atomic::AtomicI32;

@@ -15,7 +15,9 @@ use log::{error, info};
 use shmix_daemon::device::{self, Device, Request};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
+use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
 use shmix_daemon::server::{self, Outcome, Server};
+use shmix_shared::chmap::ResampleQuality;
 use shmix_shared::SampleFormat;
 
 /// The shmix sound server.
@@ -43,6 +45,10 @@ struct Cli {
     /// Periods per device buffer
     #[arg(long, value_name = "N", default_value_t = 4)]
     periods: u32,
+    /// Resampling quality for streams whose rate differs from the device's and that ask for no
+    /// quality of their own: fast, medium or high [default: medium, THD+N below -100 dB]
+    #[arg(long, value_name = "QUALITY", value_parser = parse_quality)]
+    resample_quality: Option<ResampleQuality>,
     /// SCHED_FIFO priority for the mix thread
     #[arg(long, default_value_t = 20)]
     rt_priority: i32,
@@ -50,6 +56,10 @@ struct Cli {
 
 fn parse_format(s: &str) -> Result<SampleFormat, String> {
     SampleFormat::from_name(s).ok_or_else(|| format!("unknown sample format '{s}'"))
+}
+
+fn parse_quality(s: &str) -> Result<ResampleQuality, String> {
+    ResampleQuality::from_name(s).ok_or_else(|| format!("unknown resampling quality '{s}' (fast, medium, high)"))
 }
 
 fn eventfd() -> anyhow::Result<OwnedFd> {
@@ -82,17 +92,25 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     let dev = Device::open(&device_name, &req).with_context(|| format!("opening device '{device_name}'"))?;
     let p = dev.params();
+    let quality = match cli.resample_quality {
+        None | Some(ResampleQuality::Default) => DEFAULT_QUALITY,
+        Some(q) => q,
+    };
+    let spec = DeviceSpec { params: p, chmap: dev.chmap(), quality };
 
     let listen = server::listen(&socket_path)?;
     info!(
-        "shmixd listening on {} | device '{}' {} {} Hz {} ch, period {} frames, buffer {} frames",
+        "shmixd listening on {} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
+         resampling {}",
         socket_path.display(),
         device_name,
         p.format,
         p.rate,
         p.channels,
+        spec.chmap.positions(),
         p.period_frames,
-        p.buffer_frames
+        p.buffer_frames,
+        quality.name()
     );
 
     let signals = server::signal_fd()?;
@@ -106,7 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
-    let mut srv = Server::new(socket_path.clone(), listen, signals, p, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
+    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
     let outcome = srv.run();
     // Shutdown order: Fatal to every stream and stop the mix thread (it drops the device and
     // the streams it holds), then close the clients (they see HUP), unlink the socket.

@@ -1,5 +1,8 @@
 //! The mixing core: the stream slots, their control records and state machine, and one device
-//! cycle mixed into a byte slice (the device's mmap area in the daemon, a plain buffer in tests).
+//! cycle mixed into a byte slice (the device's mmap area in the daemon, a plain buffer in tests):
+//! each active stream's `pipeline::Pipeline` adds into an f32 bus, which is then encoded into the
+//! device's format, saturating; one stream already in the device's format, rate and layout at
+//! unity gain is copied straight from its ring instead (the fast path).
 //! No ALSA here, so it runs in tests without a card.
 //! Runs on the mix thread (built on the control thread). RT: yes — no allocation, no locks, no
 //! logging; the only syscalls are eventfd writes to sleeping clients.
@@ -13,7 +16,8 @@ use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::wake;
 use shmix_shared::{Record, SampleFormat, Violation};
 
-use crate::convert;
+use crate::convert::{self, EncodeFn};
+use crate::pipeline::{Pipeline, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -81,7 +85,8 @@ pub struct Stream {
     c2d: RingEnd,
     d2c: RingEnd,
     buffer_frames: u32,
-    frame_bytes: u32,
+    /// Conversion from the stream's format, rate and layout into the mix bus.
+    pipe: Pipeline,
     drain_seq: u32,
     /// Device position (frames handed to the device) just after this stream's last frame.
     drain_until: u64,
@@ -89,9 +94,9 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Wraps a mapped stream and its two eventfds.
+    /// Wraps a mapped stream, its two eventfds and its conversion pipeline.
     #[must_use]
-    pub fn new(id: u32, shm: StreamShm, client_wake: OwnedFd, daemon_wake: OwnedFd) -> Self {
+    pub fn new(id: u32, shm: StreamShm, client_wake: OwnedFd, daemon_wake: OwnedFd, pipe: Pipeline) -> Self {
         let l = *shm.layout();
         Self {
             id,
@@ -103,7 +108,7 @@ impl Stream {
             c2d: RingEnd::default(),
             d2c: RingEnd::default(),
             buffer_frames: l.buffer_frames,
-            frame_bytes: l.frame_bytes,
+            pipe,
             drain_seq: 0,
             drain_until: 0,
             violation: None,
@@ -120,6 +125,17 @@ impl Stream {
     #[must_use]
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The stream's conversion pipeline.
+    #[must_use]
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipe
+    }
+
+    /// Sets the stream's gain (applied with a short linear ramp). RT: yes.
+    pub fn set_gain(&mut self, gain: f32) {
+        self.pipe.set_gain(gain);
     }
 
     /// The violation that retired this stream, if any.
@@ -205,6 +221,7 @@ impl Stream {
                     if self.state == State::Stopped {
                         self.state = State::Running;
                         self.read_count = 0;
+                        self.pipe.restart();
                     }
                 }
                 Record::Stop { seq } => {
@@ -279,6 +296,7 @@ pub fn now_ns() -> u64 {
 #[derive(Debug)]
 pub struct MixCore {
     format: SampleFormat,
+    encode: EncodeFn,
     channels: u32,
     frame_bytes: usize,
     max_frames: usize,
@@ -287,8 +305,8 @@ pub struct MixCore {
     streams: Vec<Box<Stream>>,
     /// Frames handed to the device since it was opened (mixed and silence prefill).
     device_pos: u64,
-    bus: Vec<f64>,
-    scratch: Vec<u8>,
+    /// The f32 mix bus, device channels interleaved.
+    bus: Vec<f32>,
     counters: Arc<Counters>,
 }
 
@@ -299,13 +317,13 @@ impl MixCore {
         let frame_bytes = (format.sample_bytes() * channels) as usize;
         Self {
             format,
+            encode: convert::encoder(format),
             channels,
             frame_bytes,
             max_frames,
             streams: Vec::with_capacity(MAX_STREAMS),
             device_pos: 0,
             bus: vec![0.0; max_frames * channels as usize],
-            scratch: vec![0; max_frames * frame_bytes],
             counters,
         }
     }
@@ -332,9 +350,13 @@ impl MixCore {
     /// vector has its capacity from `new`).
     ///
     /// # Errors
-    /// The stream itself when [`MAX_STREAMS`] are attached or its frame size differs.
+    /// The stream itself when [`MAX_STREAMS`] are attached or its pipeline was built for
+    /// another device.
     pub fn add(&mut self, s: Box<Stream>) -> Result<(), Box<Stream>> {
-        if self.streams.len() >= MAX_STREAMS || s.frame_bytes as usize != self.frame_bytes {
+        if self.streams.len() >= MAX_STREAMS
+            || s.pipe.device_channels() != self.channels as usize
+            || s.pipe.max_frames() < self.max_frames
+        {
             return Err(s);
         }
         self.streams.push(s);
@@ -399,58 +421,63 @@ impl MixCore {
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];
-        let n = frames as u32;
         let active = self.streams.iter().filter(|s| s.active()).count();
         let counters = &*self.counters;
-        if active == 0 {
-            convert::silence(self.format, out);
-        } else if active == 1 {
-            let Some(s) = self.streams.iter_mut().find(|s| s.active()) else { return 0 };
-            let k = take(s, n).unwrap_or(0);
-            let bytes = k as usize * fb;
-            if k > 0 {
-                let idx = cursor::ring_index(s.read_count, s.buffer_frames);
-                s.shm.read_audio(idx, &mut out[..bytes]);
-                Counters::bump(&counters.fastpath_frames, u64::from(k));
-            }
-            convert::silence(self.format, &mut out[bytes..]);
-            finish(s, k, n, now_ns, self.device_pos, counters);
-        } else {
-            let samples = frames * self.channels as usize;
-            let bus = &mut self.bus[..samples];
-            bus.fill(0.0);
-            for s in self.streams.iter_mut().filter(|s| s.active()) {
-                let k = take(s, n).unwrap_or(0);
+        let device_pos = self.device_pos;
+        let single = if active == 1 { self.streams.iter_mut().find(|s| s.active()) } else { None };
+        match single {
+            None if active == 0 => convert::silence(self.format, out),
+            // Fast path: the ring's bytes are already what the device wants.
+            Some(s) if s.pipe.is_passthrough() => {
+                let fill = s.fill().unwrap_or(0) as usize;
+                let k = fill.min(frames);
+                let bytes = k * fb;
                 if k > 0 {
                     let idx = cursor::ring_index(s.read_count, s.buffer_frames);
-                    let src = &mut self.scratch[..k as usize * fb];
-                    s.shm.read_audio(idx, src);
-                    convert::accumulate(self.format, src, bus);
+                    s.shm.read_audio(idx, &mut out[..bytes]);
+                    s.pipe.note_copied(k);
+                    Counters::bump(&counters.fastpath_frames, k as u64);
                 }
-                finish(s, k, n, now_ns, self.device_pos, counters);
+                convert::silence(self.format, &mut out[bytes..]);
+                let t = Taken { consumed: k as u32, emitted: k, short: k < frames, tail_done: k == fill };
+                finish(s, t, now_ns, device_pos, counters);
             }
-            convert::encode_bus(self.format, bus, out);
+            _ => {
+                let samples = frames * self.channels as usize;
+                let bus = &mut self.bus[..samples];
+                bus.fill(0.0);
+                for s in self.streams.iter_mut().filter(|s| s.active()) {
+                    let s = &mut **s;
+                    let Some(fill) = s.fill() else { continue };
+                    let draining = s.state == State::Draining;
+                    let t = s.pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
+                    finish(s, t, now_ns, device_pos, counters);
+                }
+                (self.encode)(bus, out);
+            }
         }
-        Counters::bump(&counters.frames_mixed, u64::from(n));
-        self.device_pos += u64::from(n);
+        Counters::bump(&counters.frames_mixed, frames as u64);
+        self.device_pos += frames as u64;
         frames
     }
 
     /// After the device commit: publishes each consuming stream's timing snapshot. `device_queued`
-    /// is the device's filled buffer (buffer_size - avail).
+    /// is the device's filled buffer (buffer_size - avail). `queued_frames` is in stream frames:
+    /// the device's share converted to the stream's rate plus the resampler's delay.
     /// Streams whose last frame the device has now played get `Drained`.
     pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
         let played = self.device_pos.saturating_sub(u64::from(device_queued));
         for s in self.streams.iter_mut().filter(|s| s.violation.is_none()) {
             match s.state {
                 State::Running | State::Draining => {
-                    let queued = u64::from(device_queued).min(s.read_count) as u32;
-                    s.shm.publish_timing(s.read_pos(), queued, now_ns);
+                    let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
                 }
                 State::DrainingDevice => {
-                    let queued = s.drain_until.saturating_sub(played).min(s.read_count);
-                    s.shm.publish_timing(s.read_pos(), queued as u32, now_ns);
-                    if queued == 0 {
+                    let left = s.drain_until.saturating_sub(played);
+                    let queued = s.pipe.to_stream_frames(left).min(s.read_count);
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    if left == 0 {
                         s.finish_drain(&self.counters);
                     }
                 }
@@ -478,36 +505,31 @@ impl MixCore {
     }
 }
 
-/// Frames `s` can give this cycle: min(n, fill). `None` on a cursor violation.
-fn take(s: &mut Stream, n: u32) -> Option<u32> {
-    s.fill().map(|f| f.min(n))
-}
-
-/// Bookkeeping after taking `k` of `n` frames from `s`: publish the read position, detect
-/// underrun / end of drain, wake the client when its avail reached avail_min.
-fn finish(s: &mut Stream, k: u32, n: u32, now_ns: u64, device_pos: u64, counters: &Counters) {
+/// Bookkeeping after a run that took `t` from `s`: publish the read position, detect underrun /
+/// end of drain, wake the client when its avail reached avail_min.
+fn finish(s: &mut Stream, t: Taken, now_ns: u64, device_pos: u64, counters: &Counters) {
     if s.violation.is_some() {
         return;
     }
-    s.read_count += u64::from(k);
+    s.read_count += u64::from(t.consumed);
     s.publish_read();
     let fill = s.fill().unwrap_or(0);
     if s.violation.is_some() {
         return;
     }
     let mut posted = false;
-    if k < n && s.state == State::Running {
+    if t.short && s.state == State::Running {
         s.state = State::Stopped;
         Counters::bump(&counters.stream_underruns, 1);
         let pos = s.read_pos();
         s.post(Record::Xrun { pos, at_ns: now_ns }, counters);
         posted = true;
-    } else if s.state == State::Draining && fill == 0 {
+    } else if s.state == State::Draining && fill == 0 && t.tail_done {
         // Everything is in the device; `Drained` once it has played up to here.
         s.state = State::DrainingDevice;
-        s.drain_until = device_pos + u64::from(k);
+        s.drain_until = device_pos + t.emitted as u64;
     }
-    if !posted && k > 0 {
+    if !posted && t.consumed > 0 {
         let avail = s.buffer_frames - fill;
         let avail_min = s.shm.avail_min().value.load(Ordering::Relaxed).clamp(1, s.buffer_frames);
         if avail >= avail_min {

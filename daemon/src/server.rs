@@ -18,13 +18,16 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
+use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::Layout;
+use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
+use crate::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
 
 /// How long a new connection may take to say `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,7 +119,7 @@ pub struct Server {
     socket_path: PathBuf,
     listen: OwnedFd,
     signals: SignalFd,
-    device: AudioParams,
+    device: DeviceSpec,
     cmds: Producer<Command>,
     pending: VecDeque<Command>,
     cmd_efd: OwnedFd,
@@ -167,7 +170,7 @@ impl Server {
         socket_path: PathBuf,
         listen: OwnedFd,
         signals: SignalFd,
-        device: AudioParams,
+        device: DeviceSpec,
         cmds: Producer<Command>,
         cmd_efd: OwnedFd,
         events: Consumer<Event>,
@@ -481,11 +484,11 @@ impl Server {
                 }
                 c.phase = Phase::Ready;
                 debug!("client pid {} ({}) said hello", c.pid, c.name);
-                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device });
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device.params });
                 Ok(())
             }
-            SocketMsg::CreateStream { params, msg_records, memfd_bytes, .. } if !phase_hello => {
-                self.create_stream(i, params, msg_records, memfd_bytes, fds)
+            SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality } if !phase_hello => {
+                self.create_stream(i, params, (chmap, quality), msg_records, memfd_bytes, fds)
             }
             SocketMsg::DestroyStream if !phase_hello => {
                 let c = &mut self.clients[i];
@@ -516,6 +519,7 @@ impl Server {
         &mut self,
         i: usize,
         params: AudioParams,
+        (chmap, quality): (ChannelMap, ResampleQuality),
         msg_records: u32,
         memfd_bytes: u64,
         fds: Vec<OwnedFd>,
@@ -527,31 +531,43 @@ impl Server {
         let Ok([memfd, client_wake, daemon_wake]) = <[OwnedFd; 3]>::try_from(fds) else {
             return Err(Disconnect("CreateStream needs exactly 3 fds [memfd, client_wake, daemon_wake]".into()));
         };
-        let d = self.device;
+        let d = self.device.params;
         let refuse = |s: &Self, reason: String| {
             s.reply(fd, &SocketMsg::Refused { errno: libc::EINVAL as u32, reason: reason.clone() });
             info!("client pid {}: stream refused: {reason}", s.clients[i].pid);
             Ok(())
         };
-        if (params.format, params.rate, params.channels) != (d.format, d.rate, d.channels) {
+        // The decoder already checked these; a refusal with a reason beats trusting that.
+        if !crate::convert::is_supported(params.format) {
+            return refuse(self, format!("sample format {} is not supported", params.format));
+        }
+        if !(1..=MAX_CHANNELS).contains(&params.channels) {
+            return refuse(self, format!("{} channels: 1 to {MAX_CHANNELS} are supported", params.channels));
+        }
+        if !(MIN_RATE..=MAX_RATE).contains(&params.rate) {
+            return refuse(self, format!("rate {} Hz: {MIN_RATE} to {MAX_RATE} Hz are supported", params.rate));
+        }
+        if chmap.channels() != params.channels {
+            return refuse(
+                self,
+                format!("channel map has {} positions for {} channels", chmap.channels(), params.channels),
+            );
+        }
+        let min_buffer = pipeline::min_buffer_frames(d.period_frames, d.rate, params.rate);
+        if params.buffer_frames < min_buffer {
             return refuse(
                 self,
                 format!(
-                    "stream {} {} Hz {} ch differs from the device's {} {} Hz {} ch",
-                    params.format, params.rate, params.channels, d.format, d.rate, d.channels
+                    "buffer of {} frames is less than two device periods ({min_buffer} frames at {} Hz)",
+                    params.buffer_frames, params.rate
                 ),
             );
         }
-        if params.buffer_frames < 2 * d.period_frames {
-            return refuse(
-                self,
-                format!(
-                    "buffer of {} frames is less than two device periods ({})",
-                    params.buffer_frames,
-                    2 * d.period_frames
-                ),
-            );
-        }
+        let spec = StreamSpec { format: params.format, rate: params.rate, chmap, quality };
+        let pipe = match Pipeline::new(&spec, &self.device) {
+            Ok(p) => p,
+            Err(reason) => return refuse(self, reason),
+        };
         if self.streams_attached >= MAX_STREAMS {
             self.reply(fd, &SocketMsg::Refused { errno: libc::EBUSY as u32, reason: "too many streams".into() });
             return Ok(());
@@ -575,14 +591,21 @@ impl Server {
         drop(memfd);
         let id = self.next_stream_id;
         self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
-        let stream = Box::new(Stream::new(id, shm, client_wake, daemon_wake));
+        let conv = if pipe.resamples() {
+            format!(" resampled {} -> {} Hz ({})", params.rate, d.rate, pipe.quality().name())
+        } else {
+            String::new()
+        };
+        let remap = format!("{:?}", pipe.remap());
+        let stream = Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe));
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
         info!(
-            "client pid {} ({}): stream {id} buffer {} period {}",
-            c.pid, c.name, params.buffer_frames, params.period_frames
+            "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
+            c.pid, c.name, params.format, params.rate, params.channels, params.buffer_frames, params.period_frames
         );
+        debug!("stream {id}: {remap}");
         self.send_cmd(Command::Add(stream));
         self.reply(fd, &SocketMsg::StreamReady { stream_id: id });
         Ok(())

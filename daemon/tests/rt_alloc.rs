@@ -10,10 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use shmix_daemon::audit;
+use shmix_daemon::convert::{self, EncodeFn};
 use shmix_daemon::mixer::{Counters, MixCore, Stream};
+use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{wake, Record, SampleFormat};
+use shmix_shared::{wake, AudioParams, Record, SampleFormat};
 
 #[cfg(not(feature = "rt-audit"))]
 #[global_allocator]
@@ -69,6 +72,9 @@ struct Client {
     state: CState,
     client_wake: OwnedFd,
     frame: Vec<u8>,
+    /// Test-side encoder of the stream's format (random full-scale values).
+    encode: EncodeFn,
+    samples: Vec<f32>,
     got: Counts,
 }
 
@@ -90,10 +96,11 @@ impl Client {
     fn write(&mut self, frames: u32, rng: &mut Rng) {
         let fb = self.frame.len();
         for _ in 0..frames {
-            for b in self.frame.chunks_exact_mut(2) {
-                // Full-scale values so three streams saturate often.
-                b.copy_from_slice(&(rng.next() as i16).to_le_bytes());
+            for v in &mut self.samples {
+                // Full-scale values so three streams saturate often (S16: every value exact).
+                *v = f32::from(rng.next() as i16) / 32768.0;
             }
+            (self.encode)(&self.samples, &mut self.frame);
             let idx = (self.written % u64::from(self.buffer)) as u32;
             self.shm.write_audio(idx, &self.frame[..fb]);
             self.written += 1;
@@ -184,15 +191,45 @@ impl Client {
     }
 }
 
+/// The device every test mixes into: `format` stereo 48 kHz, period `PERIOD`.
+fn device(format: SampleFormat) -> DeviceSpec {
+    DeviceSpec {
+        params: AudioParams {
+            format,
+            rate: 48_000,
+            channels: CHANNELS,
+            period_frames: PERIOD as u32,
+            buffer_frames: 4 * PERIOD as u32,
+        },
+        chmap: ChannelMap::standard(CHANNELS),
+        quality: pipeline::DEFAULT_QUALITY,
+    }
+}
+
+/// S16 stereo at the device's rate (the bit-exact oracle's streams).
+fn s16_stereo() -> StreamSpec {
+    StreamSpec {
+        format: SampleFormat::S16Le,
+        rate: 48_000,
+        chmap: ChannelMap::standard(CHANNELS),
+        quality: ResampleQuality::Default,
+    }
+}
+
 fn make_stream(id: u32, buffer: u32, rng: &mut Rng) -> (Client, Box<Stream>) {
-    let fb = SampleFormat::S16Le.sample_bytes() * CHANNELS;
+    make_stream_as(id, buffer, rng, &s16_stereo(), &device(SampleFormat::S16Le))
+}
+
+fn make_stream_as(id: u32, buffer: u32, rng: &mut Rng, spec: &StreamSpec, dev: &DeviceSpec) -> (Client, Box<Stream>) {
+    let fb = spec.format.sample_bytes() * spec.chmap.channels();
     let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).unwrap();
     let (memfd, client_shm) = StreamShm::create(layout, "rt-test").unwrap();
     let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
     let client_wake = eventfd();
     let daemon_wake = eventfd();
-    let stream = Box::new(Stream::new(id, daemon_shm, client_wake.try_clone().unwrap(), daemon_wake));
+    let pipe = Pipeline::new(spec, dev).unwrap();
+    let stream = Box::new(Stream::new(id, daemon_shm, client_wake.try_clone().unwrap(), daemon_wake, pipe));
     let mut c = Client {
         shm: client_shm,
         c2d: RingEnd::default(),
@@ -203,6 +240,8 @@ fn make_stream(id: u32, buffer: u32, rng: &mut Rng) -> (Client, Box<Stream>) {
         state: CState::Idle,
         client_wake,
         frame: vec![0; fb as usize],
+        encode: convert::encoder(spec.format),
+        samples: vec![0.0; spec.chmap.channels() as usize],
         got: Counts::default(),
     };
     c.reset_and_start(rng);
@@ -357,6 +396,110 @@ fn three_streams_constant_saturated_sum() {
     let got: Vec<i16> = out.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
     for (i, g) in got.iter().enumerate() {
         assert_eq!(*g, [i16::MAX, i16::MIN, 15][i % 3], "sample {i}");
+    }
+    assert_eq!(counters.fastpath_frames.load(Ordering::Relaxed), 0);
+}
+
+/// Streams in other formats, rates and layouts (resampling at every quality, 5.1 and 7.1 folded
+/// to stereo, mono spread to both sides, G.711, packed 24 bit, big endian, doubles) mixed into
+/// an S32 and a float device for thousands of periods, starts, stops, pauses, drains and
+/// underruns included: the cycle never allocates and the output is not silent.
+#[test]
+fn converted_streams_mix_without_allocating() {
+    use SampleFormat as F;
+    let specs = [
+        (F::S16Le, 44_100, 2, ResampleQuality::Default),
+        (F::F32Le, 48_000, 6, ResampleQuality::Default),
+        (F::U8, 22_050, 1, ResampleQuality::Fast),
+        (F::S24_3Be, 96_000, 6, ResampleQuality::Medium),
+        (F::MuLaw, 8_000, 1, ResampleQuality::High),
+        (F::F64Le, 192_000, 8, ResampleQuality::Default),
+        (F::S32Be, 11_025, 2, ResampleQuality::Fast),
+        (F::ALaw, 48_000, 1, ResampleQuality::Default),
+    ];
+    for (dev_format, seed) in [(F::S32Le, 0x1357_9bdf_2468_ace0u64), (F::F32Le, 0x0bad_cafe_dead_beef)] {
+        let dev = device(dev_format);
+        let mut rng = Rng(seed);
+        let counters = Arc::new(Counters::default());
+        let mut core = MixCore::new(dev_format, CHANNELS, PERIOD, Arc::clone(&counters));
+        let mut clients = Vec::new();
+        for (i, (format, rate, ch, quality)) in specs.iter().enumerate() {
+            let spec = StreamSpec { format: *format, rate: *rate, chmap: ChannelMap::standard(*ch), quality: *quality };
+            let min = pipeline::min_buffer_frames(PERIOD as u32, 48_000, *rate);
+            let (c, s) = make_stream_as(i as u32 + 1, min + (i as u32 * 97) % min, &mut rng, &spec, &dev);
+            assert_eq!(s.pipeline().resamples(), *rate != 48_000);
+            core.add(s).unwrap();
+            clients.push(c);
+        }
+        let fb = core.frame_bytes();
+        let mut out = vec![0u8; PERIOD * fb];
+        let mut loud = 0u64;
+        let allocs_before = audit::rt_allocations();
+        for p in 0..2000usize {
+            for c in &mut clients {
+                c.step(&mut rng);
+                if c.state == CState::Starving && rng.chance(8) {
+                    c.state = CState::Running;
+                }
+            }
+            let frames = if p % 7 == 3 { PERIOD - 100 } else { PERIOD };
+            audit::set_in_rt(true);
+            let _ = core.prepare_sleep();
+            core.after_wake(|_| false);
+            core.process_records();
+            let n = core.mix(&mut out[..frames * fb], p as u64);
+            core.publish_timing(512, p as u64);
+            let violated = core.take_violated();
+            audit::set_in_rt(false);
+            assert!(violated.is_none(), "no stream may be violated: {violated:?}");
+            assert_eq!(n, frames);
+            loud += u64::from(out[..frames * fb].iter().any(|b| *b != 0));
+            for c in &clients {
+                // The timing snapshot stays within what the stream has consumed.
+                if let Some((pos, queued, _)) = c.shm.read_timing() {
+                    assert!(u64::from(queued) <= u64::from(pos).max(c.read_count()) + 1 || pos == 0);
+                }
+            }
+        }
+        let allocs = audit::rt_allocations() - allocs_before;
+        assert_eq!(allocs, 0, "the mix cycle allocated {allocs} times ({dev_format})");
+        assert!(loud > 500, "output mostly silent: {loud} loud periods");
+        let mut total = Counts::default();
+        for c in &clients {
+            total.xruns += c.got.xruns;
+            total.drained += c.got.drained;
+            total.stopped += c.got.stopped;
+        }
+        assert!(total.xruns > 0 && total.drained > 0 && total.stopped > 0, "{total:?}");
+        eprintln!("{dev_format}: {} streams converted, {total:?}, {loud} loud periods", specs.len());
+        while core.pop_any().is_some() {}
+    }
+}
+
+/// One stream alone that needs converting (mono S16 at 48 kHz into a stereo S16 device) does not
+/// take the fast path, and comes out exact: both sides carry the mono sample at full level.
+#[test]
+fn mono_stream_reaches_both_sides_exactly() {
+    let dev = device(SampleFormat::S16Le);
+    let spec = StreamSpec { chmap: ChannelMap::standard(1), ..s16_stereo() };
+    let counters = Arc::new(Counters::default());
+    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut rng = Rng(7);
+    let (c, s) = make_stream_as(1, 1024, &mut rng, &spec, &dev);
+    c.shm.audio_write().pos.store(0, Ordering::Release);
+    let vals: Vec<i16> = (0..PERIOD).map(|i| [i16::MIN, -1, 0, 1, 12345, i16::MAX][i % 6]).collect();
+    let pat: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    c.shm.write_audio(0, &pat);
+    c.shm.audio_write().pos.store(PERIOD as u32, Ordering::Release);
+    core.add(s).unwrap();
+    core.process_records();
+    let mut out = vec![0u8; PERIOD * 4];
+    audit::set_in_rt(true);
+    core.mix(&mut out, 0);
+    audit::set_in_rt(false);
+    let got: Vec<i16> = out.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    for (i, v) in vals.iter().enumerate() {
+        assert_eq!((got[2 * i], got[2 * i + 1]), (*v, *v), "frame {i}");
     }
     assert_eq!(counters.fastpath_frames.load(Ordering::Relaxed), 0);
 }

@@ -4,6 +4,8 @@
 use std::ffi::CStr;
 use std::os::raw::c_long;
 
+use shmix_shared::ResampleQuality;
+
 use crate::sys;
 
 /// Default latency ceiling: the largest buffer a program may negotiate, in milliseconds.
@@ -27,11 +29,13 @@ pub struct Config {
     pub socket: Option<String>,
     /// The `max_buffer_ms` key: the buffer ceiling.
     pub max_buffer_ms: u32,
+    /// The `resample_quality` key: sent in `CreateStream` (`default` leaves it to the daemon).
+    pub resample_quality: ResampleQuality,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { socket: None, max_buffer_ms: DEFAULT_MAX_BUFFER_MS }
+        Self { socket: None, max_buffer_ms: DEFAULT_MAX_BUFFER_MS, resample_quality: ResampleQuality::Default }
     }
 }
 
@@ -63,12 +67,20 @@ pub fn parse(entries: &[(String, Value)]) -> Result<Config, String> {
                 }
                 cfg.max_buffer_ms = ms as u32;
             }
+            "resample_quality" => {
+                let bad = |what: &str| format!("resample_quality {what} is not one of default, fast, medium, high");
+                cfg.resample_quality = match value {
+                    Value::Str(s) => ResampleQuality::from_name(s.trim()).ok_or_else(|| bad(&format!("'{s}'")))?,
+                    Value::Int(v) => return Err(bad(&v.to_string())),
+                    Value::Other => return Err(bad("(not a word)")),
+                };
+            }
             other => unknown.push(other.to_owned()),
         }
     }
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown configuration key(s) {} (known: socket, max_buffer_ms)",
+            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality)",
             unknown.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
         ));
     }
@@ -156,7 +168,20 @@ mod tests {
             kv("comment", Value::Str("hi".into())),
         ])
         .unwrap();
-        assert_eq!(c, Config { socket: Some("/tmp/x/sock".into()), max_buffer_ms: 200 });
+        assert_eq!(
+            c,
+            Config {
+                socket: Some("/tmp/x/sock".into()),
+                max_buffer_ms: 200,
+                resample_quality: ResampleQuality::Default
+            }
+        );
+        let c = parse(&[kv("resample_quality", Value::Str("high".into()))]).unwrap();
+        assert_eq!(c.resample_quality, ResampleQuality::High);
+        assert_eq!(
+            parse(&[kv("resample_quality", Value::Str("Fast".into()))]).unwrap().resample_quality,
+            ResampleQuality::Fast
+        );
         assert_eq!(parse(&[kv("max_buffer_ms", Value::Str("300".into()))]).unwrap().max_buffer_ms, 300);
     }
 
@@ -172,5 +197,8 @@ mod tests {
         assert!(parse(&[kv("socket", Value::Int(3))]).is_err());
         assert!(parse(&[kv("max_buffer_ms", Value::Int(0))]).is_err());
         assert!(parse(&[kv("max_buffer_ms", Value::Str("lots".into()))]).unwrap_err().contains("lots"));
+        let e = parse(&[kv("resample_quality", Value::Str("ultra".into()))]).unwrap_err();
+        assert!(e.contains("resample_quality") && e.contains("'ultra'") && e.contains("medium"), "{e}");
+        assert!(parse(&[kv("resample_quality", Value::Int(3))]).unwrap_err().contains("resample_quality"));
     }
 }

@@ -11,6 +11,7 @@ use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, SockFlag, SockTyp
 use nix::sys::time::TimeVal;
 use shmix_shared::msg::{AudioParams, Direction, SocketMsg, PROTOCOL_VERSION};
 use shmix_shared::socket as wire;
+use shmix_shared::{ChannelMap, ResampleQuality};
 
 use crate::Errno;
 
@@ -108,7 +109,8 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
-    /// Sends `CreateStream` with `[memfd, client_wake, daemon_wake]` and waits for the answer.
+    /// Sends `CreateStream` (with the stream's channel map and resampling quality) and fds
+    /// `[memfd, client_wake, daemon_wake]`, and waits for the answer.
     ///
     /// # Errors
     /// `Err((errno, message))`: a refusal (with the daemon's reason) or a socket failure.
@@ -117,15 +119,11 @@ impl Conn {
         params: AudioParams,
         msg_records: u32,
         memfd_bytes: u64,
+        chmap: ChannelMap,
+        quality: ResampleQuality,
         fds: [RawFd; 3],
     ) -> Result<u32, (i32, String)> {
-        let msg = SocketMsg::CreateStream {
-            params,
-            msg_records,
-            memfd_bytes,
-            chmap: shmix_shared::ChannelMap::standard(params.channels),
-            quality: shmix_shared::ResampleQuality::Default,
-        };
+        let msg = SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality };
         wire::send(self.sock.as_fd(), &msg, &fds).map_err(|e| (io_errno(&e), format!("sending CreateStream: {e}")))?;
         match recv_msg(self.sock.as_fd()) {
             Ok(SocketMsg::StreamReady { stream_id }) => Ok(stream_id),

@@ -25,15 +25,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Mutex, MutexGuard};
 
-use shmix_shared::msg::{AudioParams, Direction};
-use shmix_shared::socket::resolve_socket_path;
-use shmix_shared::SampleFormat;
-
+use crate::chmap;
 use crate::config;
 use crate::conn::Conn;
-use crate::pcm::{hw_limits, Pcm, Source};
+use crate::limits::{self, Bounds};
+use crate::pcm::{Pcm, Source};
 use crate::sys;
 use crate::{user_error, Errno};
+use shmix_shared::msg::{AudioParams, Direction};
+use shmix_shared::socket::resolve_socket_path;
 
 /// alsa-lib's `snd_dlsym_verify()` looks this up before it trusts `_snd_pcm_shmix_open`.
 #[unsafe(no_mangle)]
@@ -60,9 +60,9 @@ static CALLBACKS: sys::snd_pcm_ioplug_callback_t = sys::snd_pcm_ioplug_callback_
     poll_revents: Some(cb_poll_revents),
     dump: None,
     delay: Some(cb_delay),
-    query_chmaps: None,
-    get_chmap: None,
-    set_chmap: None,
+    query_chmaps: Some(cb_query_chmaps),
+    get_chmap: Some(cb_get_chmap),
+    set_chmap: Some(cb_set_chmap),
 };
 
 /// What `io.private_data` points at. The `snd_pcm_ioplug_t` is a separate heap block that never
@@ -70,6 +70,9 @@ static CALLBACKS: sys::snd_pcm_ioplug_callback_t = sys::snd_pcm_ioplug_callback_
 struct Plugin {
     io: *mut sys::snd_pcm_ioplug_t,
     pcm: Mutex<Pcm>,
+    /// The device (from `Welcome`) and the ceiling: the exact buffer range at hw_params.
+    device: AudioParams,
+    max_buffer_ms: u32,
 }
 
 impl Drop for Plugin {
@@ -142,9 +145,10 @@ unsafe extern "C" fn cb_close(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
     guard(|| unsafe { close(io) })
 }
 
-unsafe extern "C" fn cb_hw_params(io: *mut sys::snd_pcm_ioplug_t, _params: *mut sys::snd_pcm_hw_params_t) -> c_int {
-    // SAFETY: as in `cb_start`; ioplug filled the negotiated fields before calling us.
-    guard(|| unsafe { hw_params(io) })
+unsafe extern "C" fn cb_hw_params(io: *mut sys::snd_pcm_ioplug_t, params: *mut sys::snd_pcm_hw_params_t) -> c_int {
+    // SAFETY: as in `cb_start`; ioplug filled the negotiated fields before calling us and
+    // `params` is the configuration being installed, valid and writable for the call.
+    guard(|| unsafe { hw_params(io, params) })
 }
 
 unsafe extern "C" fn cb_hw_free(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
@@ -200,6 +204,21 @@ unsafe extern "C" fn cb_delay(io: *mut sys::snd_pcm_ioplug_t, delayp: *mut sys::
     guard(|| unsafe { delay(io, delayp) })
 }
 
+unsafe extern "C" fn cb_query_chmaps(io: *mut sys::snd_pcm_ioplug_t) -> *mut *mut sys::snd_pcm_chmap_query_t {
+    // SAFETY: as in `cb_start` (the ioplug is not used: the list does not depend on the state).
+    catch_unwind(|| unsafe { query_chmaps(io) }).unwrap_or(ptr::null_mut())
+}
+
+unsafe extern "C" fn cb_get_chmap(io: *mut sys::snd_pcm_ioplug_t) -> *mut sys::snd_pcm_chmap_t {
+    // SAFETY: as in `cb_start`.
+    catch_unwind(|| unsafe { get_chmap(io) }).unwrap_or(ptr::null_mut())
+}
+
+unsafe extern "C" fn cb_set_chmap(io: *mut sys::snd_pcm_ioplug_t, map: *const sys::snd_pcm_chmap_t) -> c_int {
+    // SAFETY: as in `cb_start`; `map` is the caller's map, valid for the call.
+    guard(|| unsafe { set_chmap(io, map) })
+}
+
 /// The `type shmix` constructor.
 ///
 /// # Safety
@@ -253,7 +272,7 @@ unsafe fn open(
             device.period_frames
         );
     }
-    let pcm = Pcm::new(conn, debug)?;
+    let pcm = Pcm::new(conn, debug, cfg.resample_quality)?;
 
     let io = Box::into_raw(Box::new(sys::snd_pcm_ioplug_t {
         version: sys::SND_PCM_IOPLUG_VERSION,
@@ -267,7 +286,7 @@ unsafe fn open(
         nonblock: c_int::from(mode & sys::SND_PCM_NONBLOCK as c_int != 0),
         ..Default::default()
     }));
-    let plugin = Box::into_raw(Box::new(Plugin { io, pcm: Mutex::new(pcm) }));
+    let plugin = Box::into_raw(Box::new(Plugin { io, pcm: Mutex::new(pcm), device, max_buffer_ms: cfg.max_buffer_ms }));
     // SAFETY: `io` is our fresh, unshared allocation.
     unsafe { (*io).private_data = plugin.cast() };
     // SAFETY: `io` is fully initialised and stays at this address until close.
@@ -290,18 +309,24 @@ unsafe fn open(
 }
 
 unsafe fn set_limits(io: *mut sys::snd_pcm_ioplug_t, device: &AudioParams, max_buffer_ms: u32) -> Result<(), Errno> {
-    let l = hw_limits(device, max_buffer_ms);
+    let l = limits::static_limits(device, max_buffer_ms);
     let access = [sys::SND_PCM_ACCESS_RW_INTERLEAVED, sys::SND_PCM_ACCESS_MMAP_INTERLEAVED];
-    let format = [l.format.code()];
+    let format: Vec<c_uint> = l.formats.iter().map(|f| f.code()).collect();
+    let nformats = c_uint::try_from(format.len()).map_err(|_| Errno(libc::EINVAL))?;
     let check = |r: c_int| if r < 0 { Err(Errno(-r)) } else { Ok(()) };
     let hw = |t: u32| t as c_int;
     // SAFETY: `io` was created by snd_pcm_ioplug_create; the lists outlive the calls (alsa-lib
     // copies them).
     unsafe {
         check(sys::snd_pcm_ioplug_set_param_list(io, hw(sys::SND_PCM_IOPLUG_HW_ACCESS), 2, access.as_ptr()))?;
-        check(sys::snd_pcm_ioplug_set_param_list(io, hw(sys::SND_PCM_IOPLUG_HW_FORMAT), 1, format.as_ptr()))?;
-        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_CHANNELS), l.channels, l.channels))?;
-        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_RATE), l.rate, l.rate))?;
+        check(sys::snd_pcm_ioplug_set_param_list(io, hw(sys::SND_PCM_IOPLUG_HW_FORMAT), nformats, format.as_ptr()))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(
+            io,
+            hw(sys::SND_PCM_IOPLUG_HW_CHANNELS),
+            l.channels.0,
+            l.channels.1,
+        ))?;
+        check(sys::snd_pcm_ioplug_set_param_minmax(io, hw(sys::SND_PCM_IOPLUG_HW_RATE), l.rate.0, l.rate.1))?;
         check(sys::snd_pcm_ioplug_set_param_minmax(
             io,
             hw(sys::SND_PCM_IOPLUG_HW_PERIOD_BYTES),
@@ -329,20 +354,126 @@ unsafe fn close(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
     Ok(0)
 }
 
-unsafe fn hw_params(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
+unsafe fn hw_params(io: *mut sys::snd_pcm_ioplug_t, hwp: *mut sys::snd_pcm_hw_params_t) -> Result<c_int, Errno> {
+    // SAFETY: `io` is live.
+    let plugin = unsafe { plugin(io) };
     // SAFETY: ioplug wrote these fields before calling hw_params; nobody writes them meanwhile.
     let (format, channels, rate, period, buffer) =
         unsafe { ((*io).format, (*io).channels, (*io).rate, (*io).period_size, (*io).buffer_size) };
-    let format = SampleFormat::from_code(format as u32).ok_or(Errno(libc::EINVAL))?;
-    let params = AudioParams {
-        format,
-        rate,
-        channels,
-        period_frames: u32::try_from(period).map_err(|_| Errno(libc::EINVAL))?,
-        buffer_frames: u32::try_from(buffer).map_err(|_| Errno(libc::EINVAL))?,
+    let bad = |msg: String| {
+        crate::user_error(&msg);
+        Errno(libc::EINVAL)
     };
-    // SAFETY: `io` is live.
-    lock(unsafe { plugin(io) })?.hw_params(params).map(|()| 0)
+    let format = limits::check_params(i64::from(format), rate, channels).map_err(bad)?;
+    let frames = |v: sys::snd_pcm_uframes_t| u32::try_from(v).unwrap_or(u32::MAX);
+    let (mut period, mut buffer) = (frames(period), frames(buffer));
+    let b = limits::exact_bounds(&plugin.device, plugin.max_buffer_ms, rate, format.sample_bytes() * channels);
+    if let Some((want_period, want_buffer)) = limits::fit(&b, period, buffer) {
+        // SAFETY: `io` is live, `hwp` is the configuration being installed (valid, writable);
+        // hw_params runs without the PCM lock (pcm_params.c), so refining through the PCM is fine.
+        let got = unsafe { refit(io, hwp, &b, want_period, want_buffer) }.map_err(|what| {
+            bad(format!(
+                "cannot fit the buffer ({buffer} frames, period {period}) into {}..={} frames at {rate} Hz \
+                 (two device periods .. max_buffer_ms {}): {what}",
+                b.min_buffer, b.max_buffer, plugin.max_buffer_ms
+            ))
+        })?;
+        if lock(plugin)?.debug() {
+            eprintln!(
+                "shmix: hw_params: buffer {buffer} period {period} -> buffer {} period {} (range {}..={} frames)",
+                got.1, got.0, b.min_buffer, b.max_buffer
+            );
+        }
+        (period, buffer) = got;
+    }
+    let params = AudioParams { format, rate, channels, period_frames: period, buffer_frames: buffer };
+    lock(plugin)?.hw_params(params).map(|()| 0)
+}
+
+/// Moves the buffer and period of the configuration being installed into `b` (near `period` and
+/// `buffer`), keeping everything else. alsa-lib reads the result back after the callback
+/// (pcm_ioplug.c `snd_pcm_ioplug_hw_params`, pcm_params.c `_snd_pcm_hw_params_internal`), as
+/// programs do with `snd_pcm_hw_params_get_buffer_size` after `snd_pcm_hw_params`. A fresh space
+/// is refined through our own constraints (which contain `b`) and copied over `hwp`.
+///
+/// # Safety
+/// `io` is live and its PCM not locked by this thread; `hwp` is valid and writable.
+unsafe fn refit(
+    io: *mut sys::snd_pcm_ioplug_t,
+    hwp: *mut sys::snd_pcm_hw_params_t,
+    b: &Bounds,
+    period: u32,
+    buffer: u32,
+) -> Result<(u32, u32), String> {
+    struct Owned(*mut sys::snd_pcm_hw_params_t);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: allocated by snd_pcm_hw_params_malloc below, freed once.
+            unsafe { sys::snd_pcm_hw_params_free(self.0) };
+        }
+    }
+    let step = |what: &str, r: c_int| {
+        if r < 0 {
+            Err(format!("{what}: {}", nix::errno::Errno::from_raw(-r).desc()))
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain field read of our live ioplug.
+    let pcm = unsafe { (*io).pcm };
+    let mut raw = ptr::null_mut();
+    // SAFETY: `raw` is a valid out pointer.
+    step("allocating hw_params", unsafe { sys::snd_pcm_hw_params_malloc(&mut raw) })?;
+    let np = Owned(raw);
+    let np = np.0;
+    let (mut access, mut format, mut subformat, mut channels, mut rate, mut dir) = (0, 0, 0, 0, 0, 0);
+    let (mut resample, mut export, mut wakeup) = (1, 0, 1);
+    let mut lo = sys::snd_pcm_uframes_t::from(b.min_buffer);
+    let mut hi = sys::snd_pcm_uframes_t::from(b.max_buffer);
+    let mut p = sys::snd_pcm_uframes_t::from(period);
+    let mut bs = sys::snd_pcm_uframes_t::from(buffer);
+    // SAFETY: `hwp` and `np` are valid hw_params, `pcm` our PCM; all out pointers are locals.
+    // The getters read the single values alsa-lib chose; the setters refine `np` through ioplug.
+    unsafe {
+        step("access", sys::snd_pcm_hw_params_get_access(hwp, &mut access))?;
+        step("format", sys::snd_pcm_hw_params_get_format(hwp, &mut format))?;
+        step("subformat", sys::snd_pcm_hw_params_get_subformat(hwp, &mut subformat))?;
+        step("channels", sys::snd_pcm_hw_params_get_channels(hwp, &mut channels))?;
+        step("rate", sys::snd_pcm_hw_params_get_rate(hwp, &mut rate, &mut dir))?;
+        sys::snd_pcm_hw_params_get_rate_resample(pcm, hwp, &mut resample);
+        sys::snd_pcm_hw_params_get_export_buffer(pcm, hwp, &mut export);
+        sys::snd_pcm_hw_params_get_period_wakeup(pcm, hwp, &mut wakeup);
+        step("any", sys::snd_pcm_hw_params_any(pcm, np))?;
+        if resample != 1 {
+            step("rate_resample", sys::snd_pcm_hw_params_set_rate_resample(pcm, np, resample))?;
+        }
+        if export != 0 {
+            step("export_buffer", sys::snd_pcm_hw_params_set_export_buffer(pcm, np, export))?;
+        }
+        if wakeup != 1 {
+            step("period_wakeup", sys::snd_pcm_hw_params_set_period_wakeup(pcm, np, wakeup))?;
+        }
+        step("access", sys::snd_pcm_hw_params_set_access(pcm, np, access))?;
+        step("format", sys::snd_pcm_hw_params_set_format(pcm, np, format))?;
+        step("subformat", sys::snd_pcm_hw_params_set_subformat(pcm, np, subformat))?;
+        step("channels", sys::snd_pcm_hw_params_set_channels(pcm, np, channels))?;
+        step("rate", sys::snd_pcm_hw_params_set_rate(pcm, np, rate, 0))?;
+        step("buffer range", sys::snd_pcm_hw_params_set_buffer_size_minmax(pcm, np, &mut lo, &mut hi))?;
+        let mut d = 0;
+        step("period", sys::snd_pcm_hw_params_set_period_size_near(pcm, np, &mut p, &mut d))?;
+        step("buffer", sys::snd_pcm_hw_params_set_buffer_size_near(pcm, np, &mut bs))?;
+        // Read back what is now fixed (both must be single values for alsa-lib's getters).
+        let mut d = 0;
+        step("period", sys::snd_pcm_hw_params_get_period_size(np, &mut p, &mut d))?;
+        step("buffer", sys::snd_pcm_hw_params_get_buffer_size(np, &mut bs))?;
+    }
+    let (p, bs) = (u32::try_from(p).unwrap_or(u32::MAX), u32::try_from(bs).unwrap_or(u32::MAX));
+    if !(b.min_buffer..=b.max_buffer).contains(&bs) || p > bs / 2 {
+        return Err(format!("alsa-lib settled on buffer {bs} period {p}"));
+    }
+    // SAFETY: both valid; `np` is a complete configuration of the same PCM.
+    unsafe { sys::snd_pcm_hw_params_copy(hwp, np) };
+    Ok((p, bs))
 }
 
 unsafe fn sw_params(io: *mut sys::snd_pcm_ioplug_t, params: *mut sys::snd_pcm_sw_params_t) -> Result<c_int, Errno> {
@@ -487,6 +618,104 @@ unsafe fn drain(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
     // SAFETY: a volatile read of an int field of our live ioplug.
     let nonblock = || unsafe { ptr::read_volatile(ptr::addr_of!((*io).nonblock)) } != 0;
     Pcm::drain(&plugin.pcm, &nonblock).map(|()| 0)
+}
+
+/// `malloc`s a copy of `words` (alsa-lib releases chmaps with `free`). NULL when out of memory.
+fn malloc_words(words: &[u32]) -> *mut u32 {
+    let bytes = std::mem::size_of_val(words);
+    // SAFETY: plain allocation; checked for NULL before use.
+    let p = unsafe { libc::malloc(bytes.max(1)) }.cast::<u32>();
+    if !p.is_null() {
+        // SAFETY: `p` has room for `words.len()` u32s (malloc aligns for any type).
+        unsafe { ptr::copy_nonoverlapping(words.as_ptr(), p, words.len()) };
+    }
+    p
+}
+
+/// query_chmaps: a NULL-terminated `malloc`ed array of `malloc`ed entries (freed by
+/// `snd_pcm_free_chmaps`), the standard layout for each of 1..=32 channels.
+///
+/// # Safety
+/// None beyond the callback contract (the ioplug is not touched).
+unsafe fn query_chmaps(_io: *mut sys::snd_pcm_ioplug_t) -> *mut *mut sys::snd_pcm_chmap_query_t {
+    let entries = chmap::query_entries();
+    let n = entries.len();
+    // SAFETY: plain allocation of n + 1 pointers; checked for NULL.
+    let list = unsafe { libc::calloc(n + 1, std::mem::size_of::<*mut sys::snd_pcm_chmap_query_t>()) }
+        .cast::<*mut sys::snd_pcm_chmap_query_t>();
+    if list.is_null() {
+        return list;
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let p = malloc_words(e);
+        if p.is_null() {
+            for j in 0..i {
+                // SAFETY: entries 0..i were malloc'd above and are freed once.
+                unsafe { libc::free((*list.add(j)).cast()) };
+            }
+            // SAFETY: calloc'd above, freed once.
+            unsafe { libc::free(list.cast()) };
+            return ptr::null_mut();
+        }
+        // SAFETY: `list` has n + 1 slots; `i < n`. `[type, channels, pos...]` is the layout of
+        // `snd_pcm_chmap_query_t` (two unsigned ints, then the position array).
+        unsafe { *list.add(i) = p.cast() };
+    }
+    list // slot n is NULL (calloc)
+}
+
+/// get_chmap: the map in use (the one set, else the standard one for the negotiated channels),
+/// `malloc`ed (the caller frees it); NULL before hw_params.
+///
+/// # Safety
+/// `io` is live.
+unsafe fn get_chmap(io: *mut sys::snd_pcm_ioplug_t) -> *mut sys::snd_pcm_chmap_t {
+    // SAFETY: `io` is live (caller).
+    let Ok(p) = lock(unsafe { plugin(io) }) else { return ptr::null_mut() };
+    let Some(params) = p.params() else { return ptr::null_mut() };
+    malloc_words(&chmap::encode_map(&p.chmap(params.channels))).cast()
+}
+
+/// set_chmap: a map of the negotiated channel count with plain positions; takes effect at once
+/// (the stream is re-created when it differs). Refused before hw_params and while running.
+///
+/// # Safety
+/// `io` is live and its PCM not locked by this thread (snd_pcm_set_chmap takes no lock); `map`
+/// is valid for the call.
+unsafe fn set_chmap(io: *mut sys::snd_pcm_ioplug_t, map: *const sys::snd_pcm_chmap_t) -> Result<c_int, Errno> {
+    if map.is_null() {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: `io` is live.
+    let plugin = unsafe { plugin(io) };
+    let mut p = lock(plugin)?;
+    let Some(params) = p.params() else {
+        crate::user_error("set the channel map after hw_params (the stream has no channel count yet)");
+        return Err(Errno(libc::EBADFD));
+    };
+    // SAFETY: `map` points at a `snd_pcm_chmap_t` (caller).
+    let n = unsafe { (*map).channels };
+    if n != params.channels {
+        crate::user_error(&format!(
+            "a channel map of {n} positions does not fit the {}-channel stream",
+            params.channels
+        ));
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: a map of `n` channels is followed by `n` positions (alsa-lib's layout); `n` equals
+    // the negotiated count, at most 32.
+    let positions = unsafe { std::slice::from_raw_parts(ptr::addr_of!((*map).pos).cast::<u32>(), n as usize) };
+    let m = chmap::decode_map(params.channels, positions).map_err(|msg| {
+        crate::user_error(&msg);
+        Errno(libc::EINVAL)
+    })?;
+    let moved = p.set_chmap(m)?;
+    // SAFETY: plain field read.
+    if moved && unsafe { (*io).state } == sys::SND_PCM_STATE_PREPARED {
+        // SAFETY: `io` is live and not locked by this thread (see `# Safety`).
+        unsafe { repoint_mmap_areas(io, &p) };
+    }
+    Ok(0)
 }
 
 unsafe fn poll_descriptors(

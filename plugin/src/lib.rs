@@ -1,12 +1,14 @@
 //! libasound_module_pcm_shmix.so: the ALSA ioplug PCM `type shmix` (playback). Programs write into
 //! a shared-memory ring that shmixd mixes from; see DESIGN.md §3 and shared/PROTOCOL.md.
 //! `ioplug.rs` holds every `extern "C"`; `pcm.rs` the stream logic; `conn.rs` the socket;
-//! `config.rs` the PCM block. Runs inside someone else's program, in whatever thread calls
+//! `config.rs` the PCM block; `limits.rs` the hw constraints; `chmap.rs` the channel-map API data. Runs inside someone else's program, in whatever thread calls
 //! alsa-lib; no threads of its own. RT: transfer/pointer yes.
 
+mod chmap;
 mod config;
 mod conn;
 mod ioplug;
+mod limits;
 mod pcm;
 mod sys;
 

@@ -10,20 +10,16 @@ use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use shmix_shared::cursor;
-use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS, MAX_BUFFER_FRAMES, MAX_POOL_BYTES};
+use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::msg::{AudioParams, Record};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::sync::Ordering;
 use shmix_shared::wake::{self, SleepDecision};
-use shmix_shared::SampleFormat;
+use shmix_shared::{ChannelMap, ResampleQuality};
 
 use crate::conn::Conn;
 use crate::Errno;
 
-/// Smallest period the plugin offers, in frames.
-pub const MIN_PERIOD_FRAMES: u32 = 16;
-/// Most periods per buffer.
-pub const MAX_PERIODS: u32 = 1024;
 /// How long `prepare` waits for the daemon to confirm a `Stop`.
 pub const STOP_WAIT: Duration = Duration::from_secs(1);
 /// Margin added to a drain's expected duration.
@@ -38,47 +34,6 @@ pub struct Counters {
     pub zero_copy_frames: u64,
     /// Xruns the daemon reported.
     pub xruns: u64,
-}
-
-/// The hardware constraints offered to alsa-lib (`snd_pcm_ioplug_set_param_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HwLimits {
-    /// The only format.
-    pub format: SampleFormat,
-    /// The only channel count.
-    pub channels: u32,
-    /// The only rate.
-    pub rate: u32,
-    /// Period bytes range.
-    pub period_bytes: (u32, u32),
-    /// Periods range.
-    pub periods: (u32, u32),
-    /// Buffer bytes range.
-    pub buffer_bytes: (u32, u32),
-}
-
-/// Computes the constraints for `device` under a `max_buffer_ms` ceiling: like a hardware device,
-/// only the device's format, rate and channels (`plug:shmix` converts); the buffer at least two
-/// device periods (the daemon takes device-period steps) and at most `max_buffer_ms` of audio.
-#[must_use]
-pub fn hw_limits(device: &AudioParams, max_buffer_ms: u32) -> HwLimits {
-    let fb = u64::from(device.frame_bytes());
-    let min_buf_frames = (2 * u64::from(device.period_frames)).max(2 * u64::from(MIN_PERIOD_FRAMES));
-    // Keep the whole memfd under the daemon's limit (64 KiB for header and rings is plenty).
-    let pool_frames = (MAX_POOL_BYTES - 65536) / fb;
-    let max_buf_frames = (u64::from(max_buffer_ms) * u64::from(device.rate) / 1000)
-        .min(u64::from(MAX_BUFFER_FRAMES))
-        .min(pool_frames)
-        .max(min_buf_frames);
-    let to_bytes = |frames: u64| u32::try_from(frames * fb).unwrap_or(u32::MAX);
-    HwLimits {
-        format: device.format,
-        channels: device.channels,
-        rate: device.rate,
-        period_bytes: (to_bytes(u64::from(MIN_PERIOD_FRAMES)), to_bytes(max_buf_frames / 2)),
-        periods: (2, MAX_PERIODS),
-        buffer_bytes: (to_bytes(min_buf_frames), to_bytes(max_buf_frames)),
-    }
 }
 
 /// What the stream is doing, as the plugin sees it.
@@ -135,6 +90,10 @@ pub struct Pcm {
     client_wake: EventFd,
     daemon_wake: EventFd,
     debug: bool,
+    /// Sent in every `CreateStream` (the `resample_quality` key).
+    quality: ResampleQuality,
+    /// The map set by `set_chmap` for the current channel count (None: the standard one).
+    chmap: Option<ChannelMap>,
     stream: Option<Stream>,
     counters: Counters,
     boundary: u64,
@@ -193,7 +152,7 @@ impl Pcm {
     ///
     /// # Errors
     /// eventfd creation failed.
-    pub fn new(conn: Conn, debug: bool) -> Result<Self, Errno> {
+    pub fn new(conn: Conn, debug: bool, quality: ResampleQuality) -> Result<Self, Errno> {
         let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
         let client_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
         let daemon_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
@@ -202,6 +161,8 @@ impl Pcm {
             client_wake,
             daemon_wake,
             debug,
+            quality,
+            chmap: None,
             stream: None,
             counters: Counters::default(),
             boundary: 0,
@@ -279,8 +240,14 @@ impl Pcm {
         self.efd_signalled = false;
         self.armed = false;
         let fds = [memfd.as_raw_fd(), self.client_wake.as_fd().as_raw_fd(), self.daemon_wake.as_fd().as_raw_fd()];
-        let id =
-            self.conn.create_stream(params, layout.msg_records, layout.total_bytes, fds).map_err(|(errno, msg)| {
+        if self.chmap.is_some_and(|m| m.channels() != params.channels) {
+            self.chmap = None; // set for another channel count
+        }
+        let chmap = self.chmap(params.channels);
+        let id = self
+            .conn
+            .create_stream(params, layout.msg_records, layout.total_bytes, chmap, self.quality, fds)
+            .map_err(|(errno, msg)| {
                 if errno == libc::EAGAIN || errno == libc::ECONNRESET || errno == libc::EPIPE {
                     self.dead = Some(libc::ENODEV);
                 }
@@ -288,8 +255,15 @@ impl Pcm {
             })?;
         drop(memfd); // the daemon holds its own copy; the mapping keeps the memory
         self.debug_line(format_args!(
-            "stream {id}: {} {} Hz {} ch, period {} buffer {} frames, memfd {} bytes",
-            params.format, params.rate, params.channels, params.period_frames, params.buffer_frames, layout.total_bytes
+            "stream {id}: {} {} Hz {} ch, period {} buffer {} frames, memfd {} bytes, chmap {:?}, quality {}",
+            params.format,
+            params.rate,
+            params.channels,
+            params.period_frames,
+            params.buffer_frames,
+            layout.total_bytes,
+            chmap.positions(),
+            self.quality.name()
         ));
         self.stream = Some(Stream {
             shm,
@@ -328,6 +302,75 @@ impl Pcm {
             self.debug_line(format_args!("DestroyStream failed: errno {}", e.0));
             self.dead = Some(libc::ENODEV);
         })
+    }
+
+    /// The channel map in use for `channels`: the one set, else the standard layout.
+    ///
+    /// # Panics
+    /// `channels` outside 1..=32 (never: hw_params checked it).
+    #[must_use]
+    pub fn chmap(&self, channels: u32) -> ChannelMap {
+        self.chmap.filter(|m| m.channels() == channels).unwrap_or_else(|| ChannelMap::standard(channels))
+    }
+
+    /// The negotiated parameters, once hw_params has run.
+    #[must_use]
+    pub fn params(&self) -> Option<AudioParams> {
+        self.stream.as_ref().map(|s| s.params)
+    }
+
+    /// set_chmap: takes `map` (its length already checked against the channel count) for this
+    /// stream. The daemon learns a stream's map in `CreateStream`, so a different map re-creates
+    /// the stream on the spot, keeping what a prepared stream was already given. Legal while set
+    /// up or prepared (not started); returns whether the ring moved (the caller re-points mmap
+    /// areas).
+    ///
+    /// # Errors
+    /// EBADFD (no stream), EBUSY (started), or the re-creation failed.
+    pub fn set_chmap(&mut self, map: ChannelMap) -> Result<bool, Errno> {
+        self.refresh();
+        self.check_alive()?;
+        let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+        if map.channels() != s.params.channels {
+            return Err(Errno(libc::EINVAL));
+        }
+        if map == self.chmap(s.params.channels) {
+            self.chmap = Some(map);
+            return Ok(false);
+        }
+        if !matches!(s.phase, Phase::Setup | Phase::Prepared) {
+            crate::user_error("the channel map can only be changed while the stream is stopped");
+            return Err(Errno(libc::EBUSY));
+        }
+        let (params, phase) = (s.params, s.phase);
+        let fb = params.frame_bytes() as usize;
+        let queued = if phase == Phase::Prepared {
+            // Not started: nothing consumed, the frames written so far sit at ring index 0.
+            let frames = s.write_total.min(u64::from(params.buffer_frames)) as usize;
+            let mut buf = vec![0u8; frames * fb];
+            s.shm.read_audio(0, &mut buf);
+            buf
+        } else {
+            Vec::new()
+        };
+        let old = self.chmap.replace(map);
+        if let Err(e) = self.hw_params(params) {
+            self.chmap = old;
+            return Err(e);
+        }
+        self.debug_line(format_args!("channel map changed: stream re-created"));
+        if phase == Phase::Prepared {
+            let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+            s.phase = Phase::Prepared;
+            if !queued.is_empty() {
+                s.shm.write_audio(0, &queued);
+                s.write_total = (queued.len() / fb) as u64;
+                // Publish: pairs with the daemon's Acquire load of audio_write.
+                s.shm.audio_write().pos.store(s.write_total as u32, Ordering::Release);
+            }
+            self.sync_readiness();
+        }
+        Ok(true)
     }
 
     /// sw_params: remembers `avail_min` (published in the header) and the boundary.
@@ -915,24 +958,6 @@ fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
 mod tests {
     use super::*;
 
-    fn dev(format: SampleFormat, rate: u32, channels: u32, period: u32) -> AudioParams {
-        AudioParams { format, rate, channels, period_frames: period, buffer_frames: period * 4 }
-    }
-
-    #[test]
-    fn limits_follow_the_device_and_the_ceiling() {
-        let l = hw_limits(&dev(SampleFormat::S16Le, 48000, 2, 256), 500);
-        assert_eq!(l.buffer_bytes, (2 * 256 * 4, 24000 * 4));
-        assert_eq!(l.period_bytes.0, 16 * 4);
-        assert_eq!(l.periods, (2, 1024));
-        // A ceiling below two device periods still leaves the minimum.
-        let l = hw_limits(&dev(SampleFormat::F32Le, 48000, 8, 1024), 1);
-        assert_eq!(l.buffer_bytes.0, l.buffer_bytes.1);
-        // A huge ceiling is capped by the ring limit.
-        let l = hw_limits(&dev(SampleFormat::S16Le, 384_000, 1, 256), 60_000);
-        assert_eq!(l.buffer_bytes.1, MAX_BUFFER_FRAMES * 2);
-    }
-
     #[test]
     fn delay_counts_queue_and_elapsed_and_never_goes_negative() {
         // 1000 frames in the ring, 480 in the device, snapshot 5 ms old at 48 kHz: -240.
@@ -942,6 +967,9 @@ mod tests {
         assert_eq!(raw_delay(2000, (1000, 0, 0), 10_000_000_000, 48000, 4096, false), Some(0));
         // Across the u32 wrap.
         assert_eq!(raw_delay(5, (u32::MAX - 4, 0, 0), 0, 48000, 4096, false), Some(10));
+        // The stream's rate counts, not the device's: a 44.1 kHz stream on a 48 kHz device,
+        // snapshot 10 ms old, 441 stream frames elapsed (queued is in stream frames too).
+        assert_eq!(raw_delay(2000, (1000, 441, 1_000_000), 11_000_000, 44100, 4096, false), Some(1000));
         // A snapshot beyond our write position is ignored.
         assert_eq!(raw_delay(5, (10, 0, 0), 0, 48000, 4096, false), None);
     }

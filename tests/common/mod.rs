@@ -3,6 +3,8 @@
 //! Everything lives in a fresh temp dir, so tests run in parallel safely.
 #![allow(dead_code)]
 
+pub mod analysis;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
