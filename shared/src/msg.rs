@@ -28,15 +28,24 @@ pub const MAX_RATE: u32 = 384_000;
 pub enum Direction {
     /// Client to device.
     Playback = 1,
-    /// Device to client.
+    /// Device to client: what the device's capture side records.
     Capture = 2,
+    /// Device to client: the playback mix exactly as it went to the device (a monitor source).
+    Monitor = 3,
 }
 
 impl Direction {
+    /// True for the directions in which the daemon produces audio (capture and monitor).
+    #[must_use]
+    pub fn is_capture(self) -> bool {
+        !matches!(self, Self::Playback)
+    }
+
     fn from_u32(v: u32) -> Result<Self, DecodeError> {
         match v {
             1 => Ok(Self::Playback),
             2 => Ok(Self::Capture),
+            3 => Ok(Self::Monitor),
             _ => Err(DecodeError::BadField("direction", u64::from(v))),
         }
     }

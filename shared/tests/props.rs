@@ -19,8 +19,13 @@ fn params() -> impl Strategy<Value = AudioParams> {
 
 fn socket_msg() -> impl Strategy<Value = SocketMsg> {
     prop_oneof![
-        (any::<u32>(), any::<bool>(), any::<u32>(), "[a-z0-9 ._-]{0,128}").prop_map(|(version, p, pid, name)| {
-            SocketMsg::Hello { version, direction: if p { Direction::Playback } else { Direction::Capture }, pid, name }
+        (any::<u32>(), 0u8..3, any::<u32>(), "[a-z0-9 ._-]{0,128}").prop_map(|(version, p, pid, name)| {
+            SocketMsg::Hello {
+                version,
+                direction: [Direction::Playback, Direction::Capture, Direction::Monitor][p as usize % 3],
+                pid,
+                name,
+            }
         }),
         (any::<u32>(), params()).prop_map(|(version, device)| SocketMsg::Welcome { version, device }),
         (params(), 0u32..=10, any::<u64>(), proptest::collection::vec(0u8..=36, 32), 0u32..=3).prop_map(
