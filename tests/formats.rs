@@ -65,6 +65,11 @@ impl Bench {
         let rate_s = rate.to_string();
         let ch_s = channels.to_string();
         let mut args = vec!["--rate", rate_s.as_str(), "--channels", ch_s.as_str()];
+        // These tests check conversion, not latency: a 1024-frame device period keeps the
+        // debug-built daemon ahead of the card when the whole suite loads both cores.
+        if !daemon_args.contains(&"--period") {
+            args.extend_from_slice(&["--period", "1024"]);
+        }
         args.extend_from_slice(daemon_args);
         let rig = Rig::new(card, &args);
         Self { rig, fmt, rate, channels: channels as usize }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 thread_local! {
     // const-initialised and without Drop: no lazy registration, so reading it never allocates.
     static IN_RT: Cell<bool> = const { Cell::new(false) };
+    static THREAD_RT_ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 static RT_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -27,6 +28,13 @@ pub fn rt_allocations() -> u64 {
 }
 
 /// True when the daemon was built with its counting allocator.
+/// Allocations counted on this thread while it was in the real-time cycle (tests running in
+/// parallel threads each see only their own).
+#[must_use]
+pub fn thread_rt_allocations() -> u64 {
+    THREAD_RT_ALLOCATIONS.with(Cell::get)
+}
+
 #[must_use]
 pub const fn enabled() -> bool {
     cfg!(feature = "rt-audit")
@@ -40,6 +48,7 @@ pub struct CountingAlloc;
 fn note() {
     if IN_RT.try_with(Cell::get).unwrap_or(false) {
         RT_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        let _ = THREAD_RT_ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
     }
 }
 

@@ -129,6 +129,7 @@ pub struct Device {
     params: AudioParams,
     chmap: ChannelMap,
     frame_bytes: usize,
+    capture: bool,
 }
 
 // SAFETY: alsa-lib PCM handles may be used from any thread as long as calls are not concurrent;
@@ -151,6 +152,38 @@ impl Device {
     /// An alsa-lib failure, or a refusal (the shmix plugin itself, unsupported format, a device
     /// that is not interleaved in its mmap area).
     pub fn open(name: &str, req: &Request) -> Result<Self, OpenError> {
+        Self::open_stream(name, req, false)
+    }
+
+    /// Opens `name`'s capture side and configures it like the playback side: `req`'s format,
+    /// rate and channels if it offers them, else its own choice. Control thread (it allocates and
+    /// may take a while).
+    ///
+    /// # Errors
+    /// As [`Device::open`].
+    pub fn open_capture(name: &str, req: &Request) -> Result<Self, OpenError> {
+        match Self::open_stream(name, req, true) {
+            Ok(d) => Ok(d),
+            Err(OpenError::Refused(why)) if req.format.is_some() || req.rate.is_some() || req.channels.is_some() => {
+                log::info!("capture side of '{name}' cannot match the playback side ({why}); using its own");
+                let own = Request { format: None, rate: None, channels: None, ..*req };
+                Self::open_stream(name, &own, true)
+            }
+            Err(OpenError::Alsa(e)) if e.func != "snd_pcm_open" => {
+                let own = Request { format: None, rate: None, channels: None, ..*req };
+                Self::open_stream(name, &own, true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True for a capture-side device.
+    #[must_use]
+    pub fn is_capture(&self) -> bool {
+        self.capture
+    }
+
+    fn open_stream(name: &str, req: &Request, capture: bool) -> Result<Self, OpenError> {
         if is_shmix_name(name) {
             return Err(OpenError::Refused(format!(
                 "device '{name}' is the shmix plugin itself; pass a real card with --device"
@@ -160,7 +193,12 @@ impl Device {
         let mut pcm = ptr::null_mut();
         // SAFETY: valid out pointer and C string; non-blocking so no call of the cycle sleeps.
         check("snd_pcm_open", unsafe {
-            sys::snd_pcm_open(&mut pcm, cname.as_ptr(), sys::SND_PCM_STREAM_PLAYBACK, sys::SND_PCM_NONBLOCK)
+            sys::snd_pcm_open(
+                &mut pcm,
+                cname.as_ptr(),
+                if capture { sys::SND_PCM_STREAM_CAPTURE } else { sys::SND_PCM_STREAM_PLAYBACK },
+                sys::SND_PCM_NONBLOCK,
+            )
         })?;
         // From here on Drop closes `pcm`.
         let mut dev = Self {
@@ -175,6 +213,7 @@ impl Device {
             },
             chmap: ChannelMap::standard(1),
             frame_bytes: 0,
+            capture,
         };
         dev.refuse_shmix()?;
         dev.configure(req)?;
@@ -516,6 +555,46 @@ impl Device {
             sys::snd_pcm_mmap_commit(self.pcm, offset, written as sys::snd_pcm_uframes_t)
         })?;
         Ok(c as usize)
+    }
+
+    /// Reads up to `frames` frames through the mmap area (capture): `take` gets one contiguous
+    /// run of the device's interleaved bytes (possibly fewer frames, at the end of the buffer);
+    /// that run is committed (consumed). Returns the frames committed. RT: yes.
+    ///
+    /// # Errors
+    /// The alsa-lib error of begin or commit.
+    pub fn read_mmap(&mut self, frames: usize, take: impl FnOnce(&[u8])) -> Result<usize, AlsaError> {
+        let mut areas: *const sys::snd_pcm_channel_area_t = ptr::null();
+        let mut offset: sys::snd_pcm_uframes_t = 0;
+        let mut n = frames as sys::snd_pcm_uframes_t;
+        // SAFETY: `pcm` is open; all out pointers are locals.
+        check("snd_pcm_mmap_begin", unsafe { sys::snd_pcm_mmap_begin(self.pcm, &mut areas, &mut offset, &mut n) })?;
+        if n > 0 && !areas.is_null() {
+            // SAFETY: as in `write_mmap`: with MMAP_INTERLEAVED access (checked) the run
+            // [offset, offset + n) is one contiguous byte range of the device's buffer, readable
+            // until commit.
+            unsafe {
+                let a = &*areas;
+                let fb_bits = (self.frame_bytes * 8) as libc::c_uint;
+                if a.step != fb_bits || a.first != 0 {
+                    return Err(AlsaError { func: "snd_pcm_mmap_begin(layout)", errno: libc::EINVAL });
+                }
+                let base = a.addr.cast::<u8>().add(offset as usize * self.frame_bytes);
+                take(std::slice::from_raw_parts(base, n as usize * self.frame_bytes));
+            }
+        }
+        // SAFETY: `pcm` is open; commits the run begin returned.
+        let c = check("snd_pcm_mmap_commit", unsafe { sys::snd_pcm_mmap_commit(self.pcm, offset, n) })?;
+        Ok(c as usize)
+    }
+
+    /// Capture: prepare and start (after an open or an overrun). RT: yes (no allocation).
+    ///
+    /// # Errors
+    /// The alsa-lib error.
+    pub fn restart_capture(&mut self) -> Result<(), AlsaError> {
+        self.prepare()?;
+        self.start()
     }
 
     /// Fills everything the device can take with silence (before a start); returns the frames.

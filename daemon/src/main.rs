@@ -49,6 +49,10 @@ struct Cli {
     /// quality of their own: fast, medium or high [default: medium, THD+N below -100 dB]
     #[arg(long, value_name = "QUALITY", value_parser = parse_quality)]
     resample_quality: Option<ResampleQuality>,
+    /// Keep the device's capture side open once the first recorder opened it (else it is closed
+    /// after the last capture stream stops)
+    #[arg(long)]
+    keep_capture_open: bool,
     /// SCHED_FIFO priority for the mix thread
     #[arg(long, default_value_t = 20)]
     rt_priority: i32,
@@ -97,6 +101,44 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Some(q) => q,
     };
     let spec = DeviceSpec { params: p, chmap: dev.chmap(), quality };
+    // Probe the capture side once (opened for real when the first recorder starts): its
+    // parameters are what capture streams are converted from. Later opens ask for exactly these.
+    let capture = match Device::open_capture(
+        &device_name,
+        &Request {
+            format: Some(p.format),
+            rate: Some(p.rate),
+            channels: Some(p.channels),
+            period_frames: p.period_frames,
+            periods: cli.periods,
+        },
+    ) {
+        Ok(c) => {
+            let cp = c.params();
+            info!(
+                "capture side: {} {} Hz {} ch {:?}, period {} frames, buffer {} frames (opened while recording{})",
+                cp.format,
+                cp.rate,
+                cp.channels,
+                c.chmap().positions(),
+                cp.period_frames,
+                cp.buffer_frames,
+                if cli.keep_capture_open { ", then kept open" } else { "" }
+            );
+            let creq = Request {
+                format: Some(cp.format),
+                rate: Some(cp.rate),
+                channels: Some(cp.channels),
+                period_frames: cp.period_frames,
+                periods: cli.periods,
+            };
+            Some((creq, DeviceSpec { params: cp, chmap: c.chmap(), quality }))
+        }
+        Err(e) => {
+            info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");
+            None
+        }
+    };
 
     let listen = server::listen(&socket_path)?;
     info!(
@@ -120,11 +162,15 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
-    let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?);
+    let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
+        .keep_capture_open(cli.keep_capture_open);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
     let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
+    if let Some((creq, cspec)) = capture {
+        srv = srv.with_capture(device_name.clone(), creq, cspec);
+    }
     let outcome = srv.run();
     // Shutdown order: Fatal to every stream and stop the mix thread (it drops the device and
     // the streams it holds), then close the clients (they see HUP), unlink the socket.

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use shmix_shared::cursor;
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::wake;
-use shmix_shared::{Record, SampleFormat, Violation};
+use shmix_shared::{Direction, Record, SampleFormat, Violation};
 
 use crate::convert::{self, EncodeFn};
-use crate::pipeline::{Pipeline, Taken};
+use crate::pipeline::{Pipeline, RecordPipe, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -44,6 +44,14 @@ pub struct Counters {
     pub fastpath_frames: AtomicU64,
     /// Daemon -> client records dropped because the client's ring was full.
     pub records_dropped: AtomicU64,
+    /// Device frames read from the capture device.
+    pub captured_frames: AtomicU64,
+    /// Device frames of the playback mix copied to monitor streams (once per frame).
+    pub monitor_frames: AtomicU64,
+    /// Recorders that overran (ring full: STOPPED + Xrun).
+    pub capture_overruns: AtomicU64,
+    /// Capture device xruns (-EPIPE) recovered.
+    pub capture_xruns: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
 }
@@ -91,6 +99,12 @@ pub struct Stream {
     /// Device position (frames handed to the device) just after this stream's last frame.
     drain_until: u64,
     violation: Option<Violation>,
+    /// Playback, or a recorder (capture / monitor).
+    dir: Direction,
+    /// Recorders: the conversion from the device into the ring.
+    rec: Option<Box<RecordPipe>>,
+    /// Recorders: frames written since the last Start (ring index = this % buffer_frames).
+    write_count: u64,
 }
 
 impl Stream {
@@ -112,6 +126,96 @@ impl Stream {
             drain_seq: 0,
             drain_until: 0,
             violation: None,
+            dir: Direction::Playback,
+            rec: None,
+            write_count: 0,
+        }
+    }
+
+    /// Wraps a recording stream (`Capture` or `Monitor`): the daemon writes its ring through
+    /// `rec`. `pipe` is unused for recording (built for the checks `MixCore::add` makes).
+    #[must_use]
+    pub fn new_recorder(
+        id: u32,
+        shm: StreamShm,
+        client_wake: OwnedFd,
+        daemon_wake: OwnedFd,
+        pipe: Pipeline,
+        dir: Direction,
+        rec: RecordPipe,
+    ) -> Self {
+        let mut s = Self::new(id, shm, client_wake, daemon_wake, pipe);
+        s.dir = if dir == Direction::Playback { Direction::Capture } else { dir };
+        s.rec = Some(Box::new(rec));
+        s
+    }
+
+    /// The stream's direction.
+    #[must_use]
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    fn is_recorder(&self) -> bool {
+        self.dir != Direction::Playback
+    }
+
+    fn recording(&self, dir: Direction) -> bool {
+        self.dir == dir && self.violation.is_none() && self.state == State::Running
+    }
+
+    /// The position reported in answers: read position (playback), write position (recorders).
+    fn pos(&self) -> u32 {
+        if self.is_recorder() {
+            self.write_count as u32
+        } else {
+            self.read_pos()
+        }
+    }
+
+    /// Recorders: the client's read position against our write position.
+    fn rec_fill(&mut self) -> Option<u32> {
+        // Pairs with the client's Release store of `audio_read.pos` after it copied the frames out.
+        let read = self.shm.audio_read().pos.load(Ordering::Acquire);
+        match cursor::fill(self.write_count as u32, read, self.buffer_frames) {
+            Ok(f) => Some(f),
+            Err(v) => {
+                self.violate(v);
+                None
+            }
+        }
+    }
+
+    /// Recorders: writes `bytes` (whole stream frames) into the ring at the write position;
+    /// what does not fit is an overrun (STOPPED + Xrun). Wakes the client when its fill reached
+    /// its avail_min. RT: yes.
+    fn deliver(&mut self, bytes: &[u8], now_ns: u64, counters: &Counters) {
+        let fb = self.shm.layout().frame_bytes as usize;
+        let n = bytes.len() / fb;
+        if n == 0 {
+            return;
+        }
+        let Some(fill) = self.rec_fill() else { return };
+        let room = (self.buffer_frames - fill) as usize;
+        let k = n.min(room);
+        if k > 0 {
+            let idx = cursor::ring_index(self.write_count, self.buffer_frames);
+            self.shm.write_audio(idx, &bytes[..k * fb]);
+            self.write_count += k as u64;
+            // Pairs with the client's Acquire load of `audio_write.pos` before it reads.
+            self.shm.audio_write().pos.store(self.write_count as u32, Ordering::Release);
+        }
+        if k < n {
+            self.state = State::Stopped;
+            Counters::bump(&counters.capture_overruns, 1);
+            let pos = self.pos();
+            self.post(Record::Xrun { pos, at_ns: now_ns }, counters);
+            return;
+        }
+        let fill = fill + k as u32;
+        let avail_min = self.shm.avail_min().value.load(Ordering::Relaxed).clamp(1, self.buffer_frames);
+        if fill >= avail_min {
+            self.wake_client(counters);
         }
     }
 
@@ -145,7 +249,9 @@ impl Stream {
     }
 
     fn active(&self) -> bool {
-        self.violation.is_none() && matches!(self.state, State::Running | State::Draining)
+        self.dir == Direction::Playback
+            && self.violation.is_none()
+            && matches!(self.state, State::Running | State::Draining)
     }
 
     fn read_pos(&self) -> u32 {
@@ -160,8 +266,10 @@ impl Stream {
 
     /// Writes the client's eventfd if it sleeps; counts either way.
     fn wake_client(&self, counters: &Counters) {
-        // Pairs with the client's prepare_sleep on `audio_write.sleeping`.
-        if wake::wake_if_sleeping(&self.shm.audio_write().sleeping) {
+        // Pairs with the client's prepare_sleep on `audio_write.sleeping` (playback) or
+        // `audio_read.sleeping` (recorders: the client waits for data).
+        let flag = if self.is_recorder() { &self.shm.audio_read().sleeping } else { &self.shm.audio_write().sleeping };
+        if wake::wake_if_sleeping(flag) {
             efd_write(self.client_wake.as_raw_fd());
             Counters::bump(&counters.wakeups_sent, 1);
         } else {
@@ -221,8 +329,23 @@ impl Stream {
                     if self.state == State::Stopped {
                         self.state = State::Running;
                         self.read_count = 0;
+                        self.write_count = 0;
                         self.pipe.restart();
+                        if let Some(r) = self.rec.as_mut() {
+                            r.restart();
+                        }
                     }
+                }
+                // Recorders: what was captured stays readable; Drain is Stop answered Drained.
+                Record::Stop { seq } | Record::Drain { seq } if self.is_recorder() => {
+                    self.state = State::Stopped;
+                    let pos = self.pos();
+                    let rec = if matches!(rec, Record::Stop { .. }) {
+                        Record::Stopped { seq, pos }
+                    } else {
+                        Record::Drained { seq, pos }
+                    };
+                    self.post(rec, counters);
                 }
                 Record::Stop { seq } => {
                     // Discard what is queued: the read position jumps to the write position.
@@ -239,7 +362,7 @@ impl Stream {
                     if matches!(self.state, State::Running | State::Draining) {
                         self.state = State::Paused;
                     }
-                    let pos = self.read_pos();
+                    let pos = self.pos();
                     self.post(Record::Stopped { seq, pos }, counters);
                 }
                 Record::Resume { .. } => {
@@ -456,9 +579,60 @@ impl MixCore {
                 (self.encode)(bus, out);
             }
         }
+        // Monitors: exactly the bytes that went to the device.
         Counters::bump(&counters.frames_mixed, frames as u64);
+        if self.streams.iter().any(|s| s.recording(Direction::Monitor)) {
+            self.record(Direction::Monitor, out, now_ns);
+            Counters::bump(&self.counters.monitor_frames, frames as u64);
+        }
         self.device_pos += frames as u64;
         frames
+    }
+
+    /// Hands one run of device frames (`area`, device format, at most one device period) to every
+    /// running recorder of `dir`, each converted into its own ring. RT: yes.
+    fn record(&mut self, dir: Direction, area: &[u8], now_ns: u64) {
+        let counters = &*self.counters;
+        for s in self.streams.iter_mut().filter(|s| s.recording(dir)) {
+            // Moved out and back (a pointer move): `deliver` needs the stream mutably.
+            let Some(mut rec) = s.rec.take() else { continue };
+            let bytes = rec.convert(area);
+            s.deliver(bytes, now_ns, counters);
+            s.rec = Some(rec);
+        }
+    }
+
+    /// Capture: one run of frames read from the capture device's mmap area (`area`, the capture
+    /// device's format, at most one of its periods) into every running capture stream. RT: yes.
+    pub fn capture(&mut self, area: &[u8], capture_frame_bytes: usize, now_ns: u64) {
+        Counters::bump(&self.counters.captured_frames, (area.len() / capture_frame_bytes.max(1)) as u64);
+        self.record(Direction::Capture, area, now_ns);
+    }
+
+    /// True when some capture stream is running (the capture device is wanted).
+    #[must_use]
+    pub fn wants_capture(&self) -> bool {
+        self.streams.iter().any(|s| s.recording(Direction::Capture))
+    }
+
+    /// After a read from the capture device: publishes each running capture stream's timing,
+    /// `device_queued` = frames the device holds that were not read yet (its delay).
+    pub fn publish_capture_timing(&mut self, device_queued: u32, now_ns: u64) {
+        self.publish_recorder_timing(Direction::Capture, device_queued, now_ns);
+    }
+
+    fn publish_recorder_timing(&mut self, dir: Direction, device_queued: u32, now_ns: u64) {
+        for s in self.streams.iter().filter(|s| s.recording(dir)) {
+            let queued = s.rec.as_ref().map_or(0, |r| r.queued_stream_frames(u64::from(device_queued)));
+            s.shm.publish_timing(s.pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+        }
+    }
+
+    /// Posts `Fatal{errno}` to every stream of `dir` (the capture device is gone).
+    pub fn fatal_dir(&mut self, dir: Direction, errno: i32) {
+        for s in self.streams.iter_mut().filter(|s| s.dir == dir && s.violation.is_none()) {
+            s.post(Record::Fatal { errno: errno as u32 }, &self.counters);
+        }
     }
 
     /// After the device commit: publishes each consuming stream's timing snapshot. `device_queued`
@@ -466,8 +640,9 @@ impl MixCore {
     /// the device's share converted to the stream's rate plus the resampler's delay.
     /// Streams whose last frame the device has now played get `Drained`.
     pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
+        self.publish_recorder_timing(Direction::Monitor, 0, now_ns);
         let played = self.device_pos.saturating_sub(u64::from(device_queued));
-        for s in self.streams.iter_mut().filter(|s| s.violation.is_none()) {
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.is_recorder()) {
             match s.state {
                 State::Running | State::Draining => {
                     let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));

@@ -11,8 +11,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use rtrb::{Consumer, Producer};
 
 use crate::audit;
+use shmix_shared::Direction;
+
 use crate::device::{AlsaError, Device};
 use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS};
+
+/// Poll descriptors reserved for the capture device.
+const MAX_CAPTURE_FDS: usize = 8;
 
 /// Control -> mix.
 #[derive(Debug)]
@@ -23,6 +28,9 @@ pub enum Command {
     Remove(u32),
     /// Post `Fatal{ESHUTDOWN}` to every stream and end the thread.
     Shutdown,
+    /// The capture device, opened on the control thread after `Event::OpenCapture` (`None`:
+    /// the open failed; capture streams get `Fatal{ENODEV}`).
+    CaptureDevice(Option<Box<Device>>),
 }
 
 /// Mix -> control.
@@ -36,6 +44,11 @@ pub enum Event {
     /// The device failed for good (ENODEV or an unrecoverable error); the thread has ended and
     /// every stream got `Fatal`.
     DeviceFailed(AlsaError),
+    /// A capture stream started and the capture device is not open: open it (control thread:
+    /// opening can block and allocates) and send `Command::CaptureDevice`.
+    OpenCapture,
+    /// The last capture stream stopped (or the capture device failed): close it here.
+    CaptureClosed(Box<Device>),
 }
 
 /// Capacity of both queues. Every stream is retired at most once, so events never exceed the
@@ -56,6 +69,15 @@ pub struct MixThread {
     pfds: Vec<libc::pollfd>,
     dev_nfds: usize,
     suspended: bool,
+    /// The capture device while open (opened and closed on the control thread).
+    capture: Option<Box<Device>>,
+    cap_nfds: usize,
+    /// `Event::OpenCapture` sent, no answer yet.
+    capture_requested: bool,
+    /// The last open failed: no new request until no capture stream runs.
+    capture_failed: bool,
+    /// `--keep-capture-open`.
+    keep_capture_open: bool,
 }
 
 /// Why the loop ended.
@@ -84,10 +106,22 @@ impl MixThread {
             events,
             cmd_efd,
             ctl_efd,
-            pfds: vec![empty; dev_nfds + 1 + MAX_STREAMS],
+            pfds: vec![empty; dev_nfds + MAX_CAPTURE_FDS + 1 + MAX_STREAMS],
             dev_nfds,
             suspended: false,
+            capture: None,
+            cap_nfds: 0,
+            capture_requested: false,
+            capture_failed: false,
+            keep_capture_open: false,
         }
+    }
+
+    /// Keeps the capture device open once opened (`--keep-capture-open`).
+    #[must_use]
+    pub fn keep_capture_open(mut self, keep: bool) -> Self {
+        self.keep_capture_open = keep;
+        self
     }
 
     /// Runs until `Shutdown` or a device failure. Everything is dropped on return (streams
@@ -136,7 +170,8 @@ impl MixThread {
     fn cycle(&mut self) -> Result<Option<Exit>, AlsaError> {
         let counters = std::sync::Arc::clone(self.core.counters());
         let ready = self.core.prepare_sleep();
-        let dn = self.dev_nfds;
+        // Layout: playback device, capture device, command eventfd, streams' daemon_wake.
+        let dn = self.dev_nfds + self.cap_nfds;
         self.pfds[dn] = libc::pollfd { fd: self.cmd_efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let nstreams = self.core.streams().len();
         for (i, s) in self.core.streams().iter().enumerate() {
@@ -169,14 +204,131 @@ impl MixThread {
         }
         self.core.process_records();
         self.retire_violated();
+        self.manage_capture();
 
         if let Err(e) = self.service_device() {
             if let Some(exit) = self.recover(e)? {
                 return Ok(Some(exit));
             }
         }
+        if self.capture.is_some() {
+            if let Err(e) = self.service_capture() {
+                self.recover_capture(e);
+            }
+        }
         self.retire_violated();
         Ok(None)
+    }
+
+    /// Asks for the capture device when a capture stream runs and it is not open; hands it
+    /// back to be closed when none runs (unless `--keep-capture-open`).
+    fn manage_capture(&mut self) {
+        let want = self.core.wants_capture();
+        if !want {
+            self.capture_failed = false;
+        }
+        if want && self.capture.is_none() && !self.capture_requested && !self.capture_failed {
+            if self.events.slots() > 0 {
+                self.capture_requested = true;
+                self.emit(Event::OpenCapture);
+            }
+        } else if !want && !self.keep_capture_open && self.capture.is_some() && self.events.slots() > 0 {
+            self.release_capture();
+        }
+    }
+
+    /// Sends the capture device back to the control thread to be closed.
+    fn release_capture(&mut self) {
+        if let Some(dev) = self.capture.take() {
+            self.cap_nfds = 0;
+            self.emit(Event::CaptureClosed(dev));
+        }
+    }
+
+    /// Installs a capture device from the control thread and starts it.
+    fn install_capture(&mut self, dev: Option<Box<Device>>) {
+        self.capture_requested = false;
+        let Some(mut dev) = dev else {
+            self.capture_failed = true;
+            self.core.fatal_dir(Direction::Capture, libc::ENODEV);
+            return;
+        };
+        let n = dev.poll_count().min(MAX_CAPTURE_FDS);
+        let dn = self.dev_nfds;
+        let ok = dev.restart_capture().and_then(|()| dev.poll_fill(&mut self.pfds[dn..dn + n]));
+        self.capture = Some(dev);
+        self.cap_nfds = n;
+        if ok.is_err() {
+            self.capture_failed = true;
+            self.core.fatal_dir(Direction::Capture, libc::EIO);
+            self.release_capture();
+        }
+    }
+
+    /// Reads whole capture periods while the device holds one.
+    fn service_capture(&mut self) -> Result<(), AlsaError> {
+        let dn = self.dev_nfds;
+        let cn = self.cap_nfds;
+        let Some(dev) = self.capture.as_deref_mut() else { return Ok(()) };
+        dev.revents(&mut self.pfds[dn..dn + cn])?;
+        let params = dev.params();
+        let period = params.period_frames as usize;
+        let fb = params.frame_bytes() as usize;
+        let mut avail = dev.avail_update()?;
+        let mut read = false;
+        while avail >= period {
+            let mut left = period;
+            while left > 0 {
+                let core = &mut self.core;
+                let now = now_ns();
+                let n = dev.read_mmap(left, |area| core.capture(area, fb, now))?;
+                if n == 0 {
+                    break;
+                }
+                left -= n;
+            }
+            read = true;
+            avail = dev.avail_update()?;
+        }
+        if read {
+            self.core.publish_capture_timing(avail as u32, now_ns());
+        }
+        Ok(())
+    }
+
+    /// Capture device errors: xrun and suspend are recovered as for playback; anything else
+    /// closes it and ends the capture streams (`Fatal{ENODEV}`).
+    fn recover_capture(&mut self, e: AlsaError) {
+        let counters = std::sync::Arc::clone(self.core.counters());
+        let Some(dev) = self.capture.as_deref_mut() else { return };
+        let r = match e.errno {
+            libc::EPIPE => {
+                counters.capture_xruns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                dev.restart_capture()
+            }
+            libc::ESTRPIPE => match dev.resume() {
+                Ok(()) => Ok(()),
+                Err(r) if r.errno == libc::EAGAIN => {
+                    self.suspended = true;
+                    Ok(())
+                }
+                Err(_) => dev.restart_capture(),
+            },
+            libc::EAGAIN => Ok(()),
+            _ => Err(e),
+        };
+        let dn = self.dev_nfds;
+        let cn = self.cap_nfds;
+        let r = r.and_then(|()| dev.poll_fill(&mut self.pfds[dn..dn + cn]));
+        if let Err(e) = r {
+            if e.errno == libc::ESTRPIPE {
+                self.suspended = true;
+                return;
+            }
+            self.capture_failed = true;
+            self.core.fatal_dir(Direction::Capture, libc::ENODEV);
+            self.release_capture();
+        }
     }
 
     fn drain_commands(&mut self) -> Option<Exit> {
@@ -194,6 +346,7 @@ impl MixThread {
                         self.emit(Event::Retired(s));
                     }
                 }
+                Command::CaptureDevice(dev) => self.install_capture(dev),
                 Command::Shutdown => {
                     self.core.fatal_all(libc::ESHUTDOWN);
                     return Some(Exit::Shutdown);

@@ -25,9 +25,10 @@ use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
+use crate::device::{Device, Request};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
-use crate::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
+use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
 
 /// How long a new connection may take to say `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +112,7 @@ struct Client {
     deadline: Instant,
     stream: Option<u32>,
     destroying: bool,
+    direction: Direction,
 }
 
 /// What the control loop holds.
@@ -126,6 +128,9 @@ pub struct Server {
     events: Consumer<Event>,
     ctl_efd: OwnedFd,
     counters: Arc<Counters>,
+    /// The capture side: the PCM name, the request it is opened with, and its parameters as
+    /// probed at startup (`None`: the device has no usable capture side).
+    capture: Option<(String, Request, DeviceSpec)>,
     clients: Vec<Client>,
     next_stream_id: u32,
     streams_attached: usize,
@@ -188,12 +193,21 @@ impl Server {
             events,
             ctl_efd,
             counters,
+            capture: None,
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
             // SAFETY: getuid cannot fail.
             uid: unsafe { libc::getuid() },
         }
+    }
+
+    /// Enables capture streams: the capture side of `name`, opened with `req` (the parameters
+    /// probed at startup, `spec`) whenever a capture stream starts.
+    #[must_use]
+    pub fn with_capture(mut self, name: String, req: Request, spec: DeviceSpec) -> Self {
+        self.capture = Some((name, req, spec));
+        self
     }
 
     fn send_cmd(&mut self, c: Command) {
@@ -296,7 +310,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
-             wakeups sent {} skipped {} records dropped {}",
+             wakeups sent {} skipped {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -308,6 +322,10 @@ impl Server {
             g(&c.wakeups_sent),
             g(&c.wakeups_skipped),
             g(&c.records_dropped),
+            g(&c.captured_frames),
+            g(&c.monitor_frames),
+            g(&c.capture_overruns),
+            g(&c.capture_xruns),
         );
         if crate::audit::enabled() {
             s.push_str(&format!(" | rt allocations {}", crate::audit::rt_allocations()));
@@ -350,6 +368,27 @@ impl Server {
                         self.clients[i].stream = None;
                         self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
                     }
+                }
+                Event::OpenCapture => {
+                    let dev = self.capture.as_ref().and_then(|(name, req, _)| match Device::open_capture(name, req) {
+                        Ok(d) => {
+                            let p = d.params();
+                            info!(
+                                "capture device '{name}' opened: {} {} Hz {} ch, period {} buffer {}",
+                                p.format, p.rate, p.channels, p.period_frames, p.buffer_frames
+                            );
+                            Some(Box::new(d))
+                        }
+                        Err(e) => {
+                            error!("opening the capture side of '{name}': {e}");
+                            None
+                        }
+                    });
+                    self.send_cmd(Command::CaptureDevice(dev));
+                }
+                Event::CaptureClosed(d) => {
+                    info!("capture device '{}' closed", d.name());
+                    drop(d);
                 }
                 Event::DeviceFailed(e) => {
                     error!("device failed: {e}; every client got Fatal");
@@ -402,6 +441,7 @@ impl Server {
                 deadline: Instant::now() + HANDSHAKE_TIMEOUT,
                 stream: None,
                 destroying: false,
+                direction: Direction::Playback,
             });
         }
     }
@@ -475,16 +515,21 @@ impl Server {
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
                     return Err(Disconnect(reason));
                 }
-                if direction == Direction::Capture {
-                    let reason = "capture is not supported yet".to_string();
+                if direction == Direction::Capture && self.capture.is_none() {
+                    let reason = "the device has no capture side".to_string();
                     info!("client pid {} ({}): {reason}; closing", c.pid, c.name);
                     self.reply(fd, &SocketMsg::Refused { errno: libc::ENOTSUP as u32, reason });
                     self.clients.swap_remove(i);
                     return Ok(());
                 }
                 c.phase = Phase::Ready;
-                debug!("client pid {} ({}) said hello", c.pid, c.name);
-                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device.params });
+                c.direction = direction;
+                debug!("client pid {} ({}) said hello ({direction:?})", c.pid, c.name);
+                let device = match (&self.capture, direction) {
+                    (Some((_, _, spec)), Direction::Capture) => spec.params,
+                    _ => self.device.params,
+                };
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
                 Ok(())
             }
             SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality } if !phase_hello => {
@@ -531,7 +576,12 @@ impl Server {
         let Ok([memfd, client_wake, daemon_wake]) = <[OwnedFd; 3]>::try_from(fds) else {
             return Err(Disconnect("CreateStream needs exactly 3 fds [memfd, client_wake, daemon_wake]".into()));
         };
-        let d = self.device.params;
+        let direction = self.clients[i].direction;
+        let src_dev = match (&self.capture, direction) {
+            (Some((_, _, spec)), Direction::Capture) => *spec,
+            _ => self.device,
+        };
+        let d = src_dev.params;
         let refuse = |s: &Self, reason: String| {
             s.reply(fd, &SocketMsg::Refused { errno: libc::EINVAL as u32, reason: reason.clone() });
             info!("client pid {}: stream refused: {reason}", s.clients[i].pid);
@@ -568,6 +618,14 @@ impl Server {
             Ok(p) => p,
             Err(reason) => return refuse(self, reason),
         };
+        let rec = if direction.is_capture() {
+            match RecordPipe::new(&spec, &src_dev) {
+                Ok(r) => Some(r),
+                Err(reason) => return refuse(self, reason),
+            }
+        } else {
+            None
+        };
         if self.streams_attached >= MAX_STREAMS {
             self.reply(fd, &SocketMsg::Refused { errno: libc::EBUSY as u32, reason: "too many streams".into() });
             return Ok(());
@@ -591,13 +649,29 @@ impl Server {
         drop(memfd);
         let id = self.next_stream_id;
         self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
-        let conv = if pipe.resamples() {
-            format!(" resampled {} -> {} Hz ({})", params.rate, d.rate, pipe.quality().name())
-        } else {
-            String::new()
+        let (conv, remap, stream) = match rec {
+            Some(rec) => {
+                let conv = if rec.resamples() {
+                    format!(" resampled {} -> {} Hz ({})", d.rate, params.rate, rec.quality().name())
+                } else if rec.is_passthrough() {
+                    " bit-exact copy".to_string()
+                } else {
+                    String::new()
+                };
+                let remap = format!("{rec:?}");
+                let s = Stream::new_recorder(id, shm, client_wake, daemon_wake, pipe, direction, rec);
+                (format!(" {direction:?}{conv}"), remap, Box::new(s))
+            }
+            None => {
+                let conv = if pipe.resamples() {
+                    format!(" resampled {} -> {} Hz ({})", params.rate, d.rate, pipe.quality().name())
+                } else {
+                    String::new()
+                };
+                let remap = format!("{:?}", pipe.remap());
+                (conv, remap, Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe)))
+            }
         };
-        let remap = format!("{:?}", pipe.remap());
-        let stream = Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe));
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use shmix_daemon::audit;
 use shmix_daemon::convert::{self, EncodeFn};
 use shmix_daemon::mixer::{Counters, MixCore, Stream};
-use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{wake, AudioParams, Record, SampleFormat};
+use shmix_shared::{wake, AudioParams, Direction, Record, SampleFormat};
 
 #[cfg(not(feature = "rt-audit"))]
 #[global_allocator]
@@ -265,7 +265,7 @@ fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
     let mut expect = vec![0i32; PERIOD * CHANNELS as usize];
     let mut scratch = vec![0u8; PERIOD * fb];
     let mut r0 = vec![0u64; nstreams];
-    let allocs_before = audit::rt_allocations();
+    let allocs_before = audit::thread_rt_allocations();
     let mut checked_samples = 0u64;
     for p in 0..periods {
         for c in &mut clients {
@@ -317,7 +317,7 @@ fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
             checked_samples += 1;
         }
     }
-    let allocs = audit::rt_allocations() - allocs_before;
+    let allocs = audit::thread_rt_allocations() - allocs_before;
     assert_eq!(allocs, 0, "the mix cycle allocated {allocs} times");
     let mut total = Counts::default();
     for c in &clients {
@@ -343,12 +343,12 @@ fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
 #[test]
 fn counting_allocator_sees_allocations_in_rt() {
     // The audit must be able to fail: an allocation with the flag set is counted.
-    let before = audit::rt_allocations();
+    let before = audit::thread_rt_allocations();
     audit::set_in_rt(true);
     let v = std::hint::black_box(vec![1u8; 64]);
     audit::set_in_rt(false);
     drop(v);
-    assert!(audit::rt_allocations() > before);
+    assert!(audit::thread_rt_allocations() > before);
 }
 
 #[test]
@@ -434,7 +434,7 @@ fn converted_streams_mix_without_allocating() {
         let fb = core.frame_bytes();
         let mut out = vec![0u8; PERIOD * fb];
         let mut loud = 0u64;
-        let allocs_before = audit::rt_allocations();
+        let allocs_before = audit::thread_rt_allocations();
         for p in 0..2000usize {
             for c in &mut clients {
                 c.step(&mut rng);
@@ -461,7 +461,7 @@ fn converted_streams_mix_without_allocating() {
                 }
             }
         }
-        let allocs = audit::rt_allocations() - allocs_before;
+        let allocs = audit::thread_rt_allocations() - allocs_before;
         assert_eq!(allocs, 0, "the mix cycle allocated {allocs} times ({dev_format})");
         assert!(loud > 500, "output mostly silent: {loud} loud periods");
         let mut total = Counts::default();
@@ -502,4 +502,170 @@ fn mono_stream_reaches_both_sides_exactly() {
         assert_eq!((got[2 * i], got[2 * i + 1]), (*v, *v), "frame {i}");
     }
     assert_eq!(counters.fastpath_frames.load(Ordering::Relaxed), 0);
+}
+
+/// The client side of one recording stream (capture or monitor) as the test plays it.
+struct Recorder {
+    shm: StreamShm,
+    c2d: RingEnd,
+    d2c: RingEnd,
+    buffer: u32,
+    fb: usize,
+    read: u64,
+    seq: u32,
+    /// Everything read since start, in order.
+    got: Vec<u8>,
+    xruns: u32,
+}
+
+impl Recorder {
+    fn fill(&self) -> u32 {
+        self.shm.audio_write().pos.load(Ordering::Acquire).wrapping_sub(self.read as u32)
+    }
+    /// Reads everything queued (into `got` when `keep`).
+    fn read_all(&mut self, keep: bool) {
+        let n = self.fill() as usize;
+        let mut buf = vec![0u8; n * self.fb];
+        self.shm.read_audio((self.read % u64::from(self.buffer)) as u32, &mut buf);
+        if keep {
+            self.got.extend_from_slice(&buf);
+        }
+        self.read += n as u64;
+        self.shm.audio_read().pos.store(self.read as u32, Ordering::Release);
+    }
+    fn send(&mut self, make: impl FnOnce(u32) -> Record) {
+        self.seq += 1;
+        let r = make(self.seq);
+        assert!(self.shm.push_record(Ring::ClientToDaemon, &mut self.c2d, r).unwrap());
+    }
+    fn records(&mut self) -> Vec<Record> {
+        let mut v = Vec::new();
+        while let Some(r) = self.shm.pop_record(Ring::DaemonToClient, &mut self.d2c).unwrap() {
+            v.push(r.unwrap());
+        }
+        v
+    }
+    fn start(&mut self) {
+        self.shm.audio_write().pos.store(0, Ordering::Release);
+        self.shm.audio_read().pos.store(0, Ordering::Release);
+        self.read = 0;
+        self.send(|seq| Record::Start { seq });
+    }
+}
+
+fn make_recorder(id: u32, dir: Direction, buffer: u32, spec: &StreamSpec, dev: &DeviceSpec) -> (Recorder, Box<Stream>) {
+    let fb = spec.format.sample_bytes() * spec.chmap.channels();
+    let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).unwrap();
+    let (memfd, client_shm) = StreamShm::create(layout, "rt-rec").unwrap();
+    let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
+    client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
+    let client_wake = eventfd();
+    let pipe = Pipeline::new(spec, dev).unwrap();
+    let rec = RecordPipe::new(spec, dev).unwrap();
+    let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, eventfd(), pipe, dir, rec));
+    let mut r = Recorder {
+        shm: client_shm,
+        c2d: RingEnd::default(),
+        d2c: RingEnd::default(),
+        buffer,
+        fb: fb as usize,
+        read: 0,
+        seq: 0,
+        got: Vec::new(),
+        xruns: 0,
+    };
+    r.start();
+    (r, stream)
+}
+
+/// Capture and monitor streams in the cycle: a playback stream plays noise, two bit-exact
+/// monitors and two bit-exact capture streams (different buffers) get exactly the device's
+/// bytes, converted recorders (F32 mono 44.1 kHz, S32 stereo 96 kHz) run alongside, a recorder
+/// that stops reading overruns alone and recovers — and the cycle never allocates.
+#[test]
+fn capture_and_monitor_streams_without_allocating() {
+    let dev = device(SampleFormat::S16Le);
+    let counters = Arc::new(Counters::default());
+    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut rng = Rng(0xfeed);
+    let (mut player, s) = make_stream(1, 4096, &mut rng);
+    core.add(s).unwrap();
+    let conv_a = StreamSpec {
+        format: SampleFormat::F32Le,
+        rate: 44_100,
+        chmap: ChannelMap::standard(1),
+        quality: ResampleQuality::Default,
+    };
+    let conv_b = StreamSpec { format: SampleFormat::S32Le, rate: 96_000, ..s16_stereo() };
+    let plan = [
+        (Direction::Monitor, 1024, s16_stereo()),
+        (Direction::Monitor, 700, s16_stereo()),
+        (Direction::Capture, 1024, s16_stereo()),
+        (Direction::Capture, 513, s16_stereo()),
+        (Direction::Monitor, 2048, conv_a),
+        (Direction::Capture, 2048, conv_b),
+        (Direction::Capture, 1024, s16_stereo()),
+    ];
+    let mut recs = Vec::new();
+    for (i, (dir, buffer, spec)) in plan.iter().enumerate() {
+        let (r, s) = make_recorder(10 + i as u32, *dir, *buffer, spec, &dev);
+        core.add(s).unwrap();
+        recs.push(r);
+    }
+    let (mut played, mut captured) = (Vec::new(), Vec::new());
+    let mut out = vec![0u8; PERIOD * 4];
+    let mut cap = vec![0u8; PERIOD * 4];
+    let periods = 3000;
+    let before = audit::thread_rt_allocations();
+    for p in 0..periods {
+        player.write(PERIOD as u32, &mut rng);
+        for b in cap.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        audit::set_in_rt(true);
+        core.process_records();
+        // A run split in two, as at the end of the device's buffer.
+        let cut = if p % 7 == 0 { 100 * 4 } else { PERIOD * 4 };
+        core.mix(&mut out[..cut], 0);
+        if cut < out.len() {
+            core.mix(&mut out[cut..], 0);
+        }
+        core.capture(&cap[..cut], 4, 0);
+        if cut < cap.len() {
+            core.capture(&cap[cut..], 4, 0);
+        }
+        core.publish_timing(PERIOD as u32, 0);
+        core.publish_capture_timing(0, 0);
+        audit::set_in_rt(false);
+        played.extend_from_slice(&out);
+        captured.extend_from_slice(&cap);
+        for (i, r) in recs.iter_mut().enumerate() {
+            // The last one stops reading for a while: it must overrun, alone.
+            if i == plan.len() - 1 && (1000..1100).contains(&p) {
+                continue;
+            }
+            r.read_all(i < 4);
+            for rec in r.records() {
+                if let Record::Xrun { .. } = rec {
+                    r.xruns += 1;
+                    r.start();
+                }
+            }
+        }
+    }
+    assert_eq!(audit::thread_rt_allocations() - before, 0, "the cycle allocated");
+    for (i, r) in recs.iter().enumerate().take(4) {
+        let want = if i < 2 { &played } else { &captured };
+        assert_eq!(r.xruns, 0, "recorder {i} overran");
+        assert!(r.got == *want, "recorder {i}: {} bytes, want {} bit-exact", r.got.len(), want.len());
+    }
+    assert!(recs[4].xruns == 0 && recs[5].xruns == 0, "converted recorders overran");
+    assert!(recs[6].xruns >= 1, "the recorder that stopped reading did not overrun");
+    assert_eq!(counters.capture_overruns.load(Ordering::Relaxed), u64::from(recs[6].xruns));
+    assert_eq!(counters.captured_frames.load(Ordering::Relaxed), (periods * PERIOD) as u64);
+    assert_eq!(counters.monitor_frames.load(Ordering::Relaxed), (periods * PERIOD) as u64);
+    // 44.1 kHz out of 48 kHz: the converted monitor got the right number of frames (within
+    // what waits in the resampler).
+    let want = (periods * PERIOD) as f64 * 44_100.0 / 48_000.0;
+    assert!((recs[4].read as f64 - want).abs() < 2.0 * PERIOD as f64, "{} vs {want}", recs[4].read);
 }

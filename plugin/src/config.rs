@@ -31,11 +31,18 @@ pub struct Config {
     pub max_buffer_ms: u32,
     /// The `resample_quality` key: sent in `CreateStream` (`default` leaves it to the daemon).
     pub resample_quality: ResampleQuality,
+    /// The `monitor` key: a capture PCM records the playback mix (`Direction::Monitor`).
+    pub monitor: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { socket: None, max_buffer_ms: DEFAULT_MAX_BUFFER_MS, resample_quality: ResampleQuality::Default }
+        Self {
+            socket: None,
+            max_buffer_ms: DEFAULT_MAX_BUFFER_MS,
+            resample_quality: ResampleQuality::Default,
+            monitor: false,
+        }
     }
 }
 
@@ -75,12 +82,26 @@ pub fn parse(entries: &[(String, Value)]) -> Result<Config, String> {
                     Value::Other => return Err(bad("(not a word)")),
                 };
             }
+            "monitor" => {
+                let bad = |what: &str| format!("monitor {what} is not a boolean (true or false)");
+                cfg.monitor = match value {
+                    Value::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+                        "true" | "yes" | "on" | "1" => true,
+                        "false" | "no" | "off" | "0" => false,
+                        _ => return Err(bad(&format!("'{s}'"))),
+                    },
+                    Value::Int(0) => false,
+                    Value::Int(1) => true,
+                    Value::Int(v) => return Err(bad(&v.to_string())),
+                    Value::Other => return Err(bad("(not a word)")),
+                };
+            }
             other => unknown.push(other.to_owned()),
         }
     }
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality)",
+            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality, monitor)",
             unknown.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
         ));
     }
@@ -173,7 +194,8 @@ mod tests {
             Config {
                 socket: Some("/tmp/x/sock".into()),
                 max_buffer_ms: 200,
-                resample_quality: ResampleQuality::Default
+                resample_quality: ResampleQuality::Default,
+                monitor: false,
             }
         );
         let c = parse(&[kv("resample_quality", Value::Str("high".into()))]).unwrap();
@@ -183,6 +205,21 @@ mod tests {
             ResampleQuality::Fast
         );
         assert_eq!(parse(&[kv("max_buffer_ms", Value::Str("300".into()))]).unwrap().max_buffer_ms, 300);
+    }
+
+    #[test]
+    fn monitor_is_a_boolean() {
+        assert!(!parse(&[]).unwrap().monitor);
+        for yes in [Value::Str("true".into()), Value::Str("on".into()), Value::Str("Yes".into()), Value::Int(1)] {
+            assert!(parse(&[kv("monitor", yes)]).unwrap().monitor);
+        }
+        for no in [Value::Str("false".into()), Value::Str("off".into()), Value::Int(0)] {
+            assert!(!parse(&[kv("monitor", no)]).unwrap().monitor);
+        }
+        let e = parse(&[kv("monitor", Value::Str("maybe".into()))]).unwrap_err();
+        assert!(e.contains("monitor") && e.contains("'maybe'"), "{e}");
+        assert!(parse(&[kv("monitor", Value::Int(2))]).is_err());
+        assert!(parse(&[kv("monitor", Value::Other)]).is_err());
     }
 
     #[test]

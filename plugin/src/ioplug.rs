@@ -126,8 +126,12 @@ unsafe extern "C" fn cb_stop(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
 }
 
 unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_sframes_t {
-    // SAFETY: as in `cb_start`.
-    guard_frames(|| lock(unsafe { plugin(io) })?.pointer().map(|v| v as sys::snd_pcm_sframes_t))
+    guard_frames(|| {
+        // SAFETY: a field read of our live ioplug; alsa-lib holds the PCM lock, so it is stable.
+        let appl = unsafe { (*io).appl_ptr };
+        // SAFETY: as in `cb_start`.
+        lock(unsafe { plugin(io) })?.pointer(Some(appl)).map(|v| v as sys::snd_pcm_sframes_t)
+    })
 }
 
 unsafe extern "C" fn cb_transfer(
@@ -252,19 +256,28 @@ unsafe fn open(
         user_error(&msg);
         Errno(libc::EINVAL)
     })?;
-    if stream != sys::SND_PCM_STREAM_PLAYBACK {
-        user_error("capture is not supported yet (playback only)");
-        return Err(Errno(libc::ENOTSUP));
-    }
+    let capture = stream == sys::SND_PCM_STREAM_CAPTURE;
+    let direction = match (capture, cfg.monitor) {
+        (false, false) => Direction::Playback,
+        (false, true) => {
+            user_error(
+                "'monitor true' records the playback mix and works for capture only; \
+                 play to a PCM without it (e.g. shmix), record from this one",
+            );
+            return Err(Errno(libc::EINVAL));
+        }
+        (true, false) => Direction::Capture,
+        (true, true) => Direction::Monitor,
+    };
     let path = resolve_socket_path(cfg.socket.as_deref());
-    let conn = Conn::connect(&path, Direction::Playback).map_err(|e| {
+    let conn = Conn::connect(&path, direction).map_err(|e| {
         user_error(&e.message);
         Errno(e.errno)
     })?;
     let device = conn.device;
     if debug {
         eprintln!(
-            "shmix: connected to {}: device {} {} Hz {} ch, period {}",
+            "shmix: connected to {} ({direction:?}): device {} {} Hz {} ch, period {}",
             conn.path().display(),
             device.format,
             device.rate,
@@ -272,7 +285,7 @@ unsafe fn open(
             device.period_frames
         );
     }
-    let pcm = Pcm::new(conn, debug, cfg.resample_quality)?;
+    let pcm = Pcm::new(conn, debug, cfg.resample_quality, capture)?;
 
     let io = Box::into_raw(Box::new(sys::snd_pcm_ioplug_t {
         version: sys::SND_PCM_IOPLUG_VERSION,
@@ -493,28 +506,39 @@ unsafe fn prepare(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
     let plugin = unsafe { plugin(io) };
     let mut p = lock(plugin)?;
     p.prepare()?;
+    let region = ring_of(&p);
+    // snd_pcm_mmap_begin calls our transfer for capture (alsa-lib's mmap_begin_capture): it
+    // must find our mutex free.
+    drop(p);
     // SAFETY: `io` is live; prepare runs with the PCM unlocked (pcm_ioplug.c), so the public
     // mmap_begin may take the lock.
-    let pointed = unsafe { repoint_mmap_areas(io, &p) };
-    if p.debug() {
-        // SAFETY: plain field read.
-        if unsafe { (*io).access } == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED {
-            eprintln!(
-                "shmix: prepare: mmap areas {}",
-                if pointed { "point at shared memory" } else { "NOT re-pointed (copying)" }
-            );
-        }
+    let pointed = unsafe { repoint_mmap_areas(io, region) };
+    // SAFETY: plain field read.
+    let mmap = unsafe { (*io).access } == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED;
+    let mut p = lock(plugin)?;
+    p.set_access(mmap, pointed);
+    if p.debug() && mmap {
+        eprintln!(
+            "shmix: prepare: mmap areas {}",
+            if pointed { "point at shared memory" } else { "NOT re-pointed (copying)" }
+        );
     }
     Ok(0)
 }
 
-/// Points alsa-lib's running mmap areas at the SHM ring (MMAP_INTERLEAVED only). Returns
-/// whether it did; `transfer` verifies it on every call anyway.
+/// The ring's base address and the frame size, for [`repoint_mmap_areas`].
+fn ring_of(p: &Pcm) -> Option<(*mut u8, u32)> {
+    Some((p.ring_region()?.0, p.frame_bytes()?))
+}
+
+/// Points alsa-lib's running mmap areas at the SHM ring `region` (base, frame bytes;
+/// MMAP_INTERLEAVED only). Returns whether it did; `transfer` verifies it on every call anyway.
 ///
 /// # Safety
-/// `io` is live and its PCM is not locked by this thread.
-unsafe fn repoint_mmap_areas(io: *mut sys::snd_pcm_ioplug_t, p: &Pcm) -> bool {
-    let (Some((base, _)), Some(fb)) = (p.ring_region(), p.frame_bytes()) else { return false };
+/// `io` is live, its PCM is not locked by this thread, and neither is our mutex (for capture,
+/// snd_pcm_mmap_begin calls transfer).
+unsafe fn repoint_mmap_areas(io: *mut sys::snd_pcm_ioplug_t, region: Option<(*mut u8, u32)>) -> bool {
+    let Some((base, fb)) = region else { return false };
     // SAFETY: plain field reads of our ioplug.
     let (access, channels, state) = unsafe { ((*io).access, (*io).channels, (*io).state) };
     if access != sys::SND_PCM_ACCESS_MMAP_INTERLEAVED || channels == 0 {
@@ -558,10 +582,25 @@ unsafe fn transfer(
 ) -> Result<sys::snd_pcm_sframes_t, Errno> {
     // SAFETY: plain field reads of our ioplug (alsa-lib holds the PCM lock; it forwards appl_ptr
     // only after we return).
-    let (appl_ptr, channels) = unsafe { ((*io).appl_ptr, (*io).channels as usize) };
+    let (appl_ptr, channels, access, buffer_size) =
+        unsafe { ((*io).appl_ptr, (*io).channels as usize, (*io).access, (*io).buffer_size) };
     // SAFETY: `io` is live.
     let mut p = lock(unsafe { plugin(io) })?;
+    let capture = p.is_capture();
+    let mmap = access == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED;
+    // Capture with MMAP access: alsa-lib's avail_update asks us to fill its mmap buffer from
+    // `appl_ptr` on, in up to two calls (the second at offset 0 after the buffer's end), so
+    // `offset` is a ring index, not always appl_ptr's. Everywhere else the first frame is at
+    // appl_ptr (playback mmap_commit) or offset is into the program's own buffer (RW).
+    let skip = if capture && mmap {
+        u32::try_from(crate::pcm::mmap_skip(offset, appl_ptr, buffer_size)).map_err(|_| Errno(libc::EINVAL))?
+    } else {
+        0
+    };
     if size == 0 {
+        if capture && mmap {
+            p.pointer(Some(appl_ptr)).map(|_| ())?; // publishes what the program committed
+        }
         return Ok(0);
     }
     let frames = u32::try_from(size).map_err(|_| Errno(libc::EINVAL))?;
@@ -578,36 +617,58 @@ unsafe fn transfer(
         && areas.iter().enumerate().all(|(c, a)| {
             a.addr == a0.addr && a.first == a0.first + c as c_uint * sample_bits && a.step as usize == fb * 8
         });
-    let dst = p.transfer_target(appl_ptr)?;
+    let dst = p.transfer_target(appl_ptr, skip)?;
     let len = frames as usize * fb;
+    let done = |n: u32| n as sys::snd_pcm_sframes_t;
     if interleaved {
-        let src = (a0.addr as *const u8).wrapping_add(a0.first as usize / 8 + offset as usize * fb);
+        let src = (a0.addr as *mut u8).wrapping_add(a0.first as usize / 8 + offset as usize * fb);
         if ptr::eq(src, dst) {
-            return p.transfer(appl_ptr, frames, Source::InPlace).map(|n| n as sys::snd_pcm_sframes_t);
+            return p.transfer(appl_ptr, skip, frames, Source::InPlace).map(done);
         }
         let (lo, hi) = (src as usize, src as usize + len);
         if lo < ring as usize + ring_len && hi > ring as usize {
             return Err(Errno(libc::EIO)); // in the ring but not where it belongs: never expected
         }
+        if capture {
+            // SAFETY: alsa-lib guarantees the areas hold room for `size` frames from `offset`
+            // (the application's buffer for readi, alsa-lib's mmap buffer for avail_update); they
+            // do not overlap the ring (checked above) and nobody else touches them meanwhile.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(src, len) };
+            return p.transfer(appl_ptr, skip, frames, Source::Dest(bytes)).map(done);
+        }
         // SAFETY: alsa-lib guarantees the areas hold `size` frames from `offset` (the
         // application's buffer for writei, alsa-lib's mmap buffer for mmap_commit); they do not
         // overlap the ring (checked above) and nobody writes them during this call.
         let bytes = unsafe { std::slice::from_raw_parts(src, len) };
-        return p.transfer(appl_ptr, frames, Source::Frames(bytes)).map(|n| n as sys::snd_pcm_sframes_t);
+        return p.transfer(appl_ptr, skip, frames, Source::Frames(bytes)).map(done);
     }
-    // Non-interleaved areas (never produced for our access types): gather sample by sample.
+    // Non-interleaved areas (never produced for our access types): gather / scatter sample by
+    // sample through an interleaved buffer.
     let sb = sample_bits as usize / 8;
+    let sample = |a: &sys::snd_pcm_channel_area_t, f: usize| {
+        let bit = a.first as usize + (offset as usize + f) * a.step as usize;
+        (a.addr as *mut u8).wrapping_add(bit / 8)
+    };
     let mut buf = vec![0u8; len];
+    if capture {
+        let n = p.transfer(appl_ptr, skip, frames, Source::Dest(&mut buf))?;
+        for f in 0..frames as usize {
+            for (c, a) in areas.iter().enumerate() {
+                // SAFETY: channel `c`'s area has room for frame `offset + f`; whole-byte samples.
+                unsafe { ptr::copy_nonoverlapping(buf[f * fb + c * sb..].as_ptr(), sample(a, f), sb) };
+            }
+        }
+        return Ok(done(n));
+    }
     for f in 0..frames as usize {
         for (c, a) in areas.iter().enumerate() {
-            let bit = a.first as usize + (offset as usize + f) * a.step as usize;
             // SAFETY: as above: channel `c`'s area holds frame `offset + f`; `bit` is byte
             // aligned for our formats (whole-byte samples).
-            let s = unsafe { std::slice::from_raw_parts((a.addr as *const u8).add(bit / 8), sb) };
+            let s = unsafe { std::slice::from_raw_parts(sample(a, f), sb) };
             buf[f * fb + c * sb..f * fb + (c + 1) * sb].copy_from_slice(s);
         }
     }
-    p.transfer(appl_ptr, frames, Source::Frames(&buf)).map(|n| n as sys::snd_pcm_sframes_t)
+    p.transfer(appl_ptr, skip, frames, Source::Frames(&buf)).map(done)
 }
 
 unsafe fn drain(io: *mut sys::snd_pcm_ioplug_t) -> Result<c_int, Errno> {
@@ -712,8 +773,13 @@ unsafe fn set_chmap(io: *mut sys::snd_pcm_ioplug_t, map: *const sys::snd_pcm_chm
     let moved = p.set_chmap(m)?;
     // SAFETY: plain field read.
     if moved && unsafe { (*io).state } == sys::SND_PCM_STATE_PREPARED {
-        // SAFETY: `io` is live and not locked by this thread (see `# Safety`).
-        unsafe { repoint_mmap_areas(io, &p) };
+        let region = ring_of(&p);
+        drop(p); // capture: snd_pcm_mmap_begin calls our transfer
+                 // SAFETY: `io` is live and not locked by this thread (see `# Safety`).
+        let pointed = unsafe { repoint_mmap_areas(io, region) };
+        // SAFETY: plain field read.
+        let mmap = unsafe { (*io).access } == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED;
+        lock(plugin)?.set_access(mmap, pointed);
     }
     Ok(0)
 }
@@ -756,7 +822,10 @@ unsafe fn poll_revents(
     let efd = p.poll_fds()[0];
     let sock_revents = pfds.iter().filter(|f| f.fd == sock).fold(0, |acc, f| acc | f.revents);
     let efd_revents = pfds.iter().filter(|f| f.fd == efd).fold(0, |acc, f| acc | f.revents);
-    let r = p.revents(sock_revents, efd_revents);
+    // SAFETY: a volatile read of our live ioplug's field (poll_revents may run unlocked; a torn
+    // view is impossible on 64-bit, a stale one only delays publishing the read position).
+    let appl = unsafe { ptr::read_volatile(ptr::addr_of!((*io).appl_ptr)) };
+    let r = p.revents(sock_revents, efd_revents, Some(appl));
     if p.dead().is_some() {
         // POLLERR then reads as -ENODEV from snd_pcm_wait (pcm_state_to_error).
         // SAFETY: `io` is live; this is what snd_pcm_ioplug_set_state does.

@@ -1,5 +1,7 @@
-//! One shmix playback PCM: the stream's shared memory, its cursors, the control records, the
-//! eventfd readiness mirror, delay. Plain Rust: `ioplug.rs` translates alsa-lib's callbacks into
+//! One shmix PCM, playback or capture: the stream's shared memory, its cursors, the control
+//! records, the eventfd readiness mirror, delay. One code path for both directions: `capture`
+//! decides which audio cursor is ours (playback: `audio_write`, we produce; capture and monitor:
+//! `audio_read`, we consume) and which one the daemon moves. Plain Rust: `ioplug.rs` translates alsa-lib's callbacks into
 //! these methods (under this PCM's mutex). Runs in the host program's calling thread(s).
 //! RT: `transfer`, `pointer`, `revents`, `delay` yes (no allocation, no syscall in steady state
 //! except the one eventfd read per period and clock_gettime through the vDSO).
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use shmix_shared::cursor;
-use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
+use shmix_shared::layout::{Cursor, Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::msg::{AudioParams, Record};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::sync::Ordering;
@@ -28,9 +30,10 @@ pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// Frame counters, reported at close under `SHMIX_DEBUG=1`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
-    /// Frames copied from the application's buffer into shared memory.
+    /// Frames copied between the application's buffer and shared memory (either direction).
     pub copied_frames: u64,
-    /// Frames the application wrote straight into shared memory (mmap, published only).
+    /// Frames the application wrote into / read out of shared memory directly (mmap, published
+    /// only).
     pub zero_copy_frames: u64,
     /// Xruns the daemon reported.
     pub xruns: u64,
@@ -54,10 +57,13 @@ pub enum Phase {
 /// Where `transfer`'s frames are.
 #[derive(Debug)]
 pub enum Source<'a> {
-    /// Already in the ring where they belong (an mmap client wrote through the re-pointed areas).
+    /// Already in the ring where they belong (an mmap client writes or reads through the
+    /// re-pointed areas).
     InPlace,
-    /// Interleaved frames to copy.
+    /// Playback: interleaved frames to copy into the ring.
     Frames(&'a [u8]),
+    /// Capture: room for interleaved frames to copy out of the ring.
+    Dest(&'a mut [u8]),
 }
 
 #[derive(Debug)]
@@ -68,9 +74,12 @@ struct Stream {
     d2c: RingEnd,
     d2c_pos: u32,
     seq: u32,
+    /// Frames produced since prepare (ours for playback, the daemon's for capture).
     write_total: u64,
+    /// Frames consumed since prepare (the daemon's for playback, ours for capture).
     read_total: u64,
-    read_seen: u32,
+    /// Our last view of the daemon's published cursor (`audio_read` / `audio_write`).
+    peer_seen: u32,
     phase: Phase,
     /// The daemon may be consuming (Start/Resume/Drain sent, no Stopped/Drained/Xrun since).
     daemon_active: bool,
@@ -87,6 +96,12 @@ struct Stream {
 #[derive(Debug)]
 pub struct Pcm {
     conn: Conn,
+    /// Capture or monitor: the daemon produces, we consume (`audio_read` is ours).
+    capture: bool,
+    /// The access is MMAP_INTERLEAVED (set at prepare).
+    mmap: bool,
+    /// alsa-lib's mmap areas point at the ring (set at prepare).
+    in_place: bool,
     client_wake: EventFd,
     daemon_wake: EventFd,
     debug: bool,
@@ -102,7 +117,7 @@ pub struct Pcm {
     dead: Option<i32>,
     /// We believe `client_wake` has a non-zero count (written by us or the daemon).
     efd_signalled: bool,
-    /// We set `audio_write.sleeping` and have not looked at it since.
+    /// We set our cursor's `sleeping` and have not looked at it since.
     armed: bool,
 }
 
@@ -136,6 +151,34 @@ pub fn raw_delay(
     Some((i64::from(fill) + i64::from(queued) - elapsed_frames).max(0))
 }
 
+/// Capture delay (PROTOCOL.md "Capture and monitor streams"): `(pos - read) + queued +
+/// elapsed*rate`, frames captured but not yet read. `snapshot` is `(daemon write pos, queued,
+/// ts_ns)`; `read` our read position (both wrap at 2^32; the snapshot may be older than frames
+/// already read). `elapsed` is not counted while paused and at most one buffer (a stalled daemon
+/// captures nothing). Never negative.
+#[must_use]
+pub fn capture_delay(read: u32, snapshot: (u32, u32, u64), now_ns: u64, rate: u32, buffer: u32, paused: bool) -> i64 {
+    let (pos, queued, ts) = snapshot;
+    let unread = i64::from(pos.wrapping_sub(read) as i32);
+    let elapsed = if paused {
+        0
+    } else {
+        (u128::from(now_ns.saturating_sub(ts)) * u128::from(rate) / 1_000_000_000).min(u128::from(buffer)) as i64
+    };
+    (unread + i64::from(queued) + elapsed).max(0)
+}
+
+/// Capture with MMAP access: how many frames after `appl_ptr` the frame at mmap `offset` (an
+/// index in a buffer of `buffer` frames) is. alsa-lib's avail_update fills the mmap buffer from
+/// `appl_ptr` on, the part after the buffer's end in a second call at offset 0.
+#[must_use]
+pub fn mmap_skip(offset: u64, appl_ptr: u64, buffer: u64) -> u64 {
+    if buffer == 0 {
+        return 0;
+    }
+    (offset % buffer + buffer - appl_ptr % buffer) % buffer
+}
+
 /// Caps `delay` so that it never grows between writes: at most the last report plus what was
 /// written since.
 #[must_use]
@@ -152,12 +195,15 @@ impl Pcm {
     ///
     /// # Errors
     /// eventfd creation failed.
-    pub fn new(conn: Conn, debug: bool, quality: ResampleQuality) -> Result<Self, Errno> {
+    pub fn new(conn: Conn, debug: bool, quality: ResampleQuality, capture: bool) -> Result<Self, Errno> {
         let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
         let client_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
         let daemon_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
         Ok(Self {
             conn,
+            capture,
+            mmap: false,
+            in_place: false,
             client_wake,
             daemon_wake,
             debug,
@@ -183,6 +229,18 @@ impl Pcm {
     #[must_use]
     pub fn poll_fds(&self) -> [RawFd; 2] {
         [self.client_wake.as_fd().as_raw_fd(), self.conn.raw_fd()]
+    }
+
+    /// Whether this is a capture (or monitor) PCM.
+    #[must_use]
+    pub fn is_capture(&self) -> bool {
+        self.capture
+    }
+
+    /// prepare: the access in use and whether alsa-lib's mmap areas now point at the ring.
+    pub fn set_access(&mut self, mmap: bool, in_place: bool) {
+        self.mmap = mmap;
+        self.in_place = mmap && in_place;
     }
 
     /// Whether the daemon is known to be gone (or the stream dead).
@@ -274,7 +332,7 @@ impl Pcm {
             seq: 0,
             write_total: 0,
             read_total: 0,
-            read_seen: 0,
+            peer_seen: 0,
             phase: Phase::Setup,
             daemon_active: false,
             stop_pending: None,
@@ -344,7 +402,7 @@ impl Pcm {
         }
         let (params, phase) = (s.params, s.phase);
         let fb = params.frame_bytes() as usize;
-        let queued = if phase == Phase::Prepared {
+        let queued = if phase == Phase::Prepared && !self.capture {
             // Not started: nothing consumed, the frames written so far sit at ring index 0.
             let frames = s.write_total.min(u64::from(params.buffer_frames)) as usize;
             let mut buf = vec![0u8; frames * fb];
@@ -491,7 +549,7 @@ impl Pcm {
         s.shm.audio_read().pos.store(0, Ordering::Release);
         s.write_total = 0;
         s.read_total = 0;
-        s.read_seen = 0;
+        s.peer_seen = 0;
         s.phase = Phase::Prepared;
         s.drain_pending = None;
         s.drained = false;
@@ -513,11 +571,14 @@ impl Pcm {
             let mut p = lock()?;
             p.refresh();
             p.check_alive()?;
+            let capture = p.capture;
             let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
             let seq = match s.drain_pending {
                 Some(seq) => seq,
                 None => {
-                    if s.write_total == s.read_total && !s.daemon_active {
+                    // Capture: a drain stops the daemon side (answered Drained); what was
+                    // captured stays readable. Nothing to do when it is not running.
+                    if !s.daemon_active && (capture || s.write_total == s.read_total) {
                         return Ok(()); // nothing queued, never started
                     }
                     let need_start = !s.daemon_active;
@@ -536,7 +597,7 @@ impl Pcm {
                 }
             };
             let s = p.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
-            let queued = s.write_total.saturating_sub(s.read_total);
+            let queued = if capture { 0 } else { s.write_total.saturating_sub(s.read_total) };
             let rate = u64::from(s.params.rate.max(1));
             let expect = Duration::from_nanos(queued.saturating_mul(1_000_000_000) / rate);
             (seq, Instant::now() + expect + DRAIN_MARGIN)
@@ -585,44 +646,63 @@ impl Pcm {
 
     // ----- data path ----------------------------------------------------------------------
 
-    /// Where the frame at alsa-lib's `appl_ptr` lives in the ring, and its count since start.
-    fn target(&self, appl_ptr: u64) -> Result<(u64, *mut u8), Errno> {
+    /// Our cursor's count since prepare: what we produced (playback) or consumed (capture).
+    fn own_total(&self, s: &Stream) -> u64 {
+        if self.capture {
+            s.read_total
+        } else {
+            s.write_total
+        }
+    }
+
+    /// Where the frame `skip` frames after alsa-lib's `appl_ptr` lives in the ring, and the count
+    /// since prepare of the one at `appl_ptr`.
+    fn target(&self, appl_ptr: u64, skip: u32) -> Result<(u64, *mut u8), Errno> {
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
+        let own = self.own_total(s);
         // appl_ptr wraps at the boundary; our count does not: move by the signed difference
         // (handles rewind/forward, which alsa-lib does without telling us).
         let start = if self.boundary == 0 {
             appl_ptr
         } else {
-            let ours = s.write_total % self.boundary;
-            let diff = (appl_ptr + self.boundary - ours) % self.boundary;
+            let ours = own % self.boundary;
+            let diff = (appl_ptr % self.boundary + self.boundary - ours) % self.boundary;
             if diff <= self.boundary / 2 {
-                s.write_total + diff
+                own + diff
             } else {
-                s.write_total.saturating_sub(self.boundary - diff)
+                own.saturating_sub(self.boundary - diff)
             }
         };
         let buffer = s.params.buffer_frames;
-        let index = cursor::ring_index(start, buffer);
+        let index = cursor::ring_index(start + u64::from(skip), buffer);
         let addr = s.shm.audio_ptr().wrapping_add(index as usize * s.params.frame_bytes() as usize);
         Ok((start, addr))
     }
 
-    /// The ring address the frame at `appl_ptr` belongs at (transfer compares the source with it).
+    /// The ring address the frame `skip` after `appl_ptr` belongs at (transfer compares the
+    /// application's area with it).
     ///
     /// # Errors
     /// No stream.
-    pub fn transfer_target(&self, appl_ptr: u64) -> Result<*mut u8, Errno> {
-        self.target(appl_ptr).map(|(_, a)| a)
+    pub fn transfer_target(&self, appl_ptr: u64, skip: u32) -> Result<*mut u8, Errno> {
+        self.target(appl_ptr, skip).map(|(_, a)| a)
     }
 
-    /// transfer: copies (or, in place, only publishes) `frames` frames starting at `appl_ptr`,
-    /// then publishes the write position.
+    /// transfer. Playback: copies (or, in place, only publishes) `frames` frames starting at
+    /// `appl_ptr`, then publishes the write position. Capture: copies `frames` frames starting
+    /// `skip` frames after `appl_ptr` out of the ring (in place: nothing to copy), then publishes
+    /// the read position: `appl_ptr + frames` for RW access (the frames are in the program's
+    /// buffer now), only `appl_ptr` for MMAP access (alsa-lib calls transfer from avail_update
+    /// before the program has read anything; the program's commit moves `appl_ptr` later).
     ///
     /// # Errors
     /// Dead daemon, no stream, or a source that does not match `frames`.
-    pub fn transfer(&mut self, appl_ptr: u64, frames: u32, src: Source<'_>) -> Result<u32, Errno> {
+    pub fn transfer(&mut self, appl_ptr: u64, skip: u32, frames: u32, src: Source<'_>) -> Result<u32, Errno> {
         self.check_alive()?;
-        let (start, _) = self.target(appl_ptr)?;
+        let (start, _) = self.target(appl_ptr, skip)?;
+        if self.capture {
+            return self.transfer_capture(start, skip, frames, src);
+        }
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         let buffer = s.params.buffer_frames;
         if frames > buffer {
@@ -641,6 +721,7 @@ impl Pcm {
                 s.shm.write_audio(cursor::ring_index(start, buffer), bytes);
                 self.counters.copied_frames += u64::from(frames);
             }
+            Source::Dest(_) => return Err(Errno(libc::EINVAL)),
         }
         if end > s.write_total {
             s.write_total = end;
@@ -651,26 +732,89 @@ impl Pcm {
         Ok(frames)
     }
 
-    /// pointer: the daemon's read position as an absolute frame count since prepare, wrapped at
-    /// the boundary (`SND_PCM_IOPLUG_FLAG_BOUNDARY_WA`: pcm_ioplug.c computes the delta from the
-    /// previous value modulo the boundary). EPIPE after an xrun; the errno once dead.
+    fn transfer_capture(&mut self, start: u64, skip: u32, frames: u32, dst: Source<'_>) -> Result<u32, Errno> {
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        let buffer = s.params.buffer_frames;
+        if frames > buffer {
+            return Err(Errno(libc::EINVAL));
+        }
+        let first = start + u64::from(skip);
+        let end = first + u64::from(frames);
+        if end > s.write_total || s.write_total - first > u64::from(buffer) {
+            return Err(Errno(libc::EIO)); // not captured yet, or already overwritten: never expected
+        }
+        match dst {
+            Source::InPlace => {}
+            Source::Dest(bytes) => {
+                if bytes.len() != frames as usize * s.params.frame_bytes() as usize {
+                    return Err(Errno(libc::EINVAL));
+                }
+                s.shm.read_audio(cursor::ring_index(first, buffer), bytes);
+                self.counters.copied_frames += u64::from(frames);
+            }
+            Source::Frames(_) => return Err(Errno(libc::EINVAL)),
+        }
+        if self.mmap {
+            self.consume_to(start);
+        } else {
+            self.consume_to(end);
+        }
+        self.sync_readiness();
+        Ok(frames)
+    }
+
+    /// Capture: publishes that the program has read everything before `pos` (a count since
+    /// prepare). Never moves backwards nor past what the daemon wrote.
+    fn consume_to(&mut self, pos: u64) {
+        let Some(s) = self.stream.as_mut() else { return };
+        if pos <= s.read_total || pos > s.write_total {
+            return;
+        }
+        if self.in_place {
+            self.counters.zero_copy_frames += pos - s.read_total;
+        }
+        s.read_total = pos;
+        // Publish: pairs with the daemon's Acquire load of audio_read (the frames before `pos`
+        // are free for it to overwrite).
+        s.shm.audio_read().pos.store(pos as u32, Ordering::Release);
+    }
+
+    /// Capture with MMAP access: the program commits (moves `appl_ptr`) without a callback, so
+    /// every callback that sees `appl_ptr` publishes it.
+    fn consume_committed(&mut self, appl_ptr: Option<u64>) {
+        if !(self.capture && self.mmap) {
+            return;
+        }
+        if let Some((start, _)) = appl_ptr.and_then(|a| self.target(a, 0).ok()) {
+            self.consume_to(start);
+        }
+    }
+
+    /// pointer: the daemon's position as an absolute frame count since prepare, wrapped at the
+    /// boundary (`SND_PCM_IOPLUG_FLAG_BOUNDARY_WA`: pcm_ioplug.c computes the delta from the
+    /// previous value modulo the boundary): its read position for playback, its write position
+    /// for capture. EPIPE after an xrun; the errno once dead. `appl_ptr` is alsa-lib's (capture
+    /// with MMAP access publishes it as our read position).
     ///
     /// # Errors
     /// EPIPE (xrun), ENODEV/ESHUTDOWN (daemon gone), EBADFD (no stream).
-    pub fn pointer(&mut self) -> Result<u64, Errno> {
+    pub fn pointer(&mut self, appl_ptr: Option<u64>) -> Result<u64, Errno> {
         self.refresh();
+        self.consume_committed(appl_ptr);
         self.sync_readiness();
         self.check_alive()?;
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
         if s.xrun {
             return Err(Errno(libc::EPIPE));
         }
-        Ok(if self.boundary == 0 { s.read_total } else { s.read_total % self.boundary })
+        let hw = if self.capture { s.write_total } else { s.read_total };
+        Ok(if self.boundary == 0 { hw } else { hw % self.boundary })
     }
 
     /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when
-    /// set). Returns POLLOUT when avail >= avail_min, POLLERR on xrun/disconnect/fatal.
-    pub fn revents(&mut self, sock_revents: i16, efd_revents: i16) -> u16 {
+    /// set). Returns POLLOUT (playback: avail >= avail_min) or POLLIN (capture: fill >=
+    /// avail_min), POLLERR on xrun/disconnect/fatal. `appl_ptr` as for [`Self::pointer`].
+    pub fn revents(&mut self, sock_revents: i16, efd_revents: i16, appl_ptr: Option<u64>) -> u16 {
         if sock_revents != 0 && self.dead.is_none() && self.conn.peer_gone() {
             self.debug_line(format_args!("shmixd closed the connection"));
             self.dead = Some(libc::ENODEV);
@@ -683,14 +827,15 @@ impl Pcm {
             self.efd_signalled = true;
         }
         self.refresh();
+        self.consume_committed(appl_ptr);
         self.sync_readiness();
         if self.dead.is_some() || self.stream.as_ref().is_some_and(|s| s.xrun) {
             return libc::POLLERR as u16;
         }
-        if self.want_ready() {
-            libc::POLLOUT as u16
-        } else {
-            0
+        match (self.want_ready(), self.capture) {
+            (false, _) => 0,
+            (true, false) => libc::POLLOUT as u16,
+            (true, true) => libc::POLLIN as u16,
         }
     }
 
@@ -702,12 +847,29 @@ impl Pcm {
     pub fn delay(&mut self) -> Result<i64, Errno> {
         self.refresh();
         self.check_alive()?;
+        let capture = self.capture;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         if s.xrun {
             return Err(Errno(libc::EPIPE));
         }
         let fill = s.write_total.saturating_sub(s.read_total) as i64;
         let running = matches!(s.phase, Phase::Running | Phase::Paused | Phase::Draining);
+        if capture {
+            // Frames captured but not yet read: those in the ring, those the device and the
+            // resampler hold (queued), and those captured since the snapshot.
+            let snap = if running { s.shm.read_timing().filter(|&(_, _, ts)| ts >= s.started_ns) } else { None };
+            return Ok(snap.map_or(fill, |snap| {
+                capture_delay(
+                    s.read_total as u32,
+                    snap,
+                    now_ns(),
+                    s.params.rate,
+                    s.params.buffer_frames,
+                    s.phase == Phase::Paused,
+                )
+                .max(fill)
+            }));
+        }
         let from_snapshot = if running {
             s.shm.read_timing().filter(|&(_, _, ts)| ts >= s.started_ns).and_then(|snap| {
                 raw_delay(
@@ -737,6 +899,7 @@ impl Pcm {
 
     /// Takes the daemon's records and its read position into private state. No syscall.
     fn refresh(&mut self) {
+        let capture = self.capture;
         let Some(s) = self.stream.as_mut() else { return };
         let mut violation: Option<&'static str> = None;
         loop {
@@ -782,14 +945,28 @@ impl Pcm {
                 }
             }
         }
-        // Pairs with the daemon's Release store after it consumed frames.
-        let new = s.shm.audio_read().pos.load(Ordering::Acquire);
-        match cursor::advance(s.read_seen, new, s.write_total as u32) {
-            Ok(moved) => {
-                s.read_total += u64::from(moved);
-                s.read_seen = new;
+        if capture {
+            // Pairs with the daemon's Release store after it produced frames; it never writes
+            // more than one buffer ahead of our read position.
+            let new = s.shm.audio_write().pos.load(Ordering::Acquire);
+            let limit = (s.read_total + u64::from(s.params.buffer_frames)) as u32;
+            match cursor::advance(s.peer_seen, new, limit) {
+                Ok(moved) => {
+                    s.write_total += u64::from(moved);
+                    s.peer_seen = new;
+                }
+                Err(_) => violation = Some("audio write cursor out of range"),
             }
-            Err(_) => violation = Some("audio read cursor out of range"),
+        } else {
+            // Pairs with the daemon's Release store after it consumed frames.
+            let new = s.shm.audio_read().pos.load(Ordering::Acquire);
+            match cursor::advance(s.peer_seen, new, s.write_total as u32) {
+                Ok(moved) => {
+                    s.read_total += u64::from(moved);
+                    s.peer_seen = new;
+                }
+                Err(_) => violation = Some("audio read cursor out of range"),
+            }
         }
         if let Some(what) = violation {
             if self.dead.is_none() {
@@ -799,11 +976,26 @@ impl Pcm {
         }
     }
 
-    fn avail(s: &Stream, read: u64) -> u64 {
-        u64::from(s.params.buffer_frames).saturating_sub(s.write_total.saturating_sub(read))
+    /// What the program may transfer now: free room (playback) or captured frames (capture).
+    fn avail(&self, s: &Stream) -> u64 {
+        let fill = s.write_total.saturating_sub(s.read_total);
+        if self.capture {
+            fill
+        } else {
+            u64::from(s.params.buffer_frames).saturating_sub(fill)
+        }
     }
 
-    /// Whether poll should report the stream ready (POLLOUT or POLLERR).
+    /// Our audio cursor (its `sleeping` flag is the one we sleep on).
+    fn own_cursor(capture: bool, s: &Stream) -> &Cursor {
+        if capture {
+            s.shm.audio_read()
+        } else {
+            s.shm.audio_write()
+        }
+    }
+
+    /// Whether poll should report the stream ready (POLLOUT/POLLIN or POLLERR).
     fn want_ready(&self) -> bool {
         if self.dead.is_some() {
             return true;
@@ -813,18 +1005,23 @@ impl Pcm {
             return true;
         }
         match s.phase {
-            Phase::Prepared | Phase::Running => Self::avail(s, s.read_total) >= u64::from(self.avail_min),
+            Phase::Prepared | Phase::Running => self.avail(s) >= u64::from(self.avail_min),
             Phase::Draining => s.drained,
             Phase::Setup | Phase::Paused => false,
         }
     }
 
     /// The recheck after setting `sleeping`: a fresh look at the read cursor and the d2c ring.
-    fn fresh_ready(s: &Stream, avail_min: u32) -> bool {
+    fn fresh_ready(capture: bool, s: &Stream, avail_min: u32) -> bool {
         // Pairs with the daemon's Release stores of its cursors.
         let d2c_write = s.shm.ring_write_cursor(Ring::DaemonToClient).pos.load(Ordering::Acquire);
         if d2c_write != s.d2c_pos {
             return true;
+        }
+        if matches!(s.phase, Phase::Prepared | Phase::Running) && capture {
+            let write = s.shm.audio_write().pos.load(Ordering::Acquire);
+            let fill = write.wrapping_sub(s.read_total as u32);
+            return fill > s.params.buffer_frames || fill >= avail_min;
         }
         if matches!(s.phase, Phase::Prepared | Phase::Running) {
             let read = s.shm.audio_read().pos.load(Ordering::Acquire);
@@ -839,8 +1036,9 @@ impl Pcm {
     /// signal ourselves.
     fn sync_readiness(&mut self) {
         let want = self.want_ready();
+        let capture = self.capture;
         let Some(s) = &self.stream else { return };
-        let sleeping = &s.shm.audio_write().sleeping;
+        let sleeping = &Self::own_cursor(capture, s).sleeping;
         if self.armed {
             if want {
                 // Take the flag back; if the daemon already took it, it writes (or wrote) the fd.
@@ -873,7 +1071,7 @@ impl Pcm {
         if matches!(s.phase, Phase::Setup) {
             return; // nothing will change until prepare; nobody needs waking
         }
-        match wake::prepare_sleep(sleeping, || Self::fresh_ready(s, self.avail_min)) {
+        match wake::prepare_sleep(sleeping, || Self::fresh_ready(capture, s, self.avail_min)) {
             SleepDecision::Sleep => self.armed = true,
             SleepDecision::Ready { peer_signals: true } => self.efd_signalled = true,
             SleepDecision::Ready { peer_signals: false } => {
@@ -886,8 +1084,9 @@ impl Pcm {
     /// For the bounded waits: arms `sleeping` so the daemon's next record wakes us. Returns false
     /// when something is already there (do not sleep).
     fn arm_for_records(&mut self) -> bool {
+        let capture = self.capture;
         let Some(s) = &self.stream else { return false };
-        if self.armed && s.shm.audio_write().sleeping.load(Ordering::Relaxed) == 1 {
+        if self.armed && Self::own_cursor(capture, s).sleeping.load(Ordering::Relaxed) == 1 {
             return true;
         }
         if self.armed {
@@ -898,7 +1097,7 @@ impl Pcm {
         let _ = self.client_wake.read();
         self.efd_signalled = false;
         let d2c_pos = s.d2c_pos;
-        let sleeping = &s.shm.audio_write().sleeping;
+        let sleeping = &Self::own_cursor(capture, s).sleeping;
         let ring = s.shm.ring_write_cursor(Ring::DaemonToClient);
         match wake::prepare_sleep(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos) {
             SleepDecision::Sleep => {
@@ -972,6 +1171,29 @@ mod tests {
         assert_eq!(raw_delay(2000, (1000, 441, 1_000_000), 11_000_000, 44100, 4096, false), Some(1000));
         // A snapshot beyond our write position is ignored.
         assert_eq!(raw_delay(5, (10, 0, 0), 0, 48000, 4096, false), None);
+    }
+
+    #[test]
+    fn capture_delay_counts_unread_queue_and_elapsed() {
+        // Snapshot: daemon at 3000, 480 queued, 5 ms ago at 48 kHz (+240); we read up to 1000.
+        assert_eq!(capture_delay(1000, (3000, 480, 1_000_000), 6_000_000, 48000, 4096, false), 2000 + 480 + 240);
+        assert_eq!(capture_delay(1000, (3000, 480, 1_000_000), 6_000_000, 48000, 4096, true), 2480);
+        // We already read past the (older) snapshot position.
+        assert_eq!(capture_delay(3100, (3000, 0, 1_000_000), 1_000_000, 48000, 4096, false), 0);
+        assert_eq!(capture_delay(3100, (3000, 300, 1_000_000), 1_000_000, 48000, 4096, false), 200);
+        // Across the u32 wrap; a stalled daemon adds at most one buffer.
+        assert_eq!(capture_delay(u32::MAX - 4, (5, 0, 0), 0, 48000, 4096, false), 10);
+        assert_eq!(capture_delay(0, (0, 0, 0), 60_000_000_000, 48000, 4096, false), 4096);
+    }
+
+    #[test]
+    fn mmap_skip_finds_the_wrapped_part() {
+        // appl_ptr at ring index 900 of 1024: the first call at 900 (skip 0), the wrapped part
+        // at offset 0 is 124 frames further.
+        assert_eq!(mmap_skip(900, 900, 1024), 0);
+        assert_eq!(mmap_skip(0, 900, 1024), 124);
+        assert_eq!(mmap_skip(0, 5 * 1024 + 900, 1024), 124);
+        assert_eq!(mmap_skip(7, 7, 0), 0);
     }
 
     #[test]

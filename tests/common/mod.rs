@@ -56,12 +56,23 @@ pub struct Rig {
 impl Rig {
     /// Writes the config and starts shmixd on the card with `daemon_args` added.
     pub fn new(card: Card, daemon_args: &[&str]) -> Self {
+        Self::with_capture(card, daemon_args, None)
+    }
+
+    /// As [`Rig::new`], the card's capture side fed from `capture` (raw frames in the card's
+    /// format, written to `capture.raw` in the rig's dir; silence after its end).
+    pub fn with_capture(mut card: Card, daemon_args: &[&str], capture: Option<&[u8]>) -> Self {
         let art = artifacts_dir();
         let dir = tempfile::Builder::new().prefix("shmix-test-").tempdir().expect("tempdir");
         let conf = dir.path().join("asound.conf");
         let sock = dir.path().join("shmix.sock");
         let rec = dir.path().join("card.raw");
         let log = dir.path().join("shmixd.log");
+        if let Some(bytes) = capture {
+            let cap = dir.path().join("capture.raw");
+            std::fs::write(&cap, bytes).expect("write capture.raw");
+            card.extra.push(format!("capture_file \"{}\"", cap.display()));
+        }
         let extra = card.extra.join("\n    ");
         let text = format!(
             r#"pcm_type.shmix {{ lib "{plugin}" }}
@@ -77,6 +88,11 @@ pcm.card {{
 pcm.shmix {{
     type shmix
     socket "{sock}"
+}}
+pcm.shmix_monitor {{
+    type shmix
+    socket "{sock}"
+    monitor true
 }}
 "#,
             plugin = art.join("libasound_module_pcm_shmix.so").display(),

@@ -153,6 +153,9 @@ pub struct Card {
     /// Frames of `capture_file` consumed since open (the file is a signal that goes on in time).
     capture_pos_frames: u64,
     capture_eof: bool,
+    /// `loopback`: byte offset in `playback_file` (read through `capture_file`) of the next frame
+    /// to capture; set to the file's end at the first start.
+    loopback_pos: Option<u64>,
     write_failed: bool,
     // From hw/sw params and prepare.
     avail_min: u64,
@@ -194,6 +197,7 @@ impl Card {
             capture_file,
             capture_pos_frames: 0,
             capture_eof: false,
+            loopback_pos: None,
             write_failed: false,
             avail_min: 1,
             stop_threshold: u64::MAX,
@@ -410,6 +414,10 @@ impl Card {
             return Err(Errno(libc::ESTRPIPE));
         }
         self.first_start_ns.get_or_insert(now_ns);
+        if self.cfg.loopback && self.loopback_pos.is_none() {
+            let len = self.capture_file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+            self.loopback_pos = Some(len - len % self.frame_bytes);
+        }
         self.running = true;
         self.seg_start_ns = now_ns;
         self.base_frames = self.hw_frames;
@@ -673,6 +681,19 @@ impl Card {
         let Some(f) = self.capture_file.as_ref().filter(|_| !self.capture_eof) else {
             return 0;
         };
+        if let Some(start) = self.loopback_pos {
+            // Whatever playback appended since, whole frames only; never at an end for good.
+            let mut got = 0;
+            while got < dst.len() {
+                match f.read_at(&mut dst[got..], start + got as u64) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            got -= got % self.frame_bytes as usize;
+            self.loopback_pos = Some(start + got as u64);
+            return got;
+        }
         let start = self.capture_pos_frames * self.frame_bytes;
         let mut got = 0;
         while got < dst.len() {

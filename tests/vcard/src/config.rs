@@ -88,6 +88,10 @@ pub struct Config {
     pub playback_file: Option<PathBuf>,
     /// `capture_file`: raw frames fed to capture; silence after its end or when `None`.
     pub capture_file: Option<PathBuf>,
+    /// `loopback`: capture delivers what this card's `playback_file` received since the capture
+    /// started (as it is appended, silence while nothing new has been played), instead of
+    /// `capture_file`. Default false.
+    pub loopback: bool,
     /// `period_min` in frames, default 16.
     pub period_min_frames: u32,
     /// `buffer_max` in frames, default 65536.
@@ -112,6 +116,7 @@ impl Default for Config {
             channels: 2,
             playback_file: None,
             capture_file: None,
+            loopback: false,
             period_min_frames: 16,
             buffer_max_frames: 65_536,
             skew_ppm: 0.0,
@@ -185,6 +190,18 @@ fn real_in(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, ConfigError>
     Ok(r)
 }
 
+fn boolean(key: &str, v: &Value) -> Result<bool, ConfigError> {
+    match v {
+        Value::Int(n @ (0 | 1)) => Ok(*n == 1),
+        Value::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(bad(key, format!("expected true or false, got \"{s}\""))),
+        },
+        _ => Err(bad(key, "expected true or false")),
+    }
+}
+
 fn string(key: &str, v: &Value) -> Result<String, ConfigError> {
     match v {
         Value::Str(s) if !s.is_empty() => Ok(s.clone()),
@@ -226,6 +243,7 @@ impl Config {
                 "channels" => c.channels = int_in(k, &v, 1, 64)? as u32,
                 "playback_file" => c.playback_file = Some(string(k, &v)?.into()),
                 "capture_file" => c.capture_file = Some(string(k, &v)?.into()),
+                "loopback" => c.loopback = boolean(k, &v)?,
                 "period_min" => c.period_min_frames = int_in(k, &v, 1, 1 << 20)? as u32,
                 "buffer_max" => c.buffer_max_frames = int_in(k, &v, 2, 1 << 22)? as u32,
                 "skew_ppm" => c.skew_ppm = real_in(k, &v, -100_000.0, 100_000.0)?,

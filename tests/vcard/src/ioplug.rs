@@ -398,8 +398,17 @@ fn build_card(entries: Vec<(String, Value)>, dir: Direction) -> Result<Card, Err
         (Some(p), Direction::Playback) => Some(open_file("playback_file", p, true)?),
         _ => None,
     };
-    let capture_file = match (&cfg.capture_file, dir) {
-        (Some(p), Direction::Capture) => Some(open_file("capture_file", p, false)?),
+    let capture_file = match (&cfg.capture_file, &cfg.playback_file, dir) {
+        (_, Some(p), Direction::Capture) if cfg.loopback => {
+            // Created if playback has not run yet; opened for reading what playback appends.
+            drop(open_file("playback_file", p, true)?);
+            Some(open_file("playback_file", p, false)?)
+        }
+        (_, None, Direction::Capture) if cfg.loopback => {
+            eprintln!("shmix_vcard: loopback needs a playback_file");
+            return Err(Errno(libc::EINVAL));
+        }
+        (Some(p), _, Direction::Capture) => Some(open_file("capture_file", p, false)?),
         _ => None,
     };
     let timer = TimerFd::new().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
