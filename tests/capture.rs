@@ -10,7 +10,7 @@
 //! - duplex: one program plays and records on `shmix` at once; the round trip through the card
 //!   (vcard `loopback true`) is measured at daemon periods of 64 and 256 frames and printed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,21 +266,6 @@ fn stalled_recorder_overruns_and_recovers_while_another_is_unaffected() {
 
 // ----- duplex ------------------------------------------------------------------------------------
 
-/// Compiles tests/c/duplex.c into the rig's temp dir.
-fn build_duplex(rig: &Rig) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/duplex.c");
-    let exe = rig.path("duplex");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .args(["-lasound", "-lm"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
-    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
-    exe
-}
-
 fn value(out: &str, key: &str) -> Option<f64> {
     out.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
@@ -289,7 +274,7 @@ fn duplex_round_trip(period: u32) {
     let card = Card { extra: vec!["loopback true".into()], ..Default::default() };
     let p = period.to_string();
     let rig = Rig::new(card, &["--period", &p]);
-    let exe = build_duplex(&rig);
+    let exe = compile_c(&rig, "duplex");
     // An xrun shifts the playback stream against the clock and spoils the figure (not the
     // test): up to three tries for a run without one.
     let mut r;

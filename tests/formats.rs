@@ -20,7 +20,6 @@
 
 use std::fmt::Write as _;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -1078,23 +1077,8 @@ fn aplay_chmap_swaps_channels() {
     eprintln!("{}", seen.join("\n"));
 }
 
-/// Compiles tests/c/formats_probe.c into the rig's temp dir.
-fn build_probe(rig: &Rig) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/formats_probe.c");
-    let exe = rig.path("formats_probe");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .args(["-lasound"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
-    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
-    exe
-}
-
 fn probe(bench: &Bench, args: &[&str]) -> Run {
-    let exe = build_probe(&bench.rig);
+    let exe = compile_c(&bench.rig, "formats_probe");
     let mut c = bench.rig.cmd(&exe);
     c.args(args);
     let r = run(c, Duration::from_secs(60));

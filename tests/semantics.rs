@@ -4,7 +4,7 @@
 //! descriptor leaks over many open/close cycles, and the daemon's recovery from a device xrun.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,21 +266,6 @@ fn period_4096_is_bit_exact() {
 
 // ----- 4. the C program -----------------------------------------------------------------------
 
-/// Compiles tests/c/pcm_semantics.c into the rig's temp dir.
-fn build_c(rig: &Rig) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/pcm_semantics.c");
-    let exe = rig.path("pcm_semantics");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .args(["-lasound", "-lm"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
-    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
-    exe
-}
-
 /// What the C program reported.
 #[derive(Debug)]
 struct CReport {
@@ -307,7 +292,7 @@ impl CReport {
 /// Runs the C program with `args`; every `check` line must say ok and the named checks must
 /// all be there.
 fn run_c(rig: &Rig, args: &[&str], expect_checks: &[&str]) -> CReport {
-    let exe = build_c(rig);
+    let exe = compile_c(rig, "pcm_semantics");
     let mut c = rig.cmd(&exe);
     c.args(args);
     let r = run(c, Duration::from_secs(60));

@@ -188,6 +188,21 @@ impl Drop for Rig {
     }
 }
 
+/// Compiles `tests/c/NAME.c` (against alsa-lib and libm) into the rig's temp dir.
+pub fn compile_c(rig: &Rig, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
+    let exe = rig.path(name);
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lasound", "-lm"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
+    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    exe
+}
+
 /// Waits for `child` at most `limit`.
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
