@@ -519,6 +519,31 @@ impl Device {
         Ok(())
     }
 
+    /// `snd_pcm_mmap_begin` for up to `frames` frames: the start of the contiguous run it
+    /// grants (None when it grants nothing), its offset and its length in frames. Refuses a
+    /// layout that is not plain interleaved (area 0 at bit 0, stepping one frame), since the
+    /// callers treat the run as one byte range. RT: yes.
+    fn mmap_begin(&mut self, frames: usize) -> Result<(Option<*mut u8>, sys::snd_pcm_uframes_t, usize), AlsaError> {
+        let mut areas: *const sys::snd_pcm_channel_area_t = ptr::null();
+        let mut offset: sys::snd_pcm_uframes_t = 0;
+        let mut n = frames as sys::snd_pcm_uframes_t;
+        // SAFETY: `pcm` is open; all out pointers are locals.
+        check("snd_pcm_mmap_begin", unsafe { sys::snd_pcm_mmap_begin(self.pcm, &mut areas, &mut offset, &mut n) })?;
+        if n == 0 || areas.is_null() {
+            return Ok((None, offset, 0));
+        }
+        // SAFETY: mmap_begin returned non-null areas (at least one channel).
+        let a = unsafe { &*areas };
+        if a.step != (self.frame_bytes * 8) as libc::c_uint || a.first != 0 {
+            // Not plain interleaved: refuse to touch it; nothing was committed.
+            return Err(AlsaError { func: "snd_pcm_mmap_begin(layout)", errno: libc::EINVAL });
+        }
+        // SAFETY: with that layout frames [offset, offset + n) are one contiguous byte range
+        // inside the device's buffer, so the offset stays inside it.
+        let base = unsafe { a.addr.cast::<u8>().add(offset as usize * self.frame_bytes) };
+        Ok((Some(base), offset, n as usize))
+    }
+
     /// Writes up to `frames` frames through the mmap area: `fill` gets one contiguous run of
     /// the device's interleaved bytes (possibly fewer frames, at the end of the buffer) and
     /// returns how many frames it wrote; those are committed. Returns the frames committed.
@@ -526,29 +551,12 @@ impl Device {
     /// # Errors
     /// The alsa-lib error of begin or commit.
     pub fn write_mmap(&mut self, frames: usize, fill: impl FnOnce(&mut [u8]) -> usize) -> Result<usize, AlsaError> {
-        let mut areas: *const sys::snd_pcm_channel_area_t = ptr::null();
-        let mut offset: sys::snd_pcm_uframes_t = 0;
-        let mut n = frames as sys::snd_pcm_uframes_t;
-        // SAFETY: `pcm` is open; all out pointers are locals.
-        check("snd_pcm_mmap_begin", unsafe { sys::snd_pcm_mmap_begin(self.pcm, &mut areas, &mut offset, &mut n) })?;
-        let written = if n == 0 || areas.is_null() {
-            0
-        } else {
-            // SAFETY: mmap_begin returned `channels` areas; with MMAP_INTERLEAVED access area 0
-            // starts at the first sample of frame 0 and steps one frame (checked below), so the
-            // run [offset, offset + n) of frames is one contiguous byte range inside the
-            // device's buffer, which we may write until commit.
-            unsafe {
-                let a = &*areas;
-                let fb_bits = (self.frame_bytes * 8) as libc::c_uint;
-                if a.step != fb_bits || a.first != 0 {
-                    // Not plain interleaved: refuse to scribble; commit nothing.
-                    return Err(AlsaError { func: "snd_pcm_mmap_begin(layout)", errno: libc::EINVAL });
-                }
-                let base = a.addr.cast::<u8>().add(offset as usize * self.frame_bytes);
-                let slice = std::slice::from_raw_parts_mut(base, n as usize * self.frame_bytes);
-                fill(slice).min(n as usize)
-            }
+        let (run, offset, n) = self.mmap_begin(frames)?;
+        let written = match run {
+            None => 0,
+            // SAFETY: `mmap_begin` checked the run is `n` whole frames of the device's buffer,
+            // ours to write until commit; nothing else aliases it meanwhile.
+            Some(base) => fill(unsafe { std::slice::from_raw_parts_mut(base, n * self.frame_bytes) }).min(n),
         };
         // SAFETY: `pcm` is open; commits what we wrote at the offset begin returned.
         let c = check("snd_pcm_mmap_commit", unsafe {
@@ -564,25 +572,13 @@ impl Device {
     /// # Errors
     /// The alsa-lib error of begin or commit.
     pub fn read_mmap(&mut self, frames: usize, take: impl FnOnce(&[u8])) -> Result<usize, AlsaError> {
-        let mut areas: *const sys::snd_pcm_channel_area_t = ptr::null();
-        let mut offset: sys::snd_pcm_uframes_t = 0;
-        let mut n = frames as sys::snd_pcm_uframes_t;
-        // SAFETY: `pcm` is open; all out pointers are locals.
-        check("snd_pcm_mmap_begin", unsafe { sys::snd_pcm_mmap_begin(self.pcm, &mut areas, &mut offset, &mut n) })?;
-        if n > 0 && !areas.is_null() {
-            // SAFETY: as in `write_mmap`: with MMAP_INTERLEAVED access (checked) the run
-            // [offset, offset + n) is one contiguous byte range of the device's buffer, readable
-            // until commit.
-            unsafe {
-                let a = &*areas;
-                let fb_bits = (self.frame_bytes * 8) as libc::c_uint;
-                if a.step != fb_bits || a.first != 0 {
-                    return Err(AlsaError { func: "snd_pcm_mmap_begin(layout)", errno: libc::EINVAL });
-                }
-                let base = a.addr.cast::<u8>().add(offset as usize * self.frame_bytes);
-                take(std::slice::from_raw_parts(base, n as usize * self.frame_bytes));
-            }
+        let (run, offset, n) = self.mmap_begin(frames)?;
+        if let Some(base) = run {
+            // SAFETY: `mmap_begin` checked the run is `n` whole frames of the device's buffer,
+            // readable until commit.
+            take(unsafe { std::slice::from_raw_parts(base, n * self.frame_bytes) });
         }
+        let n = n as sys::snd_pcm_uframes_t;
         // SAFETY: `pcm` is open; commits the run begin returned.
         let c = check("snd_pcm_mmap_commit", unsafe { sys::snd_pcm_mmap_commit(self.pcm, offset, n) })?;
         Ok(c as usize)

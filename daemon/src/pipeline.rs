@@ -408,6 +408,52 @@ pub struct Pipeline {
     gain: Gain,
 }
 
+/// Which way a stage converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// A playback stream into the device (the device period fixes the resampler's output).
+    ToDevice,
+    /// The device (capture side, or the playback mix for a monitor) into a recording stream (the
+    /// device period fixes the resampler's input).
+    FromDevice,
+}
+
+/// What [`Pipeline`] and [`RecordPipe`] build alike: the channel remap, the resolved quality
+/// and the resampler (none when the rates match) with its ratio (output rate over input rate)
+/// and delay. Control thread.
+struct Stage {
+    remap: Remap,
+    passthrough: bool,
+    quality: ResampleQuality,
+    resampler: Option<Box<Async<f32>>>,
+    ratio: f64,
+    delay: usize,
+}
+
+impl Stage {
+    fn new(s: &StreamSpec, dev: &DeviceSpec, flow: Flow) -> Result<Self, String> {
+        let d = dev.params;
+        if dev.chmap.channels() != d.channels {
+            return Err(format!("device map has {} channels, device {}", dev.chmap.channels(), d.channels));
+        }
+        let (remap, from, to, fixed) = match flow {
+            Flow::ToDevice => (Remap::new(&s.chmap, &dev.chmap), s.rate, d.rate, FixedAsync::Output),
+            Flow::FromDevice => (Remap::new(&dev.chmap, &s.chmap), d.rate, s.rate, FixedAsync::Input),
+        };
+        let quality = resolve_quality(s.quality, dev.quality);
+        let (resampler, ratio, delay) = if from == to {
+            (None, 1.0, 0)
+        } else {
+            let channels = s.chmap.channels() as usize;
+            let r = build_resampler_fixed(quality, from, to, d.period_frames as usize, channels, fixed)?;
+            let delay = r.output_delay();
+            (Some(Box::new(r)), f64::from(to) / f64::from(from), delay)
+        };
+        let passthrough = s.format == d.format && s.rate == d.rate && remap.is_identity();
+        Ok(Self { remap, passthrough, quality, resampler, ratio, delay })
+    }
+}
+
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
@@ -430,19 +476,8 @@ impl Pipeline {
         let d = dev.params;
         let sc = s.chmap.channels() as usize;
         let dc = d.channels as usize;
-        if dev.chmap.channels() as usize != dc {
-            return Err(format!("device map has {} channels, device {dc}", dev.chmap.channels()));
-        }
         let period = d.period_frames as usize;
-        let remap = Remap::new(&s.chmap, &dev.chmap);
-        let quality = resolve_quality(s.quality, dev.quality);
-        let (resampler, ratio, delay) = if s.rate == d.rate {
-            (None, 1.0, 0)
-        } else {
-            let r = build_resampler(quality, s.rate, d.rate, period, sc)?;
-            let delay = r.output_delay();
-            (Some(Box::new(r)), f64::from(d.rate) / f64::from(s.rate), delay)
-        };
+        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::ToDevice)?;
         let max_in = resampler.as_ref().map_or(period, |r| r.input_frames_max().max(period));
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         let ramp = (u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize;
@@ -452,7 +487,7 @@ impl Pipeline {
             dc,
             frame_bytes,
             decode: convert::decoder(s.format),
-            passthrough: s.format == d.format && s.rate == d.rate && remap.is_identity(),
+            passthrough,
             remap,
             quality,
             ratio,
@@ -714,19 +749,8 @@ impl RecordPipe {
         let d = dev.params;
         let sc = s.chmap.channels() as usize;
         let dc = d.channels as usize;
-        if dev.chmap.channels() as usize != dc {
-            return Err(format!("device map has {} channels, device {dc}", dev.chmap.channels()));
-        }
         let period = d.period_frames as usize;
-        let remap = Remap::new(&dev.chmap, &s.chmap);
-        let quality = resolve_quality(s.quality, dev.quality);
-        let (resampler, ratio, delay) = if s.rate == d.rate {
-            (None, 1.0, 0)
-        } else {
-            let r = build_resampler_fixed(quality, d.rate, s.rate, period, sc, FixedAsync::Input)?;
-            let delay = r.output_delay();
-            (Some(Box::new(r)), f64::from(s.rate) / f64::from(d.rate), delay)
-        };
+        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::FromDevice)?;
         let max_out = resampler.as_ref().map_or(period, |r| r.output_frames_max().max(period));
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         Ok(Self {
@@ -736,7 +760,7 @@ impl RecordPipe {
             frame_bytes,
             decode: convert::decoder(d.format),
             encode: convert::encoder(s.format),
-            passthrough: s.format == d.format && s.rate == d.rate && remap.is_identity(),
+            passthrough,
             remap,
             quality,
             resampler,
