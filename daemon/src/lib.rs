@@ -7,6 +7,7 @@ pub mod device;
 pub mod mixer;
 pub mod mixthread;
 pub mod pipeline;
+pub mod reopen;
 pub mod server;
 
 use std::sync::atomic::AtomicI32;
