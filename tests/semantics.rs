@@ -349,6 +349,92 @@ fn c_delay_status_wait_and_drain() {
     assert_prefix_played(&rig, &sound, rep.number("written"), "C basic");
 }
 
+/// The daemon's device period in frames, from its startup line ("... period N frames").
+pub fn daemon_period(rig: &Rig) -> u64 {
+    let log = rig.daemon_log();
+    log.lines()
+        .find_map(|l| {
+            l.split(", period ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no device period in the daemon log:\n{log}"))
+}
+
+/// The card's clock starts (`clock_file` lines `start NS FRAMES`): frames of the recording the
+/// card has played at CLOCK_MONOTONIC `ns`.
+pub fn card_played_at(starts: &[(u64, u64)], rate: u32, ns: u64) -> f64 {
+    let (s_ns, f0) = starts.iter().rev().find(|(s, _)| *s <= ns).copied().unwrap_or((ns, 0));
+    f0 as f64 + (ns - s_ns) as f64 * f64::from(rate) / 1e9
+}
+
+pub fn read_clock_file(path: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).expect("clock_file");
+    text.lines()
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+            (v[0], v[1])
+        })
+        .collect()
+}
+
+/// The largest and the mean signed error (frames) of `(t0 ns, t1 ns, written, delay)` samples
+/// against the truth: written minus what the card has played of the stream, whose first frame
+/// is recorded at frame `first`. A delay anywhere within the truth over `[t0, t1]` is exact.
+pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rate: u32, first: usize) -> (f64, f64) {
+    let truth = |ns: u64, w: u64| {
+        let played = (card_played_at(starts, rate, ns) - first as f64).clamp(0.0, w as f64);
+        w as f64 - played
+    };
+    let errs: Vec<f64> = samples
+        .iter()
+        .map(|&(t0, t1, w, d)| {
+            let (hi, lo) = (truth(t0, w), truth(t1, w));
+            let d = d as f64;
+            if d > hi {
+                d - hi
+            } else if d < lo {
+                d - lo
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    (max, errs.iter().sum::<f64>() / errs.len() as f64)
+}
+
+#[test]
+fn c_delay_matches_the_card_clock() {
+    let card = Card { extra: vec!["clock_file \"@DIR@/clock.txt\"".into()], ..Default::default() };
+    let rig = Rig::new(card, &[]);
+    let sound = stereo_noise(451, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["truth", raw.to_str().unwrap()], &["truth_drain"]);
+    let samples: Vec<(u64, u64, u64, i64)> = rep
+        .out
+        .lines()
+        .filter_map(|l| l.strip_prefix("sample "))
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap(), v[3].parse().unwrap())
+        })
+        .collect();
+    let first = assert_contiguous(&rig.recording_s16(), &sound, CH, "C truth");
+    let starts = read_clock_file(&rig.path("clock.txt"));
+    assert!(!starts.is_empty(), "the card logged no clock start");
+    let (max, mean) = delay_errors(&samples, &starts, RATE, first);
+    let period = daemon_period(&rig);
+    let bound = period as f64 + f64::from(RATE) / 1000.0;
+    eprintln!(
+        "delay vs card clock: {} samples, max |error| {max:.1} frames ({:.2} ms), mean {mean:+.1} frames; bound {bound} \
+         (device period {period} + 1 ms)",
+        samples.len(),
+        max * 1000.0 / f64::from(RATE)
+    );
+    assert!(samples.iter().all(|s| s.3 >= 0), "negative delay");
+    assert!(max <= bound, "delay off the truth by {max:.1} frames (bound {bound})");
+}
+
 #[test]
 fn c_pause_loses_and_repeats_nothing() {
     let rig = Rig::new(Card::default(), &[]);

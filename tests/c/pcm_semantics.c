@@ -7,7 +7,7 @@
  * files the test wrote; the test compares the card's recording with them.
  *
  * Usage: pcm_semantics basic SOUND | pause SOUND | drop SOUND1 SOUND2 | nonblock SOUND
- *        | short SOUND | stall SOUND DAEMON_PID | abort SOUND | cycles N
+ *        | short SOUND | stall SOUND DAEMON_PID | abort SOUND | cycles N | truth SOUND
  */
 #define _GNU_SOURCE
 #include <alsa/asoundlib.h>
@@ -581,6 +581,49 @@ static void cmd_abort(const char *path)
 	snd_pcm_close(pcm);
 }
 
+static long long mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Delay against the truth: plays the whole sound (start at a full buffer, kept topped up) and
+ * samples snd_pcm_delay every ~3 ms, printing
+ *   sample <ns before> <ns after> <frames written> <delay>
+ * The test relates each sample to the card's clock (its clock_file) and recording. */
+static void cmd_truth(const char *path)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	snd_pcm_sframes_t d;
+	int err, samples = 0;
+
+	setup(pcm, 0);
+	while (snd.pos < snd.frames) {
+		snd_pcm_sframes_t a = snd_pcm_avail(pcm);
+		long long t0, t1;
+		if (a < 0)
+			die("avail", (int)a);
+		if (a >= PERIOD && play(pcm, &snd, a) < 0)
+			die("writei", -EIO);
+		t0 = mono_ns();
+		err = snd_pcm_delay(pcm, &d);
+		t1 = mono_ns();
+		if (err < 0)
+			die("delay", err);
+		if (snd_pcm_state(pcm) == SND_PCM_STATE_RUNNING) {
+			printf("sample %lld %lld %lu %ld\n", t0, t1, (unsigned long)snd.pos, (long)d);
+			samples++;
+		}
+		sleep_ms(3);
+	}
+	err = snd_pcm_drain(pcm);
+	check("truth_drain", err == 0 && samples >= 100, "ret=%d samples=%d", err, samples);
+	printf("written %lu\n", (unsigned long)snd.pos);
+	snd_pcm_close(pcm);
+}
+
 /* Open/setup/prepare/close `n` times: no fd or mapping may stay behind. */
 static void cmd_cycles(int n)
 {
@@ -620,10 +663,12 @@ int main(int argc, char **argv)
 		cmd_short(argv[2]);
 	else if (argc == 3 && !strcmp(argv[1], "abort"))
 		cmd_abort(argv[2]);
+	else if (argc == 3 && !strcmp(argv[1], "truth"))
+		cmd_truth(argv[2]);
 	else if (argc == 3 && !strcmp(argv[1], "cycles"))
 		cmd_cycles(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort SOUND | drop S1 S2 | stall SOUND PID | cycles N\n");
+		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|truth SOUND | drop S1 S2 | stall SOUND PID | cycles N\n");
 		return 2;
 	}
 	return failures ? 1 : 0;
