@@ -7,7 +7,9 @@ PROFILE ?= release
 ALSA_LIBDIR := $(shell pkg-config --variable=libdir alsa 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
 PLUGIN_DIR ?= $(ALSA_LIBDIR)/alsa-lib
 CONF_DIR ?= /etc/alsa/conf.d
-DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc
+DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc \
+	gstreamer1.0-tools gstreamer1.0-alsa gstreamer1.0-plugins-base libportaudio2 portaudio19-dev \
+	libsdl2-dev libopenal-dev libopenal1 ffmpeg
 
 .PHONY: all deps build build-release test lint loom demo install uninstall clean
 

@@ -526,14 +526,26 @@ fn memfd_maps(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps").lines().filter(|l| l.contains("memfd:")).count()
 }
 
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .expect("VmRSS")
+}
+
 #[test]
 fn open_close_cycles_leak_no_descriptor() {
     let rig = Rig::new(Card::default(), &[]);
     let pid = rig.daemon_pid();
-    // Let the mix thread start the device before counting.
+    // Let the mix thread start the device, and warm the daemon's allocations with 100 cycles,
+    // before counting.
     std::thread::sleep(Duration::from_millis(200));
-    let (fds0, maps0) = (fd_count(pid), memfd_maps(pid));
-    run_c(&rig, &["cycles", "200"], &["cycles_client_fds"]);
+    run_c(&rig, &["cycles", "100"], &["cycles_client_fds"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds0, maps0, rss0) = (fd_count(pid), memfd_maps(pid), rss_kb(pid));
+    let n = 1000;
+    let rep = run_c(&rig, &["cycles", &n.to_string()], &["cycles_client_fds", "cycles_client_memory"]);
     // The daemon retires closed streams asynchronously: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut fds1, mut maps1) = (fd_count(pid), memfd_maps(pid));
@@ -541,9 +553,17 @@ fn open_close_cycles_leak_no_descriptor() {
         std::thread::sleep(Duration::from_millis(50));
         (fds1, maps1) = (fd_count(pid), memfd_maps(pid));
     }
-    eprintln!("daemon fds {fds0} -> {fds1}, memfd mappings {maps0} -> {maps1}");
-    assert!(fds1 <= fds0 + 2, "daemon fds grew from {fds0} to {fds1} over 200 open/close cycles");
-    assert_eq!(maps1, maps0, "daemon keeps stream mappings after 200 open/close cycles");
+    let rss1 = rss_kb(pid);
+    eprintln!(
+        "{n} cycles: daemon fds {fds0} -> {fds1}, memfd mappings {maps0} -> {maps1}, RSS {rss0} -> {rss1} kB; client \
+         heap in use +{} bytes, RSS +{} kB",
+        rep.value("cycles_heap_growth_bytes"),
+        rep.value("cycles_rss_growth_kb")
+    );
+    assert!(fds1 <= fds0 + 2, "daemon fds grew from {fds0} to {fds1} over {n} open/close cycles");
+    assert_eq!(maps1, maps0, "daemon keeps stream mappings after {n} open/close cycles");
+    // A leak of even 1 kB per stream would be 1000 kB here.
+    assert!(rss1 <= rss0 + 512, "daemon RSS grew from {rss0} to {rss1} kB over {n} open/close cycles");
     let log = rig.daemon_log();
     let bad: Vec<&str> =
         log.lines().filter(|l| l.starts_with("shmixd WARN") || l.starts_with("shmixd ERROR")).collect();

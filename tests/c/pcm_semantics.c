@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <alsa/asoundlib.h>
 #include <dirent.h>
+#include <malloc.h>
 #include <math.h>
 #include <errno.h>
 #include <signal.h>
@@ -624,11 +625,28 @@ static void cmd_truth(const char *path)
 	snd_pcm_close(pcm);
 }
 
-/* Open/setup/prepare/close `n` times: no fd or mapping may stay behind. */
+static long rss_kb(void)
+{
+	long pages = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (!f || fscanf(f, "%ld %ld", &pages, &resident) != 2)
+		die("read /proc/self/statm", -EIO);
+	fclose(f);
+	return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Open/setup/prepare/close `n` times: no fd or mapping may stay behind, and neither the heap in
+ * use nor the resident size may grow after the first 100 cycles (caches warm). */
 static void cmd_cycles(int n)
 {
 	int i, fds_first = 0, maps_first = 0, err;
+	size_t heap_warm = 0;
+	long rss_warm = 0;
 	for (i = 0; i < n; i++) {
+		if (i == 100 || (n <= 100 && i == 1)) {
+			heap_warm = mallinfo2().uordblks;
+			rss_warm = rss_kb();
+		}
 		snd_pcm_t *pcm = open_pcm(0);
 		setup(pcm, 0);
 		if ((err = snd_pcm_prepare(pcm)) < 0)
@@ -643,6 +661,15 @@ static void cmd_cycles(int n)
 	check("cycles_client_fds", count_fds() == fds_first && count_memfd_maps() == 0 && maps_first == 0,
 	      "cycles=%d fds_after_first=%d fds_after_last=%d memfd_maps_first=%d memfd_maps_last=%d", n,
 	      fds_first, count_fds(), maps_first, count_memfd_maps());
+	{
+		size_t heap = mallinfo2().uordblks;
+		long rss = rss_kb();
+		check("cycles_client_memory", heap <= heap_warm + 16384 && rss <= rss_warm + 512,
+		      "heap_in_use_warm=%zu heap_in_use_last=%zu rss_kb_warm=%ld rss_kb_last=%ld", heap_warm, heap,
+		      rss_warm, rss);
+		value("cycles_heap_growth_bytes", (double)heap - (double)heap_warm);
+		value("cycles_rss_growth_kb", rss - rss_warm);
+	}
 	snd_config_update_free_global();
 }
 
