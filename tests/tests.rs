@@ -3,6 +3,7 @@
 
 mod capture;
 mod common;
+mod control;
 mod faults;
 mod formats;
 mod hostile;
