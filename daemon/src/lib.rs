@@ -2,6 +2,7 @@
 //! together; tests drive the mixing core (`mixer`) without ALSA.
 
 pub mod audit;
+pub mod control;
 pub mod convert;
 pub mod device;
 pub mod mixer;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
+use shmix_daemon::control::DeviceCtl;
 use shmix_daemon::device::{self, Device, Request};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
@@ -157,7 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
     let signals = server::signal_fd()?;
     let counters = Arc::new(Counters::default());
-    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters));
+    let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
+    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters))
+        .with_control(Arc::clone(&dctl));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
@@ -167,7 +170,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
-    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
+    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
+        .with_control(dctl);
     if let Some((creq, cspec)) = capture {
         srv = srv.with_capture(device_name.clone(), creq, cspec);
     }
