@@ -8,3 +8,4 @@ mod formats;
 mod hostile;
 mod playback;
 mod semantics;
+mod service;
