@@ -1,6 +1,7 @@
 //! shmix integration tests: one binary; each module drives real ALSA programs against the
 //! virtual card through a daemon of its own on a private socket.
 
+mod access;
 mod capture;
 mod common;
 mod faults;
