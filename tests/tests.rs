@@ -1,5 +1,7 @@
 //! shmix integration tests: one binary; each module drives real ALSA programs against the
 //! virtual card through a daemon of its own on a private socket.
+
+mod access;
 mod capture;
 mod common;
 mod compat;
@@ -9,3 +11,4 @@ mod formats;
 mod hostile;
 mod playback;
 mod semantics;
+mod service;

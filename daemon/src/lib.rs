@@ -1,6 +1,7 @@
 //! shmixd, the shmix sound server, as a library: the binary (`main.rs`) wires these modules
 //! together; tests drive the mixing core (`mixer`) without ALSA.
 
+pub mod access;
 pub mod audit;
 pub mod control;
 pub mod convert;

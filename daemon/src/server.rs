@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use log::{debug, error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::control::{self as ctlwire, Target};
@@ -27,6 +27,7 @@ use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
 use crate::control::{Control, DeviceCtl, ServerFigures};
+use crate::access::{Peer, Policy};
 use crate::device::{Device, Request};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
@@ -140,9 +141,10 @@ pub struct Server {
     clients: Vec<Client>,
     next_stream_id: u32,
     streams_attached: usize,
-    uid: u32,
     /// Volumes, levels, the stream registry (`shmixctl`, ctl plugin).
     control: Control,
+    /// Who may connect (checked at accept, before any byte is read).
+    access: Policy,
 }
 
 /// How the daemon ends.
@@ -205,9 +207,8 @@ impl Server {
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
-            // SAFETY: getuid cannot fail.
-            uid: unsafe { libc::getuid() },
             control: Control::new(Arc::new(DeviceCtl::new(device.params.channels, device.params.rate))),
+            access: Policy::user(),
         }
     }
 
@@ -255,6 +256,13 @@ impl Server {
         if let Some(t) = changed {
             self.notify(t);
         }
+    }
+
+    /// Sets who may connect (default: [`Policy::user`]).
+    #[must_use]
+    pub fn with_access(mut self, access: Policy) -> Self {
+        self.access = access;
+        self
     }
 
     /// Enables capture streams: the capture side of `name`, opened with `req` (the parameters
@@ -469,31 +477,26 @@ impl Server {
                     return;
                 }
             };
-            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => c,
+            let peer = match Peer::of(fd.as_fd()) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!("client refused: SO_PEERCRED failed: {e}");
+                    warn!("client refused: reading its credentials (SO_PEERCRED/SO_PEERGROUPS) failed: {e}");
                     continue;
                 }
             };
-            if cred.uid() != self.uid && cred.uid() != 0 {
-                warn!(
-                    "client pid {} refused: uid {} is neither the daemon's ({}) nor root",
-                    cred.pid(),
-                    cred.uid(),
-                    self.uid
-                );
+            if let Err(reason) = self.access.admit(&peer) {
+                warn!("client pid {} refused: {reason}", peer.pid);
                 let _ = wire::send(
                     fd.as_fd(),
-                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: "permission denied (uid)".into() },
+                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: format!("permission denied: {reason}") },
                     &[],
                 );
                 continue;
             }
-            debug!("client pid {} connected", cred.pid());
+            debug!("client pid {} (uid {}) connected", peer.pid, peer.uid);
             self.clients.push(Client {
                 fd,
-                pid: cred.pid(),
+                pid: peer.pid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
                 deadline: Instant::now() + HANDSHAKE_TIMEOUT,
