@@ -7,4 +7,5 @@ mod faults;
 mod formats;
 mod hostile;
 mod playback;
+mod reliability;
 mod semantics;

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod convert;
 pub mod device;
+pub mod limits;
 pub mod mixer;
 pub mod mixthread;
 pub mod pipeline;
