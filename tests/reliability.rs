@@ -387,3 +387,200 @@ fn one_stream_over_the_memory_limit_is_refused() {
     assert!(matches!(ans, Some(SocketMsg::StreamReady { .. })), "{ans:?}");
     let _: &StreamShm = &shm;
 }
+
+/// How the fake daemon lies once the plugin's stream is set up.
+#[derive(Debug, Clone, Copy)]
+enum Lie {
+    /// Playback: the read cursor runs past what the program wrote.
+    ReadBeyondWritten,
+    /// Playback: the read cursor goes backwards (wraps below zero).
+    ReadBackwards,
+    /// Records that do not decode.
+    GarbageRecords,
+    /// The d2c write cursor far beyond the ring.
+    RecordCursorBeyondRing,
+    /// A record only a client may send.
+    ClientRecord,
+    /// Capture: the write cursor more than a buffer ahead of the program's reads.
+    CaptureWriteBeyondBuffer,
+    /// A refusal whose reason holds terminal escape sequences.
+    RefusalWithEscapes,
+}
+
+fn fake_listen(path: &std::path::Path) -> OwnedFd {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: fresh fd we own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: all-zero sockaddr_un is valid; family and path set below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_encoded_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: valid sockaddr_un of the given size; then listen on our socket.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), std::mem::size_of::<libc::sockaddr_un>() as u32),
+            0
+        );
+        assert_eq!(libc::listen(fd.as_raw_fd(), 8), 0);
+    }
+    fd
+}
+
+/// A fake daemon that speaks the real protocol (shmix-shared) to one client, sets its stream up,
+/// then lies as `lie` says and wakes the client. Returns once the client hung up (or 15 s).
+fn fake_daemon(listen: &OwnedFd, lie: Lie) {
+    // SAFETY: accept(2) on our listening socket.
+    let c =
+        unsafe { libc::accept4(listen.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    assert!(c >= 0);
+    // SAFETY: fresh fd we own.
+    let c = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) };
+    let hello = socket::recv(c.as_fd()).unwrap();
+    let Ok(SocketMsg::Hello { direction, .. }) = SocketMsg::decode(&hello.bytes) else { panic!("no hello") };
+    if let Lie::RefusalWithEscapes = lie {
+        let reason = "go away\u{1b}[2J\u{1b}]0;owned\u{7}\r\nshmix: fake line".to_string();
+        socket::send(c.as_fd(), &SocketMsg::Refused { errno: libc::EPERM as u32, reason }, &[]).unwrap();
+        return;
+    }
+    let device = AudioParams {
+        format: shmix_shared::SampleFormat::S16Le,
+        rate: 48000,
+        channels: 2,
+        period_frames: 256,
+        buffer_frames: 1024,
+    };
+    let welcome = SocketMsg::Welcome { version: shmix_shared::PROTOCOL_VERSION, device };
+    socket::send(c.as_fd(), &welcome, &[]).unwrap();
+    let p = socket::recv(c.as_fd()).unwrap();
+    let Ok(SocketMsg::CreateStream { params, msg_records, .. }) = SocketMsg::decode(&p.bytes) else {
+        panic!("no CreateStream")
+    };
+    let [memfd, client_wake, _daemon_wake]: [OwnedFd; 3] = p.fds.try_into().expect("3 fds");
+    let layout = shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, msg_records).unwrap();
+    let shm = StreamShm::map_peer(&memfd, layout).unwrap();
+    socket::send(c.as_fd(), &SocketMsg::StreamReady { stream_id: 1 }, &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut end = RingEnd::default();
+    let mut lied = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let written = shm.audio_write().pos.load(Ordering::Acquire);
+        // Lie once the program is under way (playback: it wrote something).
+        if !lied && (direction != Direction::Playback || written > 0) {
+            lied = true;
+            match lie {
+                Lie::ReadBeyondWritten => shm.audio_read().pos.store(written.wrapping_add(5000), Ordering::Release),
+                Lie::ReadBackwards => shm.audio_read().pos.store(u32::MAX - 5, Ordering::Release),
+                Lie::GarbageRecords => {
+                    let junk: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+                    scribble(&memfd, layout.total_bytes as usize, layout.d2c_offset as usize, &junk);
+                    shm.ring_write_cursor(Ring::DaemonToClient).pos.store(4, Ordering::Release);
+                }
+                Lie::RecordCursorBeyondRing => {
+                    shm.ring_write_cursor(Ring::DaemonToClient).pos.store(1_000_000, Ordering::Release)
+                }
+                Lie::ClientRecord => {
+                    let _ = shm.push_record(Ring::DaemonToClient, &mut end, Record::Start { seq: 1 });
+                }
+                Lie::CaptureWriteBeyondBuffer => {
+                    shm.audio_write().pos.store(params.buffer_frames * 3 + 17, Ordering::Release)
+                }
+                Lie::RefusalWithEscapes => unreachable!(),
+            }
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) of 8 bytes to the client's eventfd.
+        unsafe { libc::write(client_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        let mut pfd = libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 0) };
+        if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return;
+        }
+        if pfd.revents & libc::POLLIN != 0 && socket::recv(c.as_fd()).map(|p| p.bytes.is_empty()).unwrap_or(true) {
+            return;
+        }
+    }
+}
+
+/// The plugin trusts the daemon no more than the daemon trusts it: a fake daemon speaking the
+/// real protocol sets up the stream, then writes cursors and records that break the contract.
+/// Real programs (aplay with read/write and with mmap access, arecord) get an error promptly,
+/// never a crash (signal) or a hang; a refusal's reason reaches the terminal without its escape
+/// sequences.
+#[test]
+fn the_plugin_survives_a_lying_daemon() {
+    let dir = tempfile::Builder::new().prefix("shmix-fake-").tempdir().unwrap();
+    let art = artifacts_dir();
+    let sock = dir.path().join("fake.sock");
+    let conf = dir.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "pcm_type.shmix {{ lib \"{}\" }}\npcm.shmix {{ type shmix socket \"{}\" }}\n",
+            art.join("libasound_module_pcm_shmix.so").display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let wav = dir.path().join("tone.wav");
+    write_wav(&wav, 2, 48000, &interleave(&[noise(9, 96000, 8000), noise(10, 96000, 8000)]));
+    let listen = fake_listen(&sock);
+    let cases: [(Lie, &[&str]); 9] = [
+        (Lie::ReadBeyondWritten, &["aplay"]),
+        (Lie::ReadBeyondWritten, &["aplay", "-M"]),
+        (Lie::ReadBackwards, &["aplay"]),
+        (Lie::GarbageRecords, &["aplay"]),
+        (Lie::GarbageRecords, &["arecord", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "3"]),
+        (Lie::RecordCursorBeyondRing, &["aplay", "-M"]),
+        (Lie::ClientRecord, &["aplay"]),
+        (Lie::CaptureWriteBeyondBuffer, &["arecord", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "3"]),
+        (Lie::RefusalWithEscapes, &["aplay"]),
+    ];
+    let out = dir.path().join("rec.wav");
+    for (lie, argv) in cases {
+        let mut cmd = std::process::Command::new(argv[0]);
+        cmd.env("ALSA_CONFIG_PATH", format!("/usr/share/alsa/alsa.conf:{}", conf.display()))
+            .env_remove("SHMIX_SOCKET")
+            .env("SHMIX_DEBUG", "1")
+            .args(&argv[1..])
+            .args(["-q", "-D", "shmix"])
+            .arg(if argv[0] == "aplay" { &wav } else { &out });
+        let start = Instant::now();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| fake_daemon(&listen, lie));
+            let r = finish(&mut child, start, Duration::from_secs(20));
+            use std::os::unix::process::ExitStatusExt;
+            assert!(
+                r.status.signal().is_none(),
+                "{lie:?} {argv:?}: killed by signal {:?}: {}",
+                r.status.signal(),
+                r.stderr
+            );
+            assert!(!r.status.success(), "{lie:?} {argv:?}: the program did not notice the lie: {}", r.stderr);
+            assert!(r.wall < Duration::from_secs(10), "{lie:?} {argv:?}: took {:?}", r.wall);
+            assert!(!r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{7}'), "escape reached the terminal");
+            if let Lie::RefusalWithEscapes = lie {
+                assert!(r.stderr.contains("refused the connection: go away"), "{}", r.stderr);
+            }
+            let refusal = matches!(lie, Lie::RefusalWithEscapes);
+            assert!(
+                refusal || r.stderr.contains("protocol violation by shmixd"),
+                "{lie:?} {argv:?}: no violation seen: {}",
+                r.stderr
+            );
+            let what = r.stderr.lines().find(|l| l.contains("protocol violation")).unwrap_or("").to_string();
+            eprintln!(
+                "{lie:?} {argv:?}: exit {:?} in {:?}: {what} / {}",
+                r.status.code(),
+                r.wall,
+                r.stderr.lines().last().unwrap_or("")
+            );
+        });
+    }
+}
