@@ -10,5 +10,6 @@ mod faults;
 mod formats;
 mod hostile;
 mod playback;
+mod reliability;
 mod semantics;
 mod service;

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod control;
 pub mod convert;
 pub mod device;
+pub mod limits;
 pub mod mixer;
 pub mod mixthread;
 pub mod pipeline;
