@@ -13,3 +13,4 @@ mod playback;
 mod reliability;
 mod semantics;
 mod service;
+mod soak;

@@ -19,6 +19,7 @@ use shmix_daemon::limits::{self, Limits};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
 use shmix_shared::chmap::ResampleQuality;
 use shmix_shared::SampleFormat;
@@ -237,8 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
+    // A card that vanishes is closed and reopened with this same request by its own thread,
+    // while the clients wait.
+    let (reopen_end, reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
-        .keep_capture_open(cli.keep_capture_open);
+        .keep_capture_open(cli.keep_capture_open)
+        .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
@@ -254,6 +260,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
     srv.request_shutdown();
     let mix_result = handle.join();
+    reopen_stop.stop();
+    let _ = reopen_handle.join();
     srv.drain_events();
     srv.close_clients();
     if how.is_empty() {
