@@ -148,6 +148,7 @@ impl MixThread {
     /// The device failure that ended the thread.
     pub fn run(mut self) -> Result<(), AlsaError> {
         set_realtime();
+        self.core.device_ctl().note_mix_thread();
         let r = self.start_device().and_then(|()| loop {
             audit::set_in_rt(true);
             let step = self.cycle();

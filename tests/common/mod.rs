@@ -31,7 +31,8 @@ pub struct Card {
     pub format: &'static str,
     pub rate: u32,
     pub channels: u32,
-    /// Extra `key value` lines for the card's config block.
+    /// Extra `key value` lines for the card's config block (`@DIR@` stands for the rig's temp
+    /// dir).
     pub extra: Vec<String>,
 }
 
@@ -73,7 +74,7 @@ impl Rig {
             std::fs::write(&cap, bytes).expect("write capture.raw");
             card.extra.push(format!("capture_file \"{}\"", cap.display()));
         }
-        let extra = card.extra.join("\n    ");
+        let extra = card.extra.join("\n    ").replace("@DIR@", &dir.path().display().to_string());
         let text = format!(
             r#"pcm_type.shmix {{ lib "{plugin}" }}
 pcm_type.shmix_vcard {{ lib "{vcard}" }}

@@ -176,6 +176,8 @@ pub struct Card {
     /// The one suspend has happened (or passed while the stream was not suspendable).
     suspend_injected: bool,
     asleep: Option<Sleep>,
+    /// `clock_file`, opened for appending (playback only).
+    clock_file: Option<File>,
 }
 
 const ENODEV: Errno = Errno(libc::ENODEV);
@@ -216,6 +218,27 @@ impl Card {
             gone: false,
             suspend_injected: false,
             asleep: None,
+            clock_file: None,
+        }
+    }
+
+    /// Adds the `clock_file` (see [`Config::clock_file`]).
+    #[must_use]
+    pub fn with_clock_file(mut self, f: Option<File>) -> Self {
+        self.clock_file = f;
+        self
+    }
+
+    /// `clock_file`: the clock (re)starts at `now_ns` with the frame the file has next.
+    fn log_clock_start(&mut self, now_ns: u64) {
+        let Some(f) = self.clock_file.as_mut() else { return };
+        let frames =
+            self.playback_file.as_ref().and_then(|p| p.metadata().ok()).map_or(0, |m| m.len()) / self.frame_bytes;
+        if let Err(e) = writeln!(f, "start {now_ns} {frames}") {
+            if !self.write_failed {
+                eprintln!("shmix_vcard: writing clock_file failed: {e}");
+                self.write_failed = true;
+            }
         }
     }
 
@@ -326,6 +349,7 @@ impl Card {
             self.running = true;
             self.seg_start_ns = now_ns;
             self.base_frames = self.hw_frames;
+            self.log_clock_start(now_ns);
         }
         self.arm(now_ns, IoView::new(view.appl, sleep.host_state));
         Ok(sleep.host_state)
@@ -441,6 +465,7 @@ impl Card {
         self.running = true;
         self.seg_start_ns = now_ns;
         self.base_frames = self.hw_frames;
+        self.log_clock_start(now_ns);
         self.arm(now_ns, view);
         Ok(())
     }
@@ -479,6 +504,7 @@ impl Card {
         } else if !enable && !self.running {
             self.seg_start_ns = now_ns;
             self.running = true;
+            self.log_clock_start(now_ns);
         }
         self.arm(now_ns, view);
         Ok(())

@@ -113,6 +113,10 @@ pub struct Config {
     pub suspend_at_ms: Option<u64>,
     /// `suspend_ms`: how long it sleeps, default 200; `resume` cannot wake it earlier.
     pub suspend_ms: u64,
+    /// `clock_file`: at every start of the clock (start, pause release) a line
+    /// `start <CLOCK_MONOTONIC ns> <frames in playback_file>` is appended, so a test can tell
+    /// which recorded frame the card played when.
+    pub clock_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -133,6 +137,7 @@ impl Default for Config {
             gone_file: None,
             suspend_at_ms: None,
             suspend_ms: 200,
+            clock_file: None,
         }
     }
 }
@@ -264,6 +269,7 @@ impl Config {
                 }
                 "suspend_at_ms" => c.suspend_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
                 "suspend_ms" => c.suspend_ms = int_in(k, &v, 0, i64::from(u32::MAX))? as u64,
+                "clock_file" => c.clock_file = Some(string(k, &v)?.into()),
                 _ => return Err(ConfigError::UnknownKey { key }),
             }
         }
