@@ -30,8 +30,9 @@ struct Cli {
     /// (socket activation: LISTEN_FDS)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// System-wide daemon for headless machines: listen on /run/shmix/socket (directory 0750,
-    /// socket 0660, both in --group) and admit the members of --group besides the daemon's uid
+    /// System-wide daemon for headless machines: listen on /run/shmix/socket (socket 0660 in
+    /// --group; a directory it has to create 0750 in --group) and admit the members of --group
+    /// besides the daemon's uid and root
     #[arg(long)]
     system: bool,
     /// The group --system mode admits (a name or a gid)
