@@ -176,12 +176,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     let policy = match group {
         Some(g) => {
-            info!(
-                "system mode: admitting uid {} and root, and members of group '{}' (gid {})",
-                access::Policy::user().uid,
-                g.name,
-                g.gid
-            );
+            let uid = access::Policy::user().uid;
+            let who = if uid == 0 { "root".to_string() } else { format!("uid {uid} and root") };
+            info!("system mode: admitting {who}, and members of group '{}' (gid {})", g.name, g.gid);
             access::Policy::system(g)
         }
         None => access::Policy::user(),
