@@ -37,6 +37,12 @@ fn gid_of(name: &str) -> u32 {
 /// `program` run as uid 65534 with primary group `gid` and supplementary `groups` (none:
 /// `--clear-groups`), with the rig's ALSA configuration.
 fn as_nobody(rig: &Rig, gid: u32, groups: &[u32], program: &str) -> Command {
+    // SAFETY: plain getter.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the access tests run clients as another user with setpriv, which needs root (CI runs as root)"
+    );
     let mut c = rig.cmd("setpriv");
     c.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={gid}"));
     if groups.is_empty() {
