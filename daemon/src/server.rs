@@ -26,8 +26,8 @@ use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
-use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::access::{Peer, Policy};
+use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::device::{Device, Request};
 use crate::limits::{AcceptGate, Limits};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
