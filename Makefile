@@ -9,7 +9,9 @@ PLUGIN_DIR ?= $(ALSA_LIBDIR)/alsa-lib
 CONF_DIR ?= /etc/alsa/conf.d
 # systemd: systemd-socket-activate and systemd-analyze (service tests); util-linux: setpriv
 # (access tests run clients as another user).
-DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc systemd util-linux
+DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc systemd util-linux \
+	gstreamer1.0-tools gstreamer1.0-alsa gstreamer1.0-plugins-base libportaudio2 portaudio19-dev \
+	libsdl2-dev libopenal-dev libopenal1 ffmpeg
 
 .PHONY: all deps build build-release test lint loom demo install uninstall clean
 

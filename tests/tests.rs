@@ -4,9 +4,13 @@
 mod access;
 mod capture;
 mod common;
+mod compat;
+mod control;
 mod faults;
 mod formats;
 mod hostile;
 mod playback;
+mod reliability;
 mod semantics;
 mod service;
+mod soak;

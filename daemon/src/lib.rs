@@ -3,11 +3,14 @@
 
 pub mod access;
 pub mod audit;
+pub mod control;
 pub mod convert;
 pub mod device;
+pub mod limits;
 pub mod mixer;
 pub mod mixthread;
 pub mod pipeline;
+pub mod reopen;
 pub mod server;
 
 use std::sync::atomic::AtomicI32;

@@ -13,10 +13,13 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
 use shmix_daemon::access;
+use shmix_daemon::control::DeviceCtl;
 use shmix_daemon::device::{self, Device, Request};
+use shmix_daemon::limits::{self, Limits};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
 use shmix_shared::chmap::ResampleQuality;
 use shmix_shared::SampleFormat;
@@ -67,6 +70,18 @@ struct Cli {
     /// SCHED_FIFO priority for the mix thread
     #[arg(long, default_value_t = 20)]
     rt_priority: i32,
+    /// Most connections held at once; past it a new client is refused with the reason
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
+    /// Most streams one client process (by peer pid) may have at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS_PER_CLIENT)]
+    max_streams_per_client: usize,
+    /// Most stream shared memory one client process (by peer pid) may have mapped, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = limits::DEFAULT_MAX_CLIENT_SHM_MIB, value_parser = limits::parse_mib)]
+    max_client_shm: u64,
+    /// Seconds a new connection has to send its Hello before it is dropped [default: 5]
+    #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
+    handshake_timeout: Option<std::time::Duration>,
 }
 
 fn parse_format(s: &str) -> Result<SampleFormat, String> {
@@ -164,6 +179,21 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
     };
 
+    let (nofile_before, nofile) = limits::raise_nofile();
+    let lim = Limits {
+        max_clients: cli.max_clients.max(1),
+        max_streams_per_client: cli.max_streams_per_client.max(1),
+        max_client_shm: cli.max_client_shm,
+        handshake_timeout: cli.handshake_timeout.unwrap_or(Limits::default().handshake_timeout),
+    };
+    info!(
+        "limits: {} clients, {} streams and {} MiB per client process, handshake {} s, descriptors {nofile} \
+         (soft limit was {nofile_before})",
+        lim.max_clients,
+        lim.max_streams_per_client,
+        lim.max_client_shm >> 20,
+        lim.handshake_timeout.as_secs_f64()
+    );
     let (listen, how) = match activated {
         Some((fd, _)) => (fd, " (socket activation)"),
         None => {
@@ -199,18 +229,27 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
     let signals = server::signal_fd()?;
     let counters = Arc::new(Counters::default());
-    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters));
+    let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
+    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters))
+        .with_control(Arc::clone(&dctl));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
+    // A card that vanishes is closed and reopened with this same request by its own thread,
+    // while the clients wait.
+    let (reopen_end, reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
-        .keep_capture_open(cli.keep_capture_open);
+        .keep_capture_open(cli.keep_capture_open)
+        .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
     let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
-        .with_access(policy);
+        .with_control(dctl)
+        .with_access(policy)
+        .with_limits(lim);
     if let Some((creq, cspec)) = capture {
         srv = srv.with_capture(device_name.clone(), creq, cspec);
     }
@@ -219,6 +258,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
     srv.request_shutdown();
     let mix_result = handle.join();
+    reopen_stop.stop();
+    let _ = reopen_handle.join();
     srv.drain_events();
     srv.close_clients();
     if how.is_empty() {

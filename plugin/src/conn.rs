@@ -79,10 +79,15 @@ impl Conn {
             errno,
             message: format!("handshake with shmixd at {} failed: {what}", path.display()),
         };
-        // A daemon that refuses us at accept sends `Refused` and closes, maybe before our Hello
-        // is sent (EPIPE): its reason is still waiting in our receive queue, so read it.
+        // A daemon that refuses at accept (a limit, the peer's uid) sends `Refused` and closes at
+        // once: our Hello then fails with EPIPE, but the refusal with its reason is still queued.
+        // If our Hello reached it before it closed, the first recv reports ECONNRESET and the
+        // next one returns the queued refusal.
         let sent = wire::send(sock.as_fd(), &hello, &[]);
-        let answer = recv_msg(sock.as_fd());
+        let answer = match recv_msg(sock.as_fd()) {
+            Err(Errno(libc::ECONNRESET)) => recv_msg(sock.as_fd()),
+            a => a,
+        };
         if let Err(e) = sent {
             if !matches!(answer, Ok(SocketMsg::Refused { .. })) {
                 return Err(fail(io_errno(&e), e.to_string()));
