@@ -188,6 +188,13 @@ fn system_mode_admits_the_group_only() {
     r.assert_ok("aplay as uid 65534, gid audio");
     assert_contiguous(&rig.recording_s16(), &sound, 2, "group member");
 
+    // shmixctl finds the system socket the same way, and its control connection is admitted.
+    let mut ctl = as_nobody(&rig, audio, &[], artifacts_dir().join("shmixctl").to_str().unwrap());
+    ctl.env("XDG_RUNTIME_DIR", &xdg).env("SHMIX_SYSTEM_SOCKET", &rig.sock).args(["--json", "stats"]);
+    let r = run(ctl, Duration::from_secs(30));
+    r.assert_ok("shmixctl stats as a member of audio");
+    assert!(r.stdout.trim_start().starts_with('{'), "shmixctl --json stats: {}", r.stdout);
+
     // Member by a supplementary group only: admitted too (the stream is created).
     let (short, _) = noise_wav(&rig, "short.wav", 0.3, 81);
     let r = run(sys_cmd(NOBODY, &[NOBODY, audio], &short), Duration::from_secs(30));
@@ -210,6 +217,10 @@ fn system_mode_admits_the_group_only() {
     assert!(r.stderr.contains(&want), "non-member stderr: {}", r.stderr);
     let line = wait_log(&rig, &format!("client pid {pid} refused"));
     assert!(line.contains(&format!("uid {NOBODY} (gid {NOBODY}, groups [])")) && line.contains(&want), "{line}");
+    let mut ctl = as_nobody(&rig, NOBODY, &[], artifacts_dir().join("shmixctl").to_str().unwrap());
+    ctl.env("XDG_RUNTIME_DIR", &xdg).env("SHMIX_SYSTEM_SOCKET", &rig.sock).arg("stats");
+    let r = run(ctl, Duration::from_secs(30));
+    assert!(!r.status.success() && r.stderr.contains(&want), "shmixctl as a non-member: {}", r.stderr);
     eprintln!("daemon: {line}");
 }
 
