@@ -446,7 +446,8 @@ fn c_delay_matches_the_card_clock() {
 
 #[test]
 fn c_delay_matches_the_card_clock_mmap_period_64() {
-    delay_against_truth(452, &["64", "512", "mmap"]);
+    // 32 periods: the sampling loop sleeps 3 ms between looks, which a loaded machine stretches.
+    delay_against_truth(452, &["64", "2048", "mmap"]);
 }
 
 #[test]
