@@ -38,47 +38,9 @@ fn aplay_setup_value(out: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// One stretch of the recording that equals `sound[sound_at..sound_at + len]` (frames).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Piece {
-    rec_at: usize,
-    sound_at: usize,
-    len: usize,
-}
-
-/// Splits the recording into pieces of `sound`: every frame of the recording is either silence
-/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit. Panics
-/// on a frame that is neither (garbage, or a mix). `sound` must never hold a frame of zeros.
+/// The recording as pieces of `sound` (stereo frames): see [`pieces_of`].
 fn pieces(rec: &[i16], sound: &[i16], what: &str) -> Vec<Piece> {
-    let rec_frames = rec.len() / CH;
-    let snd_frames = sound.len() / CH;
-    let rf = |i: usize| &rec[i * CH..(i + 1) * CH];
-    let sf = |i: usize| &sound[i * CH..(i + 1) * CH];
-    let key = 8usize; // frames that locate a piece unambiguously
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < rec_frames {
-        if rf(i).iter().all(|s| *s == 0) {
-            i += 1;
-            continue;
-        }
-        let k = key.min(rec_frames - i);
-        let at =
-            (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t))).unwrap_or_else(|| {
-                panic!(
-                    "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
-                     far: {out:?}",
-                    &rec[i * CH..(i * CH + 8).min(rec.len())]
-                )
-            });
-        let mut len = 0;
-        while i + len < rec_frames && at + len < snd_frames && rf(i + len) == sf(at + len) {
-            len += 1;
-        }
-        out.push(Piece { rec_at: i, sound_at: at, len });
-        i += len;
-    }
-    out
+    pieces_of(rec, sound, CH, what)
 }
 
 /// Asserts the recording is exactly `sound[..frames]`, contiguous, with silence around it.

@@ -394,6 +394,10 @@ fn build_card(entries: Vec<(String, Value)>, dir: Direction) -> Result<Card, Err
         eprintln!("{e}");
         Errno(libc::EINVAL)
     })?;
+    // `gone_file` present: the card is unplugged, as `snd_pcm_open` of a pulled-out card fails.
+    if cfg.gone_file.as_deref().is_some_and(|p| std::fs::symlink_metadata(p).is_ok()) {
+        return Err(Errno(libc::ENODEV));
+    }
     let playback_file = match (&cfg.playback_file, dir) {
         (Some(p), Direction::Playback) => Some(open_file("playback_file", p, true)?),
         _ => None,
