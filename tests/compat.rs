@@ -296,6 +296,34 @@ fn arecord_period_104_rw_nonblocking() {
     });
 }
 
+#[test]
+fn arecord_period_64_mmap() {
+    records_bit_exact("arecord --period-size=64 --mmap", 2.0, CPU_SHARE_SMALL_PERIODS, |rig, out| {
+        arecord(rig, out, &["--period-size=64", "--mmap"])
+    });
+}
+
+#[test]
+fn arecord_period_256_rw() {
+    records_bit_exact("arecord --period-size=256", 2.0, CPU_SHARE_SMALL_PERIODS, |rig, out| {
+        arecord(rig, out, &["--period-size=256"])
+    });
+}
+
+#[test]
+fn arecord_period_940_mmap_nonblocking() {
+    records_bit_exact("arecord --period-size=940 --mmap -N", 2.0, CPU_SHARE, |rig, out| {
+        arecord(rig, out, &["--period-size=940", "--mmap", "-N"])
+    });
+}
+
+#[test]
+fn arecord_period_4096_rw() {
+    records_bit_exact("arecord --period-size=4096", 2.0, CPU_SHARE, |rig, out| {
+        arecord(rig, out, &["--period-size=4096"])
+    });
+}
+
 // ----- speaker-test ---------------------------------------------------------------------------
 
 /// `speaker-test -c CH -s SPK -t wav -w noise.wav` (mono noise): the card records the noise on
