@@ -516,6 +516,19 @@ fn c_abort_interrupts_a_blocking_drain() {
     assert_eq!(p[0].sound_at, 0, "{p:?}");
 }
 
+#[test]
+fn c_abort_from_another_thread_interrupts_a_blocking_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(811, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["abort_thread", raw.to_str().unwrap()], &["abort_thread_drain", "drop_after_abort_thread"]);
+    eprintln!("abort from a thread: drain returned after {:.1} ms", rep.value("abort_thread_drain_ms"));
+    let p = pieces(&rig.recording_s16(), &sound, "abort from a thread");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+}
+
 // ----- 5. open/close cycles leak nothing ----------------------------------------------------
 
 fn fd_count(pid: i32) -> usize {
