@@ -362,6 +362,17 @@ pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rat
         })
         .collect();
     let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let pct = |q: f64| abs[((abs.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "delay |error| percentiles: 50 % {:.0}, 90 % {:.0}, 99 % {:.0} frames; signed: {} under, {} over the truth",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        errs.iter().filter(|e| **e < 0.0).count(),
+        errs.iter().filter(|e| **e > 0.0).count()
+    );
     (max, errs.iter().sum::<f64>() / errs.len() as f64)
 }
 
