@@ -783,7 +783,10 @@ impl MixCore {
             match s.state {
                 State::Running | State::Draining => {
                     let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    // A stream that just started sits behind what the device already held: its
+                    // queued frames start to play (and its delay to shrink) only after that.
+                    let ts = now_ns.saturating_add(s.pipe.lead_ns(u64::from(device_queued)));
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);
