@@ -204,3 +204,93 @@ fn volume_is_remembered_per_program() {
     assert!(loud > RATE as usize, "the second aplay was not heard");
     assert!(second.iter().all(|&x| x == 0 || (i32::from(x) - 4000).abs() <= 1), "second aplay not at 25% throughout");
 }
+
+fn amixer(rig: &Rig, args: &[&str]) -> String {
+    let r = run(
+        {
+            let mut c = rig.cmd("amixer");
+            c.args(["-D", "shmix"]).args(args);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    r.assert_ok(&format!("amixer {}", args.join(" ")));
+    r.stdout
+}
+
+/// The value amixer's `cget` prints (`: values=N`).
+fn cget(rig: &Rig, name: &str) -> String {
+    let out = amixer(rig, &["cget", &format!("name={name}")]);
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(": values="))
+        .unwrap_or_else(|| panic!("no values in amixer cget output:\n{out}"))
+        .to_string()
+}
+
+/// `amixer -D shmix sset Master 50%` and `amixer cget` round-trip with `shmixctl --json`, both
+/// ways, for the playback mix and the capture path; and the master volume halves what the card
+/// plays.
+#[test]
+fn amixer_and_shmixctl_round_trip() {
+    let rig = Rig::new(Card::default(), &[]);
+    let controls = amixer(&rig, &["controls"]);
+    for name in ["Master Playback Volume", "Master Playback Switch", "Capture Volume", "Capture Switch"] {
+        assert!(controls.contains(&format!("name='{name}'")), "{name} missing:\n{controls}");
+    }
+    amixer(&rig, &["sset", "Master", "50%"]);
+    let st = ctl_json(&rig, &["stats", "--json"]);
+    assert_eq!(st["master"]["volume"], 0.5, "{st}");
+    assert_eq!(st["master"]["volume_db"], -6.02, "{st}");
+    assert_eq!(cget(&rig, "Master Playback Volume"), "32768");
+    amixer(&rig, &["sset", "Master", "mute"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["master"]["muted"], true);
+    assert_eq!(cget(&rig, "Master Playback Switch"), "off");
+    // And the other way round.
+    ctl_ok(&rig, &["mute", "master", "off"]);
+    assert_eq!(cget(&rig, "Master Playback Switch"), "on");
+    ctl_ok(&rig, &["volume", "master", "25%"]);
+    assert_eq!(cget(&rig, "Master Playback Volume"), "16384");
+    ctl_ok(&rig, &["volume", "capture", "-6.02dB"]);
+    assert_eq!(cget(&rig, "Capture Volume"), "32770");
+    amixer(&rig, &["cset", "name=Capture Switch", "off"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["capture"]["muted"], true);
+    let sget = amixer(&rig, &["sget", "Master"]);
+    assert!(sget.contains("[25%]") && sget.contains("[on]"), "{sget}");
+
+    // The master volume on the card: 50% halves a constant signal exactly (within rounding).
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    let wav = rig.path("dc.wav");
+    write_wav(&wav, 2, RATE, &dc(1.0, 20000, -20000));
+    wait_ok(aplay(&rig, &wav), "aplay");
+    let rec = rig.recording_s16();
+    let left = channel(&rec, 2, 0);
+    let right = channel(&rec, 2, 1);
+    let heard = left.iter().filter(|&&x| x != 0).count();
+    assert!(heard >= RATE as usize * 99 / 100, "only {heard} frames heard");
+    assert!(left.iter().all(|&x| x == 0 || x == 10000), "left not at half: {:?}", &left[..16]);
+    assert!(right.iter().all(|&x| x == 0 || x == -10000), "right not at half");
+}
+
+/// Changes made with `shmixctl` reach a running ALSA control client as events (what makes a
+/// running alsamixer redraw): `amixer events` prints them.
+#[test]
+fn shmixctl_changes_are_alsa_control_events() {
+    let rig = Rig::new(Card::default(), &[]);
+    let mut ev = rig
+        .cmd("stdbuf")
+        .args(["-oL", "amixer", "-D", "shmix", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn amixer events");
+    std::thread::sleep(Duration::from_millis(500));
+    ctl_ok(&rig, &["volume", "master", "30%"]);
+    ctl_ok(&rig, &["mute", "capture", "on"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(ev.id() as i32, libc::SIGINT) };
+    let r = finish(&mut ev, Instant::now(), Duration::from_secs(10));
+    let out = r.stdout;
+    assert!(out.contains("Master Playback Volume"), "no event for the master volume:\n{out}\n{}", r.stderr);
+    assert!(out.contains("Capture Switch"), "no event for the capture switch:\n{out}");
+}

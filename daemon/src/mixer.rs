@@ -661,7 +661,10 @@ impl MixCore {
         let device_pos = self.device_pos;
         let single = if active == 1 { self.streams.iter_mut().find(|s| s.active()) } else { None };
         match single {
-            None if active == 0 => convert::silence(self.format, out),
+            None if active == 0 => {
+                convert::silence(self.format, out);
+                self.master.advance(frames);
+            }
             // Fast path: the ring's bytes are already what the device wants.
             Some(s) if s.pipe.is_passthrough() && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;

@@ -366,6 +366,14 @@ impl Gain {
         self.now.max(self.target)
     }
 
+    /// Moves the ramp on by `frames` frames without applying it (nothing was playing). RT: yes.
+    pub fn advance(&mut self, frames: usize) {
+        let n = self.ramp_left.min(frames);
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
     /// Scales `frames` interleaved frames of `channels` samples in place, ramping. RT: yes.
     pub fn apply(&mut self, buf: &mut [f32], channels: usize) {
         let mut frames = buf.chunks_exact_mut(channels.max(1));
