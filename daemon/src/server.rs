@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use log::{debug, error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::control::{self as ctlwire, Target};
@@ -26,14 +26,13 @@ use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
+use crate::access::{Peer, Policy};
 use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::device::{Device, Request};
+use crate::limits::{AcceptGate, Limits};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
 use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
-
-/// How long a new connection may take to say `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the socket's directory (0700), refuses a path where another daemon answers, removes a
 /// stale socket file.
@@ -117,6 +116,8 @@ struct Client {
     phase: Phase,
     deadline: Instant,
     stream: Option<u32>,
+    /// Bytes of the attached stream's memfd (counted against `--max-client-shm` while `stream` is set).
+    shm_bytes: u64,
     destroying: bool,
     direction: Direction,
 }
@@ -140,9 +141,12 @@ pub struct Server {
     clients: Vec<Client>,
     next_stream_id: u32,
     streams_attached: usize,
-    uid: u32,
     /// Volumes, levels, the stream registry (`shmixctl`, ctl plugin).
     control: Control,
+    /// Who may connect (checked at accept, before any byte is read).
+    access: Policy,
+    limits: Limits,
+    accept_gate: AcceptGate,
 }
 
 /// How the daemon ends.
@@ -205,9 +209,10 @@ impl Server {
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
-            // SAFETY: getuid cannot fail.
-            uid: unsafe { libc::getuid() },
             control: Control::new(Arc::new(DeviceCtl::new(device.params.channels, device.params.rate))),
+            access: Policy::user(),
+            limits: Limits::default(),
+            accept_gate: AcceptGate::default(),
         }
     }
 
@@ -257,6 +262,21 @@ impl Server {
         }
     }
 
+    /// Sets who may connect (default: [`Policy::user`]).
+    #[must_use]
+    pub fn with_access(mut self, access: Policy) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Sets the client limits (`--max-clients`, `--max-streams-per-client`, `--max-client-shm`,
+    /// `--handshake-timeout`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Enables capture streams: the capture side of `name`, opened with `req` (the parameters
     /// probed at startup, `spec`) whenever a capture stream starts.
     #[must_use]
@@ -295,7 +315,9 @@ impl Server {
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
             pfds.clear();
-            for fd in [self.listen.as_raw_fd(), self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
+            // While the accept loop rests (out of descriptors) the listening socket is not polled.
+            let listen_fd = if self.accept_gate.open(Instant::now()) { self.listen.as_raw_fd() } else { -1 };
+            for fd in [listen_fd, self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
                 pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
             for c in &self.clients {
@@ -308,6 +330,9 @@ impl Server {
             }
             if !self.pending.is_empty() {
                 timeout = timeout.min(Duration::from_millis(5));
+            }
+            if let Some(rest) = self.accept_gate.wait(now) {
+                timeout = timeout.min(rest);
             }
             let ms = timeout.as_millis().min(1000) as libc::c_int + 1;
             // SAFETY: `pfds` holds `len` initialised entries.
@@ -349,7 +374,8 @@ impl Server {
                 .map(|c| c.fd.as_raw_fd())
                 .collect();
             for fd in late {
-                self.disconnect(fd, Some(Disconnect(format!("no Hello within {} s", HANDSHAKE_TIMEOUT.as_secs()))));
+                let limit = self.limits.handshake_timeout.as_secs_f64();
+                self.disconnect(fd, Some(Disconnect(format!("no Hello within {limit} s (--handshake-timeout)"))));
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
@@ -464,40 +490,46 @@ impl Server {
                 Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) if AcceptGate::is_exhaustion(e as i32) => {
+                    self.accept_gate.failed(e as i32, self.clients.len(), Instant::now());
+                    return;
+                }
                 Err(e) => {
                     warn!("accept: {e}");
                     return;
                 }
             };
-            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => c,
+            self.accept_gate.accepted();
+            let peer = match Peer::of(fd.as_fd()) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!("client refused: SO_PEERCRED failed: {e}");
+                    warn!("client refused: reading its credentials (SO_PEERCRED/SO_PEERGROUPS) failed: {e}");
                     continue;
                 }
             };
-            if cred.uid() != self.uid && cred.uid() != 0 {
-                warn!(
-                    "client pid {} refused: uid {} is neither the daemon's ({}) nor root",
-                    cred.pid(),
-                    cred.uid(),
-                    self.uid
-                );
+            if let Err(reason) = self.access.admit(&peer) {
+                warn!("client pid {} refused: {reason}", peer.pid);
                 let _ = wire::send(
                     fd.as_fd(),
-                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: "permission denied (uid)".into() },
+                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: format!("permission denied: {reason}") },
                     &[],
                 );
                 continue;
             }
-            debug!("client pid {} connected", cred.pid());
+            if let Err(r) = self.limits.check_connection(self.clients.len()) {
+                info!("client pid {} refused: {}", peer.pid, r.reason);
+                let _ = wire::send(fd.as_fd(), &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason }, &[]);
+                continue;
+            }
+            debug!("client pid {} (uid {}) connected", peer.pid, peer.uid);
             self.clients.push(Client {
                 fd,
-                pid: cred.pid(),
+                pid: peer.pid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
-                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                deadline: Instant::now() + self.limits.handshake_timeout,
                 stream: None,
+                shm_bytes: 0,
                 destroying: false,
                 direction: Direction::Playback,
             });
@@ -709,6 +741,14 @@ impl Server {
         if memfd_bytes != layout.total_bytes {
             return Err(Violation::new("memfd_bytes differs from the layout", memfd_bytes, layout.total_bytes).into());
         }
+        let pid = self.clients[i].pid;
+        let (streams, shm) =
+            crate::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
+        if let Err(r) = self.limits.check_stream(pid, streams, shm, layout.total_bytes) {
+            info!("client pid {pid}: stream refused: {}", r.reason);
+            self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
+            return Ok(());
+        }
         for (what, e) in [("client_wake", &client_wake), ("daemon_wake", &daemon_wake)] {
             if !is_eventfd(e) {
                 return Err(Disconnect(format!("{what} is not an eventfd")));
@@ -754,6 +794,7 @@ impl Server {
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
+        c.shm_bytes = layout.total_bytes;
         info!(
             "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
             c.pid, c.name, params.format, params.rate, params.channels, params.buffer_frames, params.period_frames

@@ -79,8 +79,21 @@ impl Conn {
             errno,
             message: format!("handshake with shmixd at {} failed: {what}", path.display()),
         };
-        wire::send(sock.as_fd(), &hello, &[]).map_err(|e| fail(io_errno(&e), e.to_string()))?;
-        match recv_msg(sock.as_fd()) {
+        // A daemon that refuses at accept (a limit, the peer's uid) sends `Refused` and closes at
+        // once: our Hello then fails with EPIPE, but the refusal with its reason is still queued.
+        // If our Hello reached it before it closed, the first recv reports ECONNRESET and the
+        // next one returns the queued refusal.
+        let sent = wire::send(sock.as_fd(), &hello, &[]);
+        let answer = match recv_msg(sock.as_fd()) {
+            Err(Errno(libc::ECONNRESET)) => recv_msg(sock.as_fd()),
+            a => a,
+        };
+        if let Err(e) = sent {
+            if !matches!(answer, Ok(SocketMsg::Refused { .. })) {
+                return Err(fail(io_errno(&e), e.to_string()));
+            }
+        }
+        match answer {
             Ok(SocketMsg::Welcome { version, device }) if version == PROTOCOL_VERSION => {
                 Ok(Self { sock, path: path.to_owned(), device })
             }

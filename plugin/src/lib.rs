@@ -21,7 +21,10 @@ pub struct Errno(pub i32);
 
 /// A user-facing error line on stderr (open/hw_params/prepare/drain only, never transfer/pointer).
 pub(crate) fn user_error(msg: &str) {
-    eprintln!("shmix: {msg}");
+    // Messages may carry text the daemon sent (a refusal's reason): no control characters reach
+    // the user's terminal.
+    let clean: String = msg.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    eprintln!("shmix: {clean}");
 }
 
 pub use ctl_ffi::{__snd_ctl_shmix_open_dlsym_control_001, _snd_ctl_shmix_open};

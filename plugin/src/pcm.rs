@@ -905,7 +905,9 @@ impl Pcm {
         let capture = self.capture;
         let Some(s) = self.stream.as_mut() else { return };
         let mut violation: Option<&'static str> = None;
-        loop {
+        // At most one ring's worth per call: a daemon that keeps writing records cannot hold the
+        // program's thread here.
+        for _ in 0..s.shm.layout().msg_records {
             match s.shm.pop_record(Ring::DaemonToClient, &mut s.d2c) {
                 Ok(None) => break,
                 Ok(Some(Ok(rec))) => {
