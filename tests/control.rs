@@ -294,3 +294,87 @@ fn shmixctl_changes_are_alsa_control_events() {
     assert!(out.contains("Master Playback Volume"), "no event for the master volume:\n{out}\n{}", r.stderr);
     assert!(out.contains("Capture Switch"), "no event for the capture switch:\n{out}");
 }
+
+fn tmux(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("tmux").arg("-S").arg(sock).args(args).output().expect("tmux (in DEB_PACKAGES) must be installed")
+}
+
+/// `shmixctl top` in a real terminal (tmux): it shows the playing streams with level meters and
+/// the device channels, refreshes, and quits cleanly on `q`.
+#[test]
+fn top_shows_streams_and_quits_on_q() {
+    let rig = Rig::new(Card::default(), &[]);
+    let wav = rig.path("dc.wav");
+    write_wav(&wav, 2, RATE, &dc(6.0, 16384, 16384));
+    let child = aplay(&rig, &wav);
+    let s = wait_running(&rig, 1);
+    let tsock = rig.path("tmux.sock");
+    let done = rig.path("top.exit");
+    let cmd = format!(
+        "ALSA_CONFIG_PATH='{}' '{}' --socket '{}' top --interval-ms 100; echo $? > '{}'",
+        rig.alsa_config_path(),
+        artifacts_dir().join("shmixctl").display(),
+        rig.sock.display(),
+        done.display()
+    );
+    let o = tmux(&tsock, &["new-session", "-d", "-x", "150", "-y", "40", "sh", "-c", &format!("{cmd}; sleep 30")]);
+    assert!(o.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&o.stderr));
+    let capture = || String::from_utf8_lossy(&tmux(&tsock, &["capture-pane", "-p"]).stdout).to_string();
+    // The stream shows with its pid, program and a meter at -6 dB.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut screen = capture();
+    while !(screen.contains(&format!("{}", child.id())) && screen.contains("-6.0 dB")) {
+        assert!(Instant::now() < deadline, "top never showed the stream {s:?}:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+        screen = capture();
+    }
+    assert!(screen.contains("aplay") && screen.contains("running"), "{screen}");
+    assert!(screen.contains("ch0") && screen.contains("ch1") && screen.contains('#'), "no device meters:\n{screen}");
+    // It refreshes: the cycle count moves.
+    let cycles = |s: &str| s.split("cycles ").nth(1).and_then(|t| t.split_whitespace().next()).map(str::to_owned);
+    let before = cycles(&screen);
+    std::thread::sleep(Duration::from_millis(400));
+    let after = capture();
+    assert_ne!(before, cycles(&after), "top did not refresh:\n{after}");
+    // `q` quits with status 0 and gives the terminal back.
+    tmux(&tsock, &["send-keys", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "top did not quit on q:\n{}", capture());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read_to_string(&done).unwrap().trim(), "0", "top's exit status");
+    let _ = tmux(&tsock, &["kill-server"]);
+    wait_ok(child, "aplay");
+}
+
+/// `Capture Volume` at 50% (set through the ALSA control) halves what `arecord -D shmix`
+/// records from the card; `Capture Switch` off records silence.
+#[test]
+fn capture_volume_and_switch_apply_to_recordings() {
+    let n = 6 * RATE as usize;
+    let src = interleave(&[vec![20000i16; n], vec![-16000i16; n]]);
+    let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let rig = Rig::with_capture(Card::default(), &[], Some(&bytes));
+    amixer(&rig, &["cset", "name=Capture Volume", "32768"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["capture"]["volume"], 0.5);
+    let rec = |name: &str| {
+        let out = rig.path(name);
+        let mut c = rig.cmd("arecord");
+        c.args(["-q", "-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "1"]).arg(&out);
+        run(c, Duration::from_secs(20)).assert_ok("arecord");
+        let b = std::fs::read(&out).unwrap();
+        b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect::<Vec<i16>>()
+    };
+    let half = rec("half.raw");
+    let (l, r) = (channel(&half, 2, 0), channel(&half, 2, 1));
+    let heard = l.iter().filter(|&&x| x != 0).count();
+    assert!(heard > RATE as usize * 8 / 10, "only {heard} frames recorded");
+    assert!(l.iter().all(|&x| x == 0 || x == 10000), "left not halved: {:?}", &l[..8]);
+    assert!(r.iter().all(|&x| x == 0 || x == -8000), "right not halved: {:?}", &r[..8]);
+    amixer(&rig, &["cset", "name=Capture Switch", "off"]);
+    let muted = rec("muted.raw");
+    assert!(muted.len() >= RATE as usize, "short recording");
+    assert!(muted.iter().all(|&x| x == 0), "sound recorded with the capture switch off");
+}
