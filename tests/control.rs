@@ -291,8 +291,11 @@ fn shmixctl_changes_are_alsa_control_events() {
     unsafe { libc::kill(ev.id() as i32, libc::SIGINT) };
     let r = finish(&mut ev, Instant::now(), Duration::from_secs(10));
     let out = r.stdout;
-    assert!(out.contains("Master Playback Volume"), "no event for the master volume:\n{out}\n{}", r.stderr);
-    assert!(out.contains("Capture Switch"), "no event for the capture switch:\n{out}");
+    // `event add` lines come from the element list at start; value changes are `event value`.
+    let value_event =
+        |name: &str| out.lines().any(|l| l.starts_with("event value:") && l.contains(&format!("'{name}'")));
+    assert!(value_event("Master Playback Volume"), "no event for the master volume:\n{out}\n{}", r.stderr);
+    assert!(value_event("Capture Switch"), "no event for the capture switch:\n{out}");
 }
 
 fn tmux(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -377,4 +380,40 @@ fn capture_volume_and_switch_apply_to_recordings() {
     let muted = rec("muted.raw");
     assert!(muted.len() >= RATE as usize, "short recording");
     assert!(muted.iter().all(|&x| x == 0), "sound recorded with the capture switch off");
+}
+
+/// A running `alsamixer -D shmix` (in tmux) redraws when `shmixctl` changes the master volume:
+/// the control events reach it through the plugin's poll descriptor.
+#[test]
+fn running_alsamixer_follows_shmixctl() {
+    let rig = Rig::new(Card::default(), &[]);
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    let tsock = rig.path("tmux.sock");
+    let cmd = format!("ALSA_CONFIG_PATH='{}' alsamixer -D shmix", rig.alsa_config_path());
+    let o = tmux(&tsock, &["new-session", "-d", "-x", "80", "-y", "24", "sh", "-c", &cmd]);
+    assert!(o.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&o.stderr));
+    let capture = || String::from_utf8_lossy(&tmux(&tsock, &["capture-pane", "-p"]).stdout).to_string();
+    // The volume's number sits on the line above "< Master >".
+    let shown = |screen: &str| -> Option<String> {
+        let lines: Vec<&str> = screen.lines().collect();
+        let i = lines.iter().position(|l| l.contains("< Master >"))?;
+        Some(lines[i.checked_sub(1)?].trim_matches(|c: char| !c.is_ascii_digit()).to_string())
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = capture();
+            if shown(&screen).as_deref() == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "alsamixer never showed {want}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("50");
+    ctl_ok(&rig, &["volume", "master", "20%"]);
+    wait_for("20");
+    let _ = tmux(&tsock, &["send-keys", "Escape"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = tmux(&tsock, &["kill-server"]);
 }

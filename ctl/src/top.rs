@@ -11,7 +11,7 @@ use shmix_shared::control::{self, Reply, Request, Stats, StreamInfo};
 use crate::client::Client;
 
 /// Width of a level meter in characters.
-const METER_CHARS: usize = 30;
+const METER_CHARS: usize = 24;
 /// The meter's floor.
 const METER_FLOOR_DB: f64 = -60.0;
 
@@ -87,8 +87,8 @@ fn render(stats: &Stats, list: &[StreamInfo]) -> String {
     let cpu = if stats.uptime_ns > 0 { stats.mix_cpu_ns as f64 * 100.0 / stats.uptime_ns as f64 } else { 0.0 };
     let mut s = String::from("\x1b[H\x1b[2J");
     s.push_str(&format!(
-        "shmixctl top - device {} {} Hz {} ch, period {} | streams {} clients {} | cycles {} xruns {} | \
-         wakeups {}/{} skipped | mix CPU {cpu:.2}%   (q quits)\r\n",
+        "shmixctl top - device {} {} Hz {} ch, period {} | streams {} clients {}   (q quits)\r\n\
+         cycles {} | device xruns {} | wakeups sent {} skipped {} | mix thread CPU {cpu:.2}%\r\n",
         d.format.name(),
         d.rate,
         d.channels,
@@ -117,7 +117,7 @@ fn render(stats: &Stats, list: &[StreamInfo]) -> String {
     ));
     for st in list {
         let p = &st.params;
-        let fmt = format!("{} {}/{}", p.format.name(), p.rate / 1000, p.channels);
+        let fmt = format!("{} {:.1}k/{}", p.format.name(), f64::from(p.rate) / 1000.0, p.channels);
         let vol = if st.muted { "muted".to_string() } else { format!("{:.0}%", f64::from(st.volume) * 100.0) };
         s.push_str(&format!(
             "{:>4} {:>7} {:<15} {:<8} {:<14} {:>6.1} ms {:>5} {:>6} {:<9} {}\r\n",
