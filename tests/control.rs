@@ -370,6 +370,21 @@ fn capture_volume_and_switch_apply_to_recordings() {
         let b = std::fs::read(&out).unwrap();
         b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect::<Vec<i16>>()
     };
+    // While recording, the stream is listed with its level after the capture volume:
+    // 20000 * 0.5 = 10000 = -10.31 dBFS.
+    let mut c = rig.cmd("arecord");
+    c.args(["-q", "-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "2"])
+        .arg(rig.path("listed.raw"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let listed = c.spawn().expect("spawn arecord");
+    let s = wait_running(&rig, 1);
+    assert_eq!(s[0]["direction"], "capture", "{s:?}");
+    assert_eq!(s[0]["pid"], listed.id(), "{s:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let s = running(&rig);
+    assert!((s[0]["peak_db"].as_f64().unwrap() + 10.31).abs() < 0.05, "{s:?}");
+    wait_ok(listed, "arecord");
     let half = rec("half.raw");
     let (l, r) = (channel(&half, 2, 0), channel(&half, 2, 1));
     let heard = l.iter().filter(|&&x| x != 0).count();
@@ -416,4 +431,56 @@ fn running_alsamixer_follows_shmixctl() {
     let _ = tmux(&tsock, &["send-keys", "Escape"]);
     std::thread::sleep(Duration::from_millis(200));
     let _ = tmux(&tsock, &["kill-server"]);
+}
+
+/// A control client that sends garbage (unknown tag, NaN or out-of-range volume, truncated,
+/// trailing bytes, an oversized packet, a stream message) is disconnected with a logged reason;
+/// the daemon and its volumes are unaffected.
+#[test]
+fn bad_control_requests_disconnect_only_that_client() {
+    use shmix_shared::control::{self, Request, Target};
+    use shmix_shared::socket as wire;
+    use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
+    use std::os::fd::AsFd;
+
+    let rig = Rig::new(Card::default(), &[]);
+    let hello = || {
+        let fd = crate::hostile::seqpacket(&rig.sock);
+        let msg = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: "hostile".into() };
+        wire::send(fd.as_fd(), &msg, &[]).unwrap();
+        let p = wire::recv(fd.as_fd()).unwrap();
+        assert!(matches!(SocketMsg::decode(&p.bytes), Ok(SocketMsg::Welcome { .. })), "{p:?}");
+        fd
+    };
+    let vol = |bits: u32| {
+        let mut b = Request::SetVolume { target: Target::Master, volume: 0.5 }.encode();
+        b[12..16].copy_from_slice(&bits.to_le_bytes());
+        b
+    };
+    let mut trailing = Request::List.encode();
+    trailing.push(7);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown tag", 0xdead_u32.to_le_bytes().to_vec()),
+        ("NaN volume", vol(f32::NAN.to_bits())),
+        ("volume 2.0", vol(2.0f32.to_bits())),
+        ("negative volume", vol((-0.5f32).to_bits())),
+        ("truncated", Request::SetVolume { target: Target::Master, volume: 0.5 }.encode()[..6].to_vec()),
+        ("trailing bytes", trailing),
+        ("oversized", vec![0u8; control::MAX_CONTROL_PACKET_BYTES + 100]),
+        ("stream message", SocketMsg::DestroyStream.encode()),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let fd = hello();
+        control::send_packet(fd.as_fd(), &bytes).unwrap();
+        let r = control::recv_packet(fd.as_fd());
+        assert!(matches!(&r, Ok(b) if b.is_empty()) || r.is_err(), "{what}: still connected, got {r:?}");
+        let st = ctl_json(&rig, &["stats", "--json"]);
+        assert_eq!(st["master"]["volume"], 1.0, "{what}: {st}");
+    }
+    let log = rig.daemon_log();
+    assert!(log.contains("bad control packet"), "no reason logged:\n{log}");
+    // A well-behaved control client on the same daemon still works.
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["master"]["volume"], 0.5);
 }

@@ -559,9 +559,11 @@ impl MixCore {
                 l.set(std::mem::take(m));
             }
             for s in &mut self.streams {
-                if s.dir == Direction::Playback {
-                    s.ctl.peak.set(s.pipe.take_peak());
-                }
+                let p = match s.rec.as_mut() {
+                    Some(r) => r.take_peak(),
+                    None => s.pipe.take_peak(),
+                };
+                s.ctl.peak.set(p);
             }
         }
     }
