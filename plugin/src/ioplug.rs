@@ -83,7 +83,7 @@ impl Drop for Plugin {
     }
 }
 
-fn guard(f: impl FnOnce() -> Result<c_int, Errno>) -> c_int {
+pub(crate) fn guard(f: impl FnOnce() -> Result<c_int, Errno>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(n)) => n,
         Ok(Err(Errno(e))) => -e,
