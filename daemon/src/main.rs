@@ -12,11 +12,14 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
+use shmix_daemon::access;
+use shmix_daemon::control::DeviceCtl;
 use shmix_daemon::device::{self, Device, Request};
 use shmix_daemon::limits::{self, Limits};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
 use shmix_shared::chmap::ResampleQuality;
 use shmix_shared::SampleFormat;
@@ -25,9 +28,18 @@ use shmix_shared::SampleFormat;
 #[derive(Debug, Parser)]
 #[command(name = "shmixd", version, about)]
 struct Cli {
-    /// Socket path [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket]
+    /// Socket path [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket; with --system
+    /// $SHMIX_SYSTEM_SOCKET, else /run/shmix/socket]. Ignored when systemd passes the socket
+    /// (socket activation: LISTEN_FDS)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// System-wide daemon for headless machines: listen on /run/shmix/socket (directory 0750,
+    /// socket 0660, both in --group) and admit the members of --group besides the daemon's uid
+    #[arg(long)]
+    system: bool,
+    /// The group --system mode admits (a name or a gid)
+    #[arg(long, value_name = "NAME", default_value = "audio", requires = "system")]
+    group: String,
     /// ALSA PCM to play on [default: the first hardware card, hw:N]
     #[arg(long, value_name = "PCM")]
     device: Option<String>,
@@ -90,8 +102,21 @@ fn eventfd() -> anyhow::Result<OwnedFd> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    let socket_path = cli.socket.clone().unwrap_or_else(|| shmix_shared::socket::resolve_socket_path(None));
-    server::check_socket_path(&socket_path)?;
+    // Socket activation first: nothing may open a descriptor before fd 3 is taken.
+    let activated = access::socket_from_systemd()?;
+    let group = if cli.system { Some(access::Group::lookup(&cli.group)?) } else { None };
+    let socket_path = match (&activated, &cli.socket) {
+        (Some((_, path)), _) => path.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) if cli.system => shmix_shared::socket::system_socket_path(),
+        (None, None) => shmix_shared::socket::user_socket_path(),
+    };
+    if activated.is_none() {
+        if let Some(g) = &group {
+            access::prepare_system_dir(&socket_path, g)?;
+        }
+        server::check_socket_path(&socket_path)?;
+    }
 
     let device_name = match &cli.device {
         Some(d) => d.clone(),
@@ -168,9 +193,30 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         lim.max_client_shm >> 20,
         lim.handshake_timeout.as_secs_f64()
     );
-    let listen = server::listen(&socket_path)?;
+    let (listen, how) = match activated {
+        Some((fd, _)) => (fd, " (socket activation)"),
+        None => {
+            let fd = server::listen(&socket_path)?;
+            if let Some(g) = &group {
+                access::restrict_system_socket(&socket_path, g)?;
+            }
+            (fd, "")
+        }
+    };
+    let policy = match group {
+        Some(g) => {
+            info!(
+                "system mode: admitting uid {} and root, and members of group '{}' (gid {})",
+                access::Policy::user().uid,
+                g.name,
+                g.gid
+            );
+            access::Policy::system(g)
+        }
+        None => access::Policy::user(),
+    };
     info!(
-        "shmixd listening on {} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
+        "shmixd listening on {}{how} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
          resampling {}",
         socket_path.display(),
         device_name,
@@ -185,17 +231,26 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
     let signals = server::signal_fd()?;
     let counters = Arc::new(Counters::default());
-    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters));
+    let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
+    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters))
+        .with_control(Arc::clone(&dctl));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
+    // A card that vanishes is closed and reopened with this same request by its own thread,
+    // while the clients wait.
+    let (reopen_end, reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
-        .keep_capture_open(cli.keep_capture_open);
+        .keep_capture_open(cli.keep_capture_open)
+        .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
     let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
+        .with_control(dctl)
+        .with_access(policy)
         .with_limits(lim);
     if let Some((creq, cspec)) = capture {
         srv = srv.with_capture(device_name.clone(), creq, cspec);
@@ -205,9 +260,14 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
     srv.request_shutdown();
     let mix_result = handle.join();
+    reopen_stop.stop();
+    let _ = reopen_handle.join();
     srv.drain_events();
     srv.close_clients();
-    let _ = std::fs::remove_file(srv.socket_path());
+    if how.is_empty() {
+        // Ours to remove; an activated socket belongs to systemd, which keeps listening on it.
+        let _ = std::fs::remove_file(srv.socket_path());
+    }
     info!("{}", srv.stats_line());
     match mix_result {
         Ok(Ok(())) => {}

@@ -16,8 +16,9 @@ use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::wake;
 use shmix_shared::{Direction, Record, SampleFormat, Violation};
 
-use crate::convert::{self, EncodeFn};
-use crate::pipeline::{Pipeline, RecordPipe, Taken};
+use crate::control::{DeviceCtl, StreamCtl};
+use crate::convert::{self, DecodeFn, EncodeFn};
+use crate::pipeline::{peak_of, Gain, Pipeline, RecordPipe, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -113,6 +114,8 @@ pub struct Stream {
     /// Until the next device period: its eventfd is not polled and its ring not rechecked
     /// before the wait (a client cannot make the mix thread spin).
     muted: bool,
+    /// Volume in, levels and figures out (shared with the control thread; atomics only).
+    ctl: Arc<StreamCtl>,
 }
 
 impl Stream {
@@ -139,7 +142,25 @@ impl Stream {
             write_count: 0,
             woke: false,
             muted: false,
+            ctl: Arc::new(StreamCtl::default()),
         }
+    }
+
+    /// Shares `ctl` with the control thread and starts at its volume without a ramp (control
+    /// thread, before the stream is added).
+    pub fn attach_ctl(&mut self, ctl: Arc<StreamCtl>) {
+        let g = ctl.volume.gain();
+        self.pipe.jump_gain(g);
+        if let Some(r) = self.rec.as_mut() {
+            r.jump_gain(g);
+        }
+        self.ctl = ctl;
+    }
+
+    /// The figures shared with the control thread.
+    #[must_use]
+    pub fn ctl(&self) -> &Arc<StreamCtl> {
+        &self.ctl
     }
 
     /// Wraps a recording stream (`Capture` or `Monitor`): the daemon writes its ring through
@@ -218,6 +239,7 @@ impl Stream {
         if k < n {
             self.state = State::Stopped;
             Counters::bump(&counters.capture_overruns, 1);
+            self.ctl.xruns.fetch_add(1, Ordering::Relaxed);
             let pos = self.pos();
             self.post(Record::Xrun { pos, at_ns: now_ns }, counters);
             return;
@@ -227,6 +249,22 @@ impl Stream {
         if fill >= avail_min {
             self.wake_client(counters);
         }
+    }
+
+    /// Publishes state, latency and the plugin's copy counters for the control thread. RT: yes.
+    fn publish_figures(&self, latency_frames: u32) {
+        let state = match self.state {
+            State::Stopped => 0,
+            State::Running => 1,
+            State::Paused => 2,
+            State::Draining | State::DrainingDevice => 3,
+        };
+        self.ctl.state.store(state, Ordering::Relaxed);
+        self.ctl.latency_frames.store(latency_frames, Ordering::Relaxed);
+        // Untrusted numbers from the client's memory, shown as they are.
+        let line = self.shm.avail_min();
+        self.ctl.copied_frames.store(line.copied_frames.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.ctl.zero_copy_frames.store(line.zero_copy_frames.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// The eventfd the client writes when it posted a record while we slept; -1 (not polled)
@@ -477,6 +515,16 @@ pub struct MixCore {
     /// The f32 mix bus, device channels interleaved.
     bus: Vec<f32>,
     counters: Arc<Counters>,
+    /// Device format -> f32 (metering the fast path's bytes).
+    decode: DecodeFn,
+    /// Master volume and mute, levels (shared with the control thread; atomics only).
+    dctl: Arc<DeviceCtl>,
+    /// The master gain (ramped), applied to the bus.
+    master: Gain,
+    /// Peak per device channel in the current metering window.
+    meter: [f32; shmix_shared::msg::MAX_CHANNELS as usize],
+    /// Frames in the current metering window.
+    meter_frames: u32,
 }
 
 impl MixCore {
@@ -494,6 +542,67 @@ impl MixCore {
             device_pos: 0,
             bus: vec![0.0; max_frames * channels as usize],
             counters,
+            decode: convert::decoder(format),
+            dctl: Arc::new(DeviceCtl::new(channels, 48000)),
+            master: Gain::new(DeviceCtl::new(channels, 48000).ramp_frames as usize),
+            meter: [0.0; shmix_shared::msg::MAX_CHANNELS as usize],
+            meter_frames: 0,
+        }
+    }
+
+    /// Shares `dctl` (master and capture volume, device levels) with the control thread.
+    #[must_use]
+    pub fn with_control(mut self, dctl: Arc<DeviceCtl>) -> Self {
+        self.master = Gain::new(dctl.ramp_frames as usize);
+        self.master.jump(dctl.master.gain());
+        self.dctl = dctl;
+        self
+    }
+
+    /// The device state shared with the control thread.
+    #[must_use]
+    pub fn device_ctl(&self) -> &Arc<DeviceCtl> {
+        &self.dctl
+    }
+
+    /// Picks up volume and mute changes from the control thread (ramped from here). RT: yes
+    /// (atomic loads only).
+    fn apply_controls(&mut self) {
+        self.master.set(self.dctl.master.gain());
+        let capture = self.dctl.capture.gain();
+        for s in &mut self.streams {
+            let g = s.ctl.volume.gain();
+            match (s.dir, s.rec.as_mut()) {
+                (Direction::Playback, _) => s.pipe.set_gain(g),
+                (Direction::Capture, Some(r)) => r.set_gain(g * capture),
+                (_, Some(r)) => r.set_gain(g),
+                (_, None) => {}
+            }
+        }
+    }
+
+    /// Folds one run of the bus (`samples` interleaved device samples, final levels) into the
+    /// meter and publishes the window when it is full. RT: yes.
+    fn meter_run(&mut self, samples: usize, frames: usize) {
+        let ch = (self.channels as usize).min(self.meter.len());
+        if samples > 0 && ch > 0 {
+            for f in self.bus[..samples].chunks_exact(self.channels as usize) {
+                for (m, x) in self.meter[..ch].iter_mut().zip(f) {
+                    *m = m.max(x.abs());
+                }
+            }
+        }
+        self.meter_frames += frames as u32;
+        if self.meter_frames >= self.dctl.window_frames {
+            self.meter_frames = 0;
+            for (m, l) in self.meter[..ch].iter_mut().zip(&self.dctl.peaks) {
+                l.set(std::mem::take(m));
+            }
+            for s in &mut self.streams {
+                if s.dir == Direction::Playback {
+                    s.ctl.peak.set(s.pipe.take_peak());
+                }
+            }
         }
     }
 
@@ -597,6 +706,9 @@ impl MixCore {
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];
+        self.apply_controls();
+        let samples = frames * self.channels as usize;
+        let mut metered = 0;
         let active = self.streams.iter().filter(|s| s.active()).count();
         let counters = &*self.counters;
         let device_pos = self.device_pos;
@@ -604,7 +716,7 @@ impl MixCore {
         match single {
             None if active == 0 => convert::silence(self.format, out),
             // Fast path: the ring's bytes are already what the device wants.
-            Some(s) if s.pipe.is_passthrough() => {
+            Some(s) if s.pipe.is_passthrough() && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;
                 let k = fill.min(frames);
                 let bytes = k * fb;
@@ -615,11 +727,14 @@ impl MixCore {
                     Counters::bump(&counters.fastpath_frames, k as u64);
                 }
                 convert::silence(self.format, &mut out[bytes..]);
+                // Metering: the device's bytes back to f32 (the bus is free on this path).
+                (self.decode)(&out[..bytes], &mut self.bus[..k * self.channels as usize]);
+                metered = k * self.channels as usize;
+                s.pipe.note_peak(peak_of(&self.bus[..metered]));
                 let t = Taken { consumed: k as u32, emitted: k, short: k < frames, tail_done: k == fill };
                 finish(s, t, now_ns, device_pos, counters);
             }
             _ => {
-                let samples = frames * self.channels as usize;
                 let bus = &mut self.bus[..samples];
                 bus.fill(0.0);
                 for s in self.streams.iter_mut().filter(|s| s.active()) {
@@ -629,11 +744,14 @@ impl MixCore {
                     let t = s.pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
                     finish(s, t, now_ns, device_pos, counters);
                 }
+                self.master.apply(bus, self.channels as usize);
                 (self.encode)(bus, out);
+                metered = samples;
             }
         }
         // Monitors: exactly the bytes that went to the device.
         Counters::bump(&counters.frames_mixed, frames as u64);
+        self.meter_run(metered, frames);
         if self.streams.iter().any(|s| s.recording(Direction::Monitor)) {
             self.record(Direction::Monitor, out, now_ns);
             Counters::bump(&self.counters.monitor_frames, frames as u64);
@@ -658,6 +776,7 @@ impl MixCore {
     /// Capture: one run of frames read from the capture device's mmap area (`area`, the capture
     /// device's format, at most one of its periods) into every running capture stream. RT: yes.
     pub fn capture(&mut self, area: &[u8], capture_frame_bytes: usize, now_ns: u64) {
+        self.apply_controls();
         Counters::bump(&self.counters.captured_frames, (area.len() / capture_frame_bytes.max(1)) as u64);
         self.record(Direction::Capture, area, now_ns);
     }
@@ -675,9 +794,17 @@ impl MixCore {
     }
 
     fn publish_recorder_timing(&mut self, dir: Direction, device_queued: u32, now_ns: u64) {
-        for s in self.streams.iter().filter(|s| s.recording(dir)) {
+        for s in self.streams.iter().filter(|s| s.dir == dir && s.violation.is_none()) {
             let queued = s.rec.as_ref().map_or(0, |r| r.queued_stream_frames(u64::from(device_queued)));
-            s.shm.publish_timing(s.pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+            let queued = u32::try_from(queued).unwrap_or(u32::MAX);
+            if s.recording(dir) {
+                s.shm.publish_timing(s.pos(), queued, now_ns);
+            }
+            // Figures for shmixctl: the client's unread frames plus what the device holds.
+            let read = s.shm.audio_read().pos.load(Ordering::Relaxed);
+            let unread = (s.write_count as u32).wrapping_sub(read).min(s.buffer_frames);
+            let running = s.state == State::Running;
+            s.publish_figures(if running { unread.saturating_add(queued) } else { unread });
         }
     }
 
@@ -694,6 +821,16 @@ impl MixCore {
     /// Streams whose last frame the device has now played get `Drained`.
     pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
         self.publish_recorder_timing(Direction::Monitor, 0, now_ns);
+        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.is_recorder()) {
+            // Figures for shmixctl: frames written by the client and not yet heard.
+            let write = s.shm.audio_write().pos.load(Ordering::Relaxed);
+            let unread = write.wrapping_sub(s.read_pos()).min(s.buffer_frames);
+            let queued = match s.state {
+                State::Running | State::Draining => s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued)),
+                _ => 0,
+            };
+            s.publish_figures(unread.saturating_add(u32::try_from(queued).unwrap_or(u32::MAX)));
+        }
         let played = self.device_pos.saturating_sub(u64::from(device_queued));
         for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.is_recorder()) {
             match s.state {
@@ -749,6 +886,7 @@ fn finish(s: &mut Stream, t: Taken, now_ns: u64, device_pos: u64, counters: &Cou
     if t.short && s.state == State::Running {
         s.state = State::Stopped;
         Counters::bump(&counters.stream_underruns, 1);
+        s.ctl.xruns.fetch_add(1, Ordering::Relaxed);
         let pos = s.read_pos();
         s.post(Record::Xrun { pos, at_ns: now_ns }, counters);
         posted = true;

@@ -16,15 +16,18 @@ use anyhow::{bail, Context};
 use log::{debug, error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
+use shmix_shared::control::{self as ctlwire, Target};
 use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
+use crate::access::{Peer, Policy};
+use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::device::{Device, Request};
 use crate::limits::{AcceptGate, Limits};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
@@ -99,6 +102,10 @@ pub fn signal_fd() -> anyhow::Result<SignalFd> {
 enum Phase {
     AwaitHello,
     Ready,
+    /// A control connection (`shmixctl`, the ctl plugin): `control::Request` packets.
+    Control,
+    /// A control connection that gets `Changed` events.
+    Subscribed,
 }
 
 #[derive(Debug)]
@@ -134,7 +141,10 @@ pub struct Server {
     clients: Vec<Client>,
     next_stream_id: u32,
     streams_attached: usize,
-    uid: u32,
+    /// Volumes, levels, the stream registry (`shmixctl`, ctl plugin).
+    control: Control,
+    /// Who may connect (checked at accept, before any byte is read).
+    access: Policy,
     limits: Limits,
     accept_gate: AcceptGate,
 }
@@ -199,11 +209,64 @@ impl Server {
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
-            // SAFETY: getuid cannot fail.
-            uid: unsafe { libc::getuid() },
+            control: Control::new(Arc::new(DeviceCtl::new(device.params.channels, device.params.rate))),
+            access: Policy::user(),
             limits: Limits::default(),
             accept_gate: AcceptGate::default(),
         }
+    }
+
+    /// Shares the device's volume and level state with the mix core (`MixCore::with_control`).
+    #[must_use]
+    pub fn with_control(mut self, dctl: Arc<DeviceCtl>) -> Self {
+        self.control = Control::new(dctl);
+        self
+    }
+
+    /// Sends `Changed{target}` to every subscribed control connection (never blocks: a
+    /// subscriber whose socket is full misses the event).
+    fn notify(&self, target: Target) {
+        let bytes = ctlwire::Reply::Changed { target }.encode();
+        for c in self.clients.iter().filter(|c| c.phase == Phase::Subscribed) {
+            let _ = ctlwire::send_packet(c.fd.as_fd(), &bytes);
+        }
+    }
+
+    /// One packet from a control connection.
+    fn control_packet(&mut self, fd: RawFd) {
+        // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let bytes = match ctlwire::recv_packet(b) {
+            Ok(p) if p.is_empty() => return self.disconnect(fd, None),
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("control recv: {e}")))),
+        };
+        let req = match ctlwire::Request::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("bad control packet: {e}")))),
+        };
+        let figures =
+            ServerFigures { device: self.device.params, clients: self.clients.len() as u32, counters: &self.counters };
+        let (reply, changed) = self.control.handle(req, &figures);
+        if req == ctlwire::Request::Subscribe {
+            if let Some(c) = self.clients.iter_mut().find(|c| c.fd.as_raw_fd() == fd) {
+                c.phase = Phase::Subscribed;
+            }
+        }
+        if let Err(e) = ctlwire::send_packet(b, &reply.encode()) {
+            debug!("control reply to fd {fd}: {e}");
+        }
+        if let Some(t) = changed {
+            self.notify(t);
+        }
+    }
+
+    /// Sets who may connect (default: [`Policy::user`]).
+    #[must_use]
+    pub fn with_access(mut self, access: Policy) -> Self {
+        self.access = access;
+        self
     }
 
     /// Sets the client limits (`--max-clients`, `--max-streams-per-client`, `--max-client-shm`,
@@ -360,6 +423,8 @@ impl Server {
                 Event::Retired(s) => {
                     self.streams_attached = self.streams_attached.saturating_sub(1);
                     let id = s.id;
+                    self.control.unregister(id);
+                    self.notify(Target::Stream(id));
                     let owner = self.clients.iter().position(|c| c.stream == Some(id));
                     if let Some(v) = s.violation() {
                         if let Some(i) = owner {
@@ -382,6 +447,7 @@ impl Server {
                 }
                 Event::Rejected(s) => {
                     self.streams_attached = self.streams_attached.saturating_sub(1);
+                    self.control.unregister(s.id);
                     if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
                         let fd = self.clients[i].fd.as_raw_fd();
                         self.clients[i].stream = None;
@@ -435,36 +501,31 @@ impl Server {
                 }
             };
             self.accept_gate.accepted();
-            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => c,
+            let peer = match Peer::of(fd.as_fd()) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!("client refused: SO_PEERCRED failed: {e}");
+                    warn!("client refused: reading its credentials (SO_PEERCRED/SO_PEERGROUPS) failed: {e}");
                     continue;
                 }
             };
-            if cred.uid() != self.uid && cred.uid() != 0 {
-                warn!(
-                    "client pid {} refused: uid {} is neither the daemon's ({}) nor root",
-                    cred.pid(),
-                    cred.uid(),
-                    self.uid
-                );
+            if let Err(reason) = self.access.admit(&peer) {
+                warn!("client pid {} refused: {reason}", peer.pid);
                 let _ = wire::send(
                     fd.as_fd(),
-                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: "permission denied (uid)".into() },
+                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: format!("permission denied: {reason}") },
                     &[],
                 );
                 continue;
             }
             if let Err(r) = self.limits.check_connection(self.clients.len()) {
-                info!("client pid {} refused: {}", cred.pid(), r.reason);
+                info!("client pid {} refused: {}", peer.pid, r.reason);
                 let _ = wire::send(fd.as_fd(), &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason }, &[]);
                 continue;
             }
-            debug!("client pid {} connected", cred.pid());
+            debug!("client pid {} (uid {}) connected", peer.pid, peer.uid);
             self.clients.push(Client {
                 fd,
-                pid: cred.pid(),
+                pid: peer.pid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
                 deadline: Instant::now() + self.limits.handshake_timeout,
@@ -507,6 +568,10 @@ impl Server {
         if rev & libc::POLLIN == 0 {
             // HUP/ERR without data: the client is gone (exit, kill -9).
             return self.disconnect(fd, None);
+        }
+        if matches!(self.clients.iter().find(|c| c.fd.as_raw_fd() == fd), Some(c) if matches!(c.phase, Phase::Control | Phase::Subscribed))
+        {
+            return self.control_packet(fd);
         }
         // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -560,6 +625,19 @@ impl Server {
                     _ => self.device.params,
                 };
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
+                Ok(())
+            }
+            SocketMsg::ControlHello { version, name } if phase_hello => {
+                let c = &mut self.clients[i];
+                c.name = name;
+                if version != PROTOCOL_VERSION {
+                    let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
+                    self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
+                    return Err(Disconnect(reason));
+                }
+                c.phase = Phase::Control;
+                debug!("client pid {} ({}): control connection", c.pid, c.name);
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device.params });
                 Ok(())
             }
             SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality } if !phase_hello => {
@@ -710,6 +788,10 @@ impl Server {
                 (conv, remap, Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe)))
             }
         };
+        let mut stream = stream;
+        let c = &self.clients[i];
+        stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params));
+        self.notify(Target::Stream(id));
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);

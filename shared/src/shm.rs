@@ -11,7 +11,7 @@ use std::ptr::{self, NonNull};
 
 use crate::cursor;
 use crate::error::Violation;
-use crate::layout::{Cursor, Identity, Layout, PaddedU32, StreamHeader, Timing};
+use crate::layout::{ClientLine, Cursor, Identity, Layout, StreamHeader, Timing};
 use crate::msg::{Record, RECORD_BYTES};
 use crate::sync::Ordering;
 use crate::DecodeError;
@@ -205,7 +205,7 @@ impl StreamShm {
 
     /// The client's avail_min.
     #[must_use]
-    pub fn avail_min(&self) -> &PaddedU32 {
+    pub fn avail_min(&self) -> &ClientLine {
         // SAFETY: as in `audio_write`.
         unsafe { &*ptr::addr_of!((*self.header()).avail_min) }
     }
