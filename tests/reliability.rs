@@ -170,6 +170,15 @@ fn racing_clients_never_disturb_another_stream() {
     assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
     let n = disconnects.load(Ordering::Relaxed);
     eprintln!("racing clients: {rounds} hostile streams, {n} disconnected by the daemon");
+    let mut reasons: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("disconnecting"))
+        .filter_map(|l| l.split("): ").nth(1)?.split(" (value").next())
+        .collect();
+    reasons.sort_unstable();
+    for r in reasons.chunk_by(|a, b| a == b) {
+        eprintln!("  {} x {}", r.len(), r[0]);
+    }
     assert!(n >= 4, "the daemon disconnected only {n} of {rounds} hostile streams");
     assert!(log.contains("fill beyond ring capacity") || log.contains("cursor"), "no cursor violation logged:\n{log}");
 }
@@ -363,11 +372,15 @@ fn limits_refuse_with_a_reason_the_plugin_prints() {
     let r = run(cmd, Duration::from_secs(20));
     assert!(!r.status.success(), "aplay played past --max-clients");
     assert!(r.stderr.contains("too many clients") && r.stderr.contains("--max-clients 4"), "aplay said: {}", r.stderr);
+    eprintln!("aplay past --max-clients:\n{}", r.stderr.trim_end());
     let log = rig.daemon_log();
     for what in ["--max-clients 4", "--max-streams-per-client 2", "--max-client-shm 1 MiB"] {
         assert!(log.contains(what), "daemon log does not name {what}:\n{log}");
     }
     assert!(log.contains("limits: 4 clients, 2 streams and 1 MiB per client process"), "{log}");
+    for l in log.lines().filter(|l| l.contains("limits:") || l.contains("refused")) {
+        eprintln!("{l}");
+    }
 }
 
 /// Streams of the same process are counted together even over separate connections (the plugin
