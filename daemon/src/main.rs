@@ -180,8 +180,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
 
     let (nofile_before, nofile) = limits::raise_nofile();
+    // Each client may hold a socket and two eventfds; keep 64 descriptors for the daemon itself.
+    let fit = usize::try_from(nofile.saturating_sub(64) / 3).unwrap_or(usize::MAX).max(1);
+    if cli.max_clients > fit {
+        log::warn!("--max-clients {} lowered to {fit}: the descriptor limit is {nofile}", cli.max_clients);
+    }
     let lim = Limits {
-        max_clients: cli.max_clients.max(1),
+        max_clients: cli.max_clients.clamp(1, fit),
         max_streams_per_client: cli.max_streams_per_client.max(1),
         max_client_shm: cli.max_client_shm,
         handshake_timeout: cli.handshake_timeout.unwrap_or(Limits::default().handshake_timeout),
