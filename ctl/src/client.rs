@@ -41,7 +41,7 @@ impl Client {
         // while the refusal with its reason is still queued for us (as in the plugin's conn.rs).
         let sent = wire::send(fd.as_fd(), &hello, &[]);
         let pkt = match wire::recv(fd.as_fd()) {
-            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => wire::recv(fd.as_fd()),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECONNRESET as i32) => wire::recv(fd.as_fd()),
             r => r,
         };
         let answer = pkt.map(|p| (!p.bytes.is_empty()).then(|| SocketMsg::decode(&p.bytes)));
