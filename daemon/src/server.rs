@@ -26,8 +26,8 @@ use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
-use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::access::{Peer, Policy};
+use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::device::{Device, Request};
 use crate::limits::{AcceptGate, Limits};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
@@ -391,7 +391,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
-             wakeups sent {} skipped {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
+             wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -402,6 +402,7 @@ impl Server {
             g(&c.stream_underruns),
             g(&c.wakeups_sent),
             g(&c.wakeups_skipped),
+            g(&c.wakes_muted),
             g(&c.records_dropped),
             g(&c.captured_frames),
             g(&c.monitor_frames),
