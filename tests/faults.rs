@@ -208,6 +208,7 @@ fn vanished_card_comes_back_and_clients_play_on() {
     let log = rig.daemon_log();
     assert!(status.success(), "shmixd exited with {status}:\n{log}");
     assert!(log.contains("is back after"), "{log}");
+    assert_eq!((final_stat(&log, "lost"), final_stat(&log, "reopened")), (1, 1), "{log}");
     let dev_buffer = device_buffer(&log);
     let rec = rig.recording_s16();
     let pa = pieces_of(&channel(&rec, 2, 0), &sa, 1, "left: playing through the unplug");
@@ -247,6 +248,7 @@ fn sigterm_while_the_card_is_gone_exits_at_once() {
     assert!(!r.status.success(), "aplay succeeded although the daemon stopped:\n{}", r.stderr);
     assert!(client_took < Duration::from_millis(1500), "aplay took {client_took:?} to notice the daemon's exit");
     assert!(log.contains("still gone at shutdown"), "{log}");
+    assert_eq!((final_stat(&log, "lost"), final_stat(&log, "reopened")), (1, 0), "{log}");
 }
 
 /// `disconnect_at_ms`: the card's handle dies 1 s after it started (`-ENODEV`), but a new open
@@ -266,6 +268,7 @@ fn replugged_card_is_reopened_within_a_retry() {
     assert!(status.success(), "shmixd exited with {status}:\n{log}");
     let backs = log.matches("is back after").count();
     assert!(backs >= 1, "{log}");
+    assert!(final_stat(&log, "lost") >= 1 && final_stat(&log, "reopened") == backs as u64, "{log}");
     let dev_buffer = device_buffer(&log);
     let p = pieces_of(&rig.recording_s16(), &sound, 2, "replug");
     let lost = assert_in_order(&p, sound.len() / 2, dev_buffer, "replug");

@@ -33,6 +33,10 @@ pub struct Counters {
     pub device_xruns: AtomicU64,
     /// Device suspends (-ESTRPIPE) recovered.
     pub device_suspends: AtomicU64,
+    /// Times the device vanished (-ENODEV) and the streams were put to wait.
+    pub device_lost: AtomicU64,
+    /// Times a vanished device was reopened and the streams played on.
+    pub device_reopened: AtomicU64,
     /// Stream underruns (a running stream ran dry).
     pub stream_underruns: AtomicU64,
     /// Client eventfd writes (the client was asleep).

@@ -210,6 +210,7 @@ impl MixThread {
         }
         self.dev_nfds = 0;
         self.suspended = false;
+        self.core.counters().device_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -218,6 +219,7 @@ impl MixThread {
         let Some(dev) = self.reopen.as_mut().and_then(reopen::MixEnd::take_found) else { return Ok(()) };
         self.dev_nfds = dev.poll_count().min(MAX_DEVICE_FDS);
         self.device = Some(dev);
+        self.core.counters().device_reopened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.start_device()
     }
 
