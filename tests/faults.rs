@@ -395,3 +395,47 @@ fn clients_hold_still_while_the_card_is_gone() {
     let p = pieces_of(&channel(&rig.recording_s16(), 2, 0), &sound, 1, "probe through the unplug");
     assert_in_order(&p, n, device_buffer(&log), "probe through the unplug");
 }
+
+/// The card comes back with another setup (its config now says 44100 Hz): the streams were built
+/// for 48000 Hz, so the daemon closes it again, says why, and keeps the clients waiting; when the
+/// card comes back as before (config restored), it is reopened and the client plays on.
+#[test]
+fn card_back_with_another_setup_is_not_used() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::new(card, &[]);
+    let (wav, sound) = noise_wav(&rig, "noise.wav", 3.0, 101);
+    let start = Instant::now();
+    let mut a = spawn_aplay(&rig, &[], &wav);
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(&marker, b"").unwrap();
+    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    // alsa-lib rereads a config file at the next open when its inode or mtime (in whole
+    // seconds) changed: replace it by a new file.
+    let conf = std::fs::read_to_string(&rig.conf).unwrap();
+    assert!(conf.contains("rate 48000"), "{conf}");
+    let replace_conf = |text: &str| {
+        let tmp = rig.path("asound.conf.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &rig.conf).unwrap();
+    };
+    replace_conf(&conf.replace("rate 48000", "rate 44100"));
+    std::fs::remove_file(&marker).unwrap();
+    wait_for_log(&rig, "it came back as", 1, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card had the wrong setup");
+    assert!(!rig.daemon_log().contains("is back after"), "{}", rig.daemon_log());
+    replace_conf(&conf);
+    let r = finish(&mut a, start, Duration::from_secs(30));
+    r.assert_ok("aplay");
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert!(log.contains("is back after"), "{log}");
+    assert_eq!((final_stat(&log, "lost"), final_stat(&log, "reopened")), (1, 1), "{log}");
+    let why = log.lines().find(|l| l.contains("it came back as")).unwrap_or_default();
+    eprintln!("wrong setup: {why}");
+    let p = pieces_of(&rig.recording_s16(), &sound, 2, "through a wrong comeback");
+    assert_in_order(&p, sound.len() / 2, device_buffer(&log), "through a wrong comeback");
+}
