@@ -11,7 +11,7 @@ CONF_DIR ?= /etc/alsa/conf.d
 # (access tests run clients as another user).
 DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc systemd util-linux \
 	gstreamer1.0-tools gstreamer1.0-alsa gstreamer1.0-plugins-base libportaudio2 portaudio19-dev \
-	libsdl2-dev libopenal-dev libopenal1 ffmpeg
+	libsdl2-dev libopenal-dev libopenal1 ffmpeg tmux
 
 .PHONY: all deps build build-release test lint loom demo install uninstall clean
 

@@ -204,3 +204,283 @@ fn volume_is_remembered_per_program() {
     assert!(loud > RATE as usize, "the second aplay was not heard");
     assert!(second.iter().all(|&x| x == 0 || (i32::from(x) - 4000).abs() <= 1), "second aplay not at 25% throughout");
 }
+
+fn amixer(rig: &Rig, args: &[&str]) -> String {
+    let r = run(
+        {
+            let mut c = rig.cmd("amixer");
+            c.args(["-D", "shmix"]).args(args);
+            c
+        },
+        Duration::from_secs(10),
+    );
+    r.assert_ok(&format!("amixer {}", args.join(" ")));
+    r.stdout
+}
+
+/// The value amixer's `cget` prints (`: values=N`).
+fn cget(rig: &Rig, name: &str) -> String {
+    let out = amixer(rig, &["cget", &format!("name={name}")]);
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(": values="))
+        .unwrap_or_else(|| panic!("no values in amixer cget output:\n{out}"))
+        .to_string()
+}
+
+/// `amixer -D shmix sset Master 50%` and `amixer cget` round-trip with `shmixctl --json`, both
+/// ways, for the playback mix and the capture path; and the master volume halves what the card
+/// plays.
+#[test]
+fn amixer_and_shmixctl_round_trip() {
+    let rig = Rig::new(Card::default(), &[]);
+    let controls = amixer(&rig, &["controls"]);
+    for name in ["Master Playback Volume", "Master Playback Switch", "Capture Volume", "Capture Switch"] {
+        assert!(controls.contains(&format!("name='{name}'")), "{name} missing:\n{controls}");
+    }
+    amixer(&rig, &["sset", "Master", "50%"]);
+    let st = ctl_json(&rig, &["stats", "--json"]);
+    assert_eq!(st["master"]["volume"], 0.5, "{st}");
+    assert_eq!(st["master"]["volume_db"], -6.02, "{st}");
+    assert_eq!(cget(&rig, "Master Playback Volume"), "32768");
+    amixer(&rig, &["sset", "Master", "mute"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["master"]["muted"], true);
+    assert_eq!(cget(&rig, "Master Playback Switch"), "off");
+    // And the other way round.
+    ctl_ok(&rig, &["mute", "master", "off"]);
+    assert_eq!(cget(&rig, "Master Playback Switch"), "on");
+    ctl_ok(&rig, &["volume", "master", "25%"]);
+    assert_eq!(cget(&rig, "Master Playback Volume"), "16384");
+    ctl_ok(&rig, &["volume", "capture", "-6.02dB"]);
+    assert_eq!(cget(&rig, "Capture Volume"), "32770");
+    amixer(&rig, &["cset", "name=Capture Switch", "off"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["capture"]["muted"], true);
+    let sget = amixer(&rig, &["sget", "Master"]);
+    assert!(sget.contains("[25%]") && sget.contains("[on]"), "{sget}");
+
+    // The master volume on the card: 50% halves a constant signal exactly (within rounding).
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    let wav = rig.path("dc.wav");
+    write_wav(&wav, 2, RATE, &dc(1.0, 20000, -20000));
+    wait_ok(aplay(&rig, &wav), "aplay");
+    let rec = rig.recording_s16();
+    let left = channel(&rec, 2, 0);
+    let right = channel(&rec, 2, 1);
+    let heard = left.iter().filter(|&&x| x != 0).count();
+    assert!(heard >= RATE as usize * 99 / 100, "only {heard} frames heard");
+    assert!(left.iter().all(|&x| x == 0 || x == 10000), "left not at half: {:?}", &left[..16]);
+    assert!(right.iter().all(|&x| x == 0 || x == -10000), "right not at half");
+}
+
+/// Changes made with `shmixctl` reach a running ALSA control client as events (what makes a
+/// running alsamixer redraw): `amixer events` prints them.
+#[test]
+fn shmixctl_changes_are_alsa_control_events() {
+    let rig = Rig::new(Card::default(), &[]);
+    let mut ev = rig
+        .cmd("stdbuf")
+        .args(["-oL", "amixer", "-D", "shmix", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn amixer events");
+    std::thread::sleep(Duration::from_millis(500));
+    ctl_ok(&rig, &["volume", "master", "30%"]);
+    ctl_ok(&rig, &["mute", "capture", "on"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(ev.id() as i32, libc::SIGINT) };
+    let r = finish(&mut ev, Instant::now(), Duration::from_secs(10));
+    let out = r.stdout;
+    // `event add` lines come from the element list at start; value changes are `event value`.
+    let value_event =
+        |name: &str| out.lines().any(|l| l.starts_with("event value:") && l.contains(&format!("'{name}'")));
+    assert!(value_event("Master Playback Volume"), "no event for the master volume:\n{out}\n{}", r.stderr);
+    assert!(value_event("Capture Switch"), "no event for the capture switch:\n{out}");
+}
+
+fn tmux(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("tmux").arg("-S").arg(sock).args(args).output().expect("tmux (in DEB_PACKAGES) must be installed")
+}
+
+/// `shmixctl top` in a real terminal (tmux): it shows the playing streams with level meters and
+/// the device channels, refreshes, and quits cleanly on `q`.
+#[test]
+fn top_shows_streams_and_quits_on_q() {
+    let rig = Rig::new(Card::default(), &[]);
+    let wav = rig.path("dc.wav");
+    write_wav(&wav, 2, RATE, &dc(6.0, 16384, 16384));
+    let child = aplay(&rig, &wav);
+    let s = wait_running(&rig, 1);
+    let tsock = rig.path("tmux.sock");
+    let done = rig.path("top.exit");
+    let cmd = format!(
+        "ALSA_CONFIG_PATH='{}' '{}' --socket '{}' top --interval-ms 100; echo $? > '{}'",
+        rig.alsa_config_path(),
+        artifacts_dir().join("shmixctl").display(),
+        rig.sock.display(),
+        done.display()
+    );
+    let o = tmux(&tsock, &["new-session", "-d", "-x", "150", "-y", "40", "sh", "-c", &format!("{cmd}; sleep 30")]);
+    assert!(o.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&o.stderr));
+    let capture = || String::from_utf8_lossy(&tmux(&tsock, &["capture-pane", "-p"]).stdout).to_string();
+    // The stream shows with its pid, program and a meter at -6 dB.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut screen = capture();
+    while !(screen.contains(&format!("{}", child.id())) && screen.contains("-6.0 dB")) {
+        assert!(Instant::now() < deadline, "top never showed the stream {s:?}:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+        screen = capture();
+    }
+    assert!(screen.contains("aplay") && screen.contains("running"), "{screen}");
+    assert!(screen.contains("ch0") && screen.contains("ch1") && screen.contains('#'), "no device meters:\n{screen}");
+    // It refreshes: the cycle count moves.
+    let cycles = |s: &str| s.split("cycles ").nth(1).and_then(|t| t.split_whitespace().next()).map(str::to_owned);
+    let before = cycles(&screen);
+    std::thread::sleep(Duration::from_millis(400));
+    let after = capture();
+    assert_ne!(before, cycles(&after), "top did not refresh:\n{after}");
+    // `q` quits with status 0 and gives the terminal back.
+    tmux(&tsock, &["send-keys", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "top did not quit on q:\n{}", capture());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(std::fs::read_to_string(&done).unwrap().trim(), "0", "top's exit status");
+    let _ = tmux(&tsock, &["kill-server"]);
+    wait_ok(child, "aplay");
+}
+
+/// `Capture Volume` at 50% (set through the ALSA control) halves what `arecord -D shmix`
+/// records from the card; `Capture Switch` off records silence.
+#[test]
+fn capture_volume_and_switch_apply_to_recordings() {
+    let n = 6 * RATE as usize;
+    let src = interleave(&[vec![20000i16; n], vec![-16000i16; n]]);
+    let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let rig = Rig::with_capture(Card::default(), &[], Some(&bytes));
+    amixer(&rig, &["cset", "name=Capture Volume", "32768"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["capture"]["volume"], 0.5);
+    let rec = |name: &str| {
+        let out = rig.path(name);
+        let mut c = rig.cmd("arecord");
+        c.args(["-q", "-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "1"]).arg(&out);
+        run(c, Duration::from_secs(20)).assert_ok("arecord");
+        let b = std::fs::read(&out).unwrap();
+        b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect::<Vec<i16>>()
+    };
+    // While recording, the stream is listed with its level after the capture volume:
+    // 20000 * 0.5 = 10000 = -10.31 dBFS.
+    let mut c = rig.cmd("arecord");
+    c.args(["-q", "-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "2"])
+        .arg(rig.path("listed.raw"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let listed = c.spawn().expect("spawn arecord");
+    let s = wait_running(&rig, 1);
+    assert_eq!(s[0]["direction"], "capture", "{s:?}");
+    assert_eq!(s[0]["pid"], listed.id(), "{s:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let s = running(&rig);
+    assert!((s[0]["peak_db"].as_f64().unwrap() + 10.31).abs() < 0.05, "{s:?}");
+    wait_ok(listed, "arecord");
+    let half = rec("half.raw");
+    let (l, r) = (channel(&half, 2, 0), channel(&half, 2, 1));
+    let heard = l.iter().filter(|&&x| x != 0).count();
+    assert!(heard > RATE as usize * 8 / 10, "only {heard} frames recorded");
+    assert!(l.iter().all(|&x| x == 0 || x == 10000), "left not halved: {:?}", &l[..8]);
+    assert!(r.iter().all(|&x| x == 0 || x == -8000), "right not halved: {:?}", &r[..8]);
+    amixer(&rig, &["cset", "name=Capture Switch", "off"]);
+    let muted = rec("muted.raw");
+    assert!(muted.len() >= RATE as usize, "short recording");
+    assert!(muted.iter().all(|&x| x == 0), "sound recorded with the capture switch off");
+}
+
+/// A running `alsamixer -D shmix` (in tmux) redraws when `shmixctl` changes the master volume:
+/// the control events reach it through the plugin's poll descriptor.
+#[test]
+fn running_alsamixer_follows_shmixctl() {
+    let rig = Rig::new(Card::default(), &[]);
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    let tsock = rig.path("tmux.sock");
+    let cmd = format!("ALSA_CONFIG_PATH='{}' alsamixer -D shmix", rig.alsa_config_path());
+    let o = tmux(&tsock, &["new-session", "-d", "-x", "80", "-y", "24", "sh", "-c", &cmd]);
+    assert!(o.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&o.stderr));
+    let capture = || String::from_utf8_lossy(&tmux(&tsock, &["capture-pane", "-p"]).stdout).to_string();
+    // The volume's number sits on the line above "< Master >".
+    let shown = |screen: &str| -> Option<String> {
+        let lines: Vec<&str> = screen.lines().collect();
+        let i = lines.iter().position(|l| l.contains("< Master >"))?;
+        Some(lines[i.checked_sub(1)?].trim_matches(|c: char| !c.is_ascii_digit()).to_string())
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = capture();
+            if shown(&screen).as_deref() == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "alsamixer never showed {want}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("50");
+    ctl_ok(&rig, &["volume", "master", "20%"]);
+    wait_for("20");
+    let _ = tmux(&tsock, &["send-keys", "Escape"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = tmux(&tsock, &["kill-server"]);
+}
+
+/// A control client that sends garbage (unknown tag, NaN or out-of-range volume, truncated,
+/// trailing bytes, an oversized packet, a stream message) is disconnected with a logged reason;
+/// the daemon and its volumes are unaffected.
+#[test]
+fn bad_control_requests_disconnect_only_that_client() {
+    use shmix_shared::control::{self, Request, Target};
+    use shmix_shared::socket as wire;
+    use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
+    use std::os::fd::AsFd;
+
+    let rig = Rig::new(Card::default(), &[]);
+    let hello = || {
+        let fd = crate::hostile::seqpacket(&rig.sock);
+        let msg = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: "hostile".into() };
+        wire::send(fd.as_fd(), &msg, &[]).unwrap();
+        let p = wire::recv(fd.as_fd()).unwrap();
+        assert!(matches!(SocketMsg::decode(&p.bytes), Ok(SocketMsg::Welcome { .. })), "{p:?}");
+        fd
+    };
+    let vol = |bits: u32| {
+        let mut b = Request::SetVolume { target: Target::Master, volume: 0.5 }.encode();
+        b[12..16].copy_from_slice(&bits.to_le_bytes());
+        b
+    };
+    let mut trailing = Request::List.encode();
+    trailing.push(7);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown tag", 0xdead_u32.to_le_bytes().to_vec()),
+        ("NaN volume", vol(f32::NAN.to_bits())),
+        ("volume 2.0", vol(2.0f32.to_bits())),
+        ("negative volume", vol((-0.5f32).to_bits())),
+        ("truncated", Request::SetVolume { target: Target::Master, volume: 0.5 }.encode()[..6].to_vec()),
+        ("trailing bytes", trailing),
+        ("oversized", vec![0u8; control::MAX_CONTROL_PACKET_BYTES + 100]),
+        ("stream message", SocketMsg::DestroyStream.encode()),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let fd = hello();
+        control::send_packet(fd.as_fd(), &bytes).unwrap();
+        let r = control::recv_packet(fd.as_fd());
+        assert!(matches!(&r, Ok(b) if b.is_empty()) || r.is_err(), "{what}: still connected, got {r:?}");
+        let st = ctl_json(&rig, &["stats", "--json"]);
+        assert_eq!(st["master"]["volume"], 1.0, "{what}: {st}");
+    }
+    let log = rig.daemon_log();
+    assert!(log.contains("bad control packet"), "no reason logged:\n{log}");
+    // A well-behaved control client on the same daemon still works.
+    ctl_ok(&rig, &["volume", "master", "50%"]);
+    assert_eq!(ctl_json(&rig, &["stats", "--json"])["master"]["volume"], 0.5);
+}

@@ -3,7 +3,11 @@
 //! RT: no.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
 use anyhow::bail;
 use shmix_shared::control::{self, Reply, Request, Stats, StreamInfo};
@@ -11,32 +15,26 @@ use shmix_shared::control::{self, Reply, Request, Stats, StreamInfo};
 use crate::client::Client;
 
 /// Width of a level meter in characters.
-const METER_CHARS: usize = 30;
+const METER_CHARS: usize = 24;
 /// The meter's floor.
 const METER_FLOOR_DB: f64 = -60.0;
 
 /// The terminal in raw mode (no echo, no line buffering) on the alternate screen while alive.
 struct RawTerm {
-    saved: Option<libc::termios>,
+    saved: Option<Termios>,
 }
 
 impl RawTerm {
     fn enter() -> Self {
-        let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr fills `t` on success; we only read it then.
-        let saved = if unsafe { libc::tcgetattr(0, t.as_mut_ptr()) } == 0 {
-            // SAFETY: initialised by the successful tcgetattr above.
-            let saved = unsafe { t.assume_init() };
-            let mut raw = saved;
-            raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
-            raw.c_cc[libc::VMIN] = 0;
-            raw.c_cc[libc::VTIME] = 0;
-            // SAFETY: `raw` is a valid termios derived from the current one.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) };
-            Some(saved)
-        } else {
-            None
-        };
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut raw = saved.clone();
+            raw.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG);
+            raw.control_chars[SpecialCharacterIndices::VMIN as usize] = 0;
+            raw.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+            let _ = termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        }
         print!("\x1b[?1049h\x1b[?25l");
         let _ = std::io::stdout().flush();
         Self { saved }
@@ -47,31 +45,29 @@ impl Drop for RawTerm {
     fn drop(&mut self) {
         print!("\x1b[?25h\x1b[?1049l");
         let _ = std::io::stdout().flush();
-        if let Some(t) = self.saved {
-            // SAFETY: restores the termios saved in `enter`.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        if let Some(t) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, t);
         }
     }
 }
 
-/// Waits up to `d` for a key; true when it asks to quit.
+/// Waits up to `d` for a key; true when it asks to quit (or stdin is gone).
 fn quit_key(d: Duration) -> bool {
-    let mut p = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
-    let ms = d.as_millis().min(60_000) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(d.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::NONE);
+    if !matches!(poll(&mut fds, ms), Ok(n) if n > 0) {
         return false;
     }
-    if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 && p.revents & libc::POLLIN == 0 {
-        return true;
+    let rev = fds[0].revents().unwrap_or(PollFlags::empty());
+    if !rev.contains(PollFlags::POLLIN) {
+        return rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL);
     }
     let mut buf = [0u8; 64];
-    // SAFETY: reads at most 64 bytes into `buf`.
-    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-    if n == 0 {
-        return true; // stdin closed
+    match nix::unistd::read(&stdin, &mut buf) {
+        Ok(0) | Err(_) => true, // stdin closed
+        Ok(n) => buf[..n].iter().any(|&b| matches!(b, b'q' | b'Q' | 3 | 27)),
     }
-    n > 0 && buf[..n as usize].iter().any(|&b| matches!(b, b'q' | b'Q' | 3 | 27))
 }
 
 fn meter(level: f32) -> String {
@@ -87,8 +83,8 @@ fn render(stats: &Stats, list: &[StreamInfo]) -> String {
     let cpu = if stats.uptime_ns > 0 { stats.mix_cpu_ns as f64 * 100.0 / stats.uptime_ns as f64 } else { 0.0 };
     let mut s = String::from("\x1b[H\x1b[2J");
     s.push_str(&format!(
-        "shmixctl top - device {} {} Hz {} ch, period {} | streams {} clients {} | cycles {} xruns {} | \
-         wakeups {}/{} skipped | mix CPU {cpu:.2}%   (q quits)\r\n",
+        "shmixctl top - device {} {} Hz {} ch, period {} | streams {} clients {}   (q quits)\r\n\
+         cycles {} | device xruns {} | wakeups sent {} skipped {} | mix thread CPU {cpu:.2}%\r\n",
         d.format.name(),
         d.rate,
         d.channels,
@@ -117,7 +113,7 @@ fn render(stats: &Stats, list: &[StreamInfo]) -> String {
     ));
     for st in list {
         let p = &st.params;
-        let fmt = format!("{} {}/{}", p.format.name(), p.rate / 1000, p.channels);
+        let fmt = format!("{} {:.1}k/{}", p.format.name(), f64::from(p.rate) / 1000.0, p.channels);
         let vol = if st.muted { "muted".to_string() } else { format!("{:.0}%", f64::from(st.volume) * 100.0) };
         s.push_str(&format!(
             "{:>4} {:>7} {:<15} {:<8} {:<14} {:>6.1} ms {:>5} {:>6} {:<9} {}\r\n",

@@ -150,9 +150,7 @@ impl DeviceCtl {
 
     /// Called once by the mix thread before its loop: records its thread id.
     pub fn note_mix_thread(&self) {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        self.mix_tid.store(tid, Ordering::Relaxed);
+        self.mix_tid.store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
     }
 
     /// CPU time the mix thread has used (ns), from `/proc/self/task/TID/schedstat`.

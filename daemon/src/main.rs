@@ -33,8 +33,9 @@ struct Cli {
     /// (socket activation: LISTEN_FDS)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// System-wide daemon for headless machines: listen on /run/shmix/socket (directory 0750,
-    /// socket 0660, both in --group) and admit the members of --group besides the daemon's uid
+    /// System-wide daemon for headless machines: listen on /run/shmix/socket (socket 0660 in
+    /// --group; a directory it has to create 0750 in --group) and admit the members of --group
+    /// besides the daemon's uid and root
     #[arg(long)]
     system: bool,
     /// The group --system mode admits (a name or a gid)
@@ -210,12 +211,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     let policy = match group {
         Some(g) => {
-            info!(
-                "system mode: admitting uid {} and root, and members of group '{}' (gid {})",
-                access::Policy::user().uid,
-                g.name,
-                g.gid
-            );
+            let uid = access::Policy::user().uid;
+            let who = if uid == 0 { "root".to_string() } else { format!("uid {uid} and root") };
+            info!("system mode: admitting {who}, and members of group '{}' (gid {})", g.name, g.gid);
             access::Policy::system(g)
         }
         None => access::Policy::user(),

@@ -571,12 +571,18 @@ impl MixCore {
         self.master.set(self.dctl.master.gain());
         let capture = self.dctl.capture.gain();
         for s in &mut self.streams {
-            let g = s.ctl.volume.gain();
-            match (s.dir, s.rec.as_mut()) {
-                (Direction::Playback, _) => s.pipe.set_gain(g),
-                (Direction::Capture, Some(r)) => r.set_gain(g * capture),
-                (_, Some(r)) => r.set_gain(g),
-                (_, None) => {}
+            // A stream that is not playing or recording takes the new gain at once (nothing to
+            // click); one that is ramps to it.
+            let live = s.active() || s.recording(s.dir);
+            let g = match s.dir {
+                Direction::Capture => s.ctl.volume.gain() * capture,
+                _ => s.ctl.volume.gain(),
+            };
+            match s.rec.as_mut() {
+                None if live => s.pipe.set_gain(g),
+                None => s.pipe.jump_gain(g),
+                Some(r) if live => r.set_gain(g),
+                Some(r) => r.jump_gain(g),
             }
         }
     }
@@ -599,9 +605,11 @@ impl MixCore {
                 l.set(std::mem::take(m));
             }
             for s in &mut self.streams {
-                if s.dir == Direction::Playback {
-                    s.ctl.peak.set(s.pipe.take_peak());
-                }
+                let p = match s.rec.as_mut() {
+                    Some(r) => r.take_peak(),
+                    None => s.pipe.take_peak(),
+                };
+                s.ctl.peak.set(p);
             }
         }
     }
@@ -689,8 +697,10 @@ impl MixCore {
         }
     }
 
-    /// Handles every stream's queued control records.
+    /// Handles every stream's queued control records (after picking up volume changes, so a
+    /// stream that starts now starts at its gain).
     pub fn process_records(&mut self) {
+        self.apply_controls();
         for s in &mut self.streams {
             s.process_records(&self.counters);
         }
@@ -714,7 +724,10 @@ impl MixCore {
         let device_pos = self.device_pos;
         let single = if active == 1 { self.streams.iter_mut().find(|s| s.active()) } else { None };
         match single {
-            None if active == 0 => convert::silence(self.format, out),
+            None if active == 0 => {
+                convert::silence(self.format, out);
+                self.master.advance(frames);
+            }
             // Fast path: the ring's bytes are already what the device wants.
             Some(s) if s.pipe.is_passthrough() && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;
@@ -836,7 +849,10 @@ impl MixCore {
             match s.state {
                 State::Running | State::Draining => {
                     let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    // A stream that just started sits behind what the device already held: its
+                    // queued frames start to play (and its delay to shrink) only after that.
+                    let ts = now_ns.saturating_add(s.pipe.lead_ns(u64::from(device_queued)));
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);

@@ -366,6 +366,14 @@ impl Gain {
         self.now.max(self.target)
     }
 
+    /// Moves the ramp on by `frames` frames without applying it (nothing was playing). RT: yes.
+    pub fn advance(&mut self, frames: usize) {
+        let n = self.ramp_left.min(frames);
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
     /// Scales `frames` interleaved frames of `channels` samples in place, ramping. RT: yes.
     pub fn apply(&mut self, buf: &mut [f32], channels: usize) {
         let mut frames = buf.chunks_exact_mut(channels.max(1));
@@ -435,6 +443,8 @@ pub struct Pipeline {
     rs_len: usize,
     /// Device frames emitted since the last restart.
     out_total: u64,
+    /// The device's rate (Hz).
+    dev_rate: u32,
     gain: Gain,
     /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
     peak: f32,
@@ -538,6 +548,7 @@ impl Pipeline {
             rs_pos: 0,
             rs_len: 0,
             out_total: 0,
+            dev_rate: d.rate,
             gain: Gain::new(ramp),
             peak: 0.0,
         })
@@ -650,6 +661,16 @@ impl Pipeline {
         let heard_out = (self.out_total - dq) as f64 - self.delay as f64;
         let heard_in = (heard_out.max(0.0) / self.ratio).floor() as u64;
         consumed_total.saturating_sub(heard_in)
+    }
+
+    /// How long after now the device starts playing what this stream gave it: the device frames
+    /// queued ahead of all of them (what the device held when the stream started: silence or
+    /// other material), in nanoseconds; 0 once the stream's frames reach the head of the device
+    /// queue. Until then the stream's delay does not shrink. RT: yes.
+    #[must_use]
+    pub fn lead_ns(&self, device_queued: u64) -> u64 {
+        let ahead = device_queued.saturating_sub(self.out_total);
+        ahead.saturating_mul(1_000_000_000) / u64::from(self.dev_rate.max(1))
     }
 
     /// Device frames -> stream frames (rounded up).
@@ -781,6 +802,8 @@ pub struct RecordPipe {
     rs_out: Vec<f32>,
     out: Vec<u8>,
     gain: Gain,
+    /// Peak absolute sample delivered since the last `take_peak` (after the gain).
+    peak: f32,
 }
 
 impl fmt::Debug for RecordPipe {
@@ -829,7 +852,14 @@ impl RecordPipe {
             rs_out: vec![0.0; max_out * sc],
             out: vec![0; max_out * frame_bytes],
             gain: Gain::new((u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize),
+            peak: 0.0,
         })
+    }
+
+    /// The recording's peak since the last call (after its gain), and restarts the window.
+    /// RT: yes.
+    pub fn take_peak(&mut self) -> f32 {
+        std::mem::take(&mut self.peak)
     }
 
     /// Sets the recording's gain (stream volume x capture volume; ramped). RT: yes.
@@ -898,6 +928,9 @@ impl RecordPipe {
         let (dc, sc) = (self.dc, self.sc);
         let k = (src.len() / self.dev_frame_bytes).min(self.period);
         if self.passthrough && self.gain.is_unity() {
+            // Metering only: the bytes go out unchanged.
+            (self.decode)(&src[..k * self.dev_frame_bytes], &mut self.dec[..k * dc]);
+            self.peak = self.peak.max(peak_of(&self.dec[..k * dc]));
             return &src[..k * self.dev_frame_bytes];
         }
         if self.resampler.is_none() {
@@ -905,6 +938,7 @@ impl RecordPipe {
             let dst = &mut self.pend[..k * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, k, &mut self.gain);
+            self.peak = self.peak.max(peak_of(dst));
             (self.encode)(&self.pend[..k * sc], &mut self.out[..k * self.frame_bytes]);
             return &self.out[..k * self.frame_bytes];
         }
@@ -917,6 +951,7 @@ impl RecordPipe {
             let dst = &mut self.pend[self.pend_len * sc..(self.pend_len + m) * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, m, &mut self.gain);
+            self.peak = self.peak.max(peak_of(dst));
             self.pend_len += m;
             i += m;
             if self.pend_len == self.period {

@@ -689,6 +689,22 @@ fn volume_mute_and_metering_do_not_allocate() {
         core.add(s).unwrap();
         clients.push(c);
     }
+    // Recorders: a bit-exact capture stream, a converted one and a monitor, under capture
+    // volume and mute changes.
+    let dev = device(SampleFormat::S16Le);
+    let conv = StreamSpec { format: SampleFormat::S32Le, rate: 96_000, ..s16_stereo() };
+    let mut recs = Vec::new();
+    for (i, (dir, spec)) in
+        [(Direction::Capture, s16_stereo()), (Direction::Capture, conv), (Direction::Monitor, s16_stereo())]
+            .into_iter()
+            .enumerate()
+    {
+        let (r, s) = make_recorder(20 + i as u32, dir, 2048, &spec, &dev);
+        ctls.push(Arc::clone(s.ctl()));
+        core.add(s).unwrap();
+        recs.push(r);
+    }
+    let mut cap = vec![0u8; PERIOD * 4];
     let fb = (2 * CHANNELS) as usize;
     let mut out = vec![0u8; PERIOD * fb];
     let allocs_before = audit::thread_rt_allocations();
@@ -702,8 +718,14 @@ fn volume_mute_and_metering_do_not_allocate() {
             }
         }
         // The control thread's side: volume and mute changes at random moments.
+        for b in cap.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        if rng.chance(35) {
+            dctl.capture.set_muted(!dctl.capture.muted());
+        }
         if rng.chance(20) {
-            let s = &ctls[(rng.next() % 3) as usize];
+            let s = &ctls[(rng.next() % ctls.len() as u64) as usize];
             s.volume.set_volume((rng.next() % 101) as f32 / 100.0);
         }
         if rng.chance(40) {
@@ -725,10 +747,18 @@ fn volume_mute_and_metering_do_not_allocate() {
         core.after_wake(|_| false);
         core.process_records();
         let n = core.mix(&mut out, p as u64);
+        core.capture(&cap, 4, p as u64);
         core.publish_timing(512, p as u64);
+        core.publish_capture_timing(0, p as u64);
         let violated = core.take_violated();
         audit::set_in_rt(false);
         assert!(violated.is_none());
+        for r in &mut recs {
+            r.read_all(false);
+            if r.records().iter().any(|rec| matches!(rec, Record::Xrun { .. })) {
+                r.start();
+            }
+        }
         assert_eq!(n, PERIOD);
         if dctl.master.muted() {
             muted_for += 1;

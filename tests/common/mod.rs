@@ -95,6 +95,11 @@ pcm.shmix_monitor {{
     socket "{sock}"
     monitor true
 }}
+ctl_type.shmix {{ lib "{plugin}" }}
+ctl.shmix {{
+    type shmix
+    socket "{sock}"
+}}
 "#,
             plugin = art.join("libasound_module_pcm_shmix.so").display(),
             vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
