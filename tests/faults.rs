@@ -441,3 +441,127 @@ fn card_back_with_another_setup_is_not_used() {
     let p = pieces_of(&rig.recording_s16(), &sound, 2, "through a wrong comeback");
     assert_in_order(&p, sound.len() / 2, device_buffer(&log), "through a wrong comeback");
 }
+
+/// `shmixctl --socket S stats --json`.
+fn stats_json(rig: &Rig) -> serde_json::Value {
+    let mut c = rig.cmd(artifacts_dir().join("shmixctl"));
+    c.arg("--socket").arg(&rig.sock).args(["stats", "--json"]);
+    let r = run(c, Duration::from_secs(10));
+    r.assert_ok("shmixctl stats --json");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{}", r.stdout))
+}
+
+/// The (present, lost, reopened) device fields of `shmixctl stats --json`.
+fn device_state(rig: &Rig) -> (bool, u64, u64) {
+    let v = stats_json(rig);
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
+    (
+        v["device_present"].as_bool().unwrap_or_else(|| panic!("no device_present in {v}")),
+        n("device_lost"),
+        n("device_reopened"),
+    )
+}
+
+/// Checks that the pieces of a recording are stretches of its source in order: each starts at
+/// or after the previous one's end (nothing repeated or reordered) and skips at most `max_loss`
+/// frames of it. Returns the frames skipped in all.
+fn assert_ordered(p: &[Piece], max_loss: usize, what: &str) -> usize {
+    assert!(!p.is_empty(), "{what}: nothing recorded");
+    let mut lost = 0;
+    for w in p.windows(2) {
+        let end = w[0].sound_at + w[0].len;
+        assert!(w[1].sound_at >= end, "{what}: a stretch is repeated or out of order: {p:?}");
+        let gap = w[1].sound_at - end;
+        assert!(gap <= max_loss, "{what}: {gap} frames lost at one discontinuity (max {max_loss}): {p:?}");
+        lost += gap;
+    }
+    lost
+}
+
+/// The card is pulled out for about 2 s while `arecord -D shmix` records its capture side
+/// (`capture_file`, which the card continues where it was when it comes back:
+/// `capture_continue`) and `arecord -D shmix_monitor` records what `aplay -D shmix` plays. All
+/// three wait while it is gone and go on when it is back; all exit 0. The capture recording is
+/// the capture file in order (no stretch repeated, no garbage), at most the device's buffer
+/// skipped at the unplug; the monitor recording is the played sound in order, likewise; `shmixctl
+/// stats --json` says `device_present` false, `device_lost` 1 while the card is gone, and
+/// `device_present` true, `device_reopened` 1 after.
+#[test]
+fn recorders_wait_for_a_vanished_card_and_continue() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let n_cap = 10 * RATE as usize;
+    let cap_sound = interleave(&[noise(111, n_cap, 30000), noise(112, n_cap, 30000)]);
+    let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let card = Card {
+        extra: vec![format!("gone_file \"{}\"", marker.display()), "capture_continue true".into()],
+        ..Default::default()
+    };
+    let mut rig = Rig::with_capture(card, &[], Some(&cap_bytes));
+    let (wav, sound) = noise_wav(&rig, "noise.wav", 4.0, 113);
+    let cap_out = rig.path("capture.out");
+    let mon_out = rig.path("monitor.out");
+    let arecord = |dev: &str, out: &Path| {
+        let mut c = rig.cmd("arecord");
+        c.args(["-D", dev, "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "3"]).arg(out);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("spawn arecord")
+    };
+    let start = Instant::now();
+    let mut play = spawn_aplay(&rig, &[], &wav);
+    let mut cap = arecord("shmix", &cap_out);
+    let mut mon = arecord("shmix_monitor", &mon_out);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(device_state(&rig), (true, 0, 0));
+    std::fs::write(&marker, b"").unwrap();
+    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    let gone_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = device_state(&rig);
+    std::thread::sleep(Duration::from_millis(1000));
+    for (c, what) in [(&mut play, "aplay"), (&mut cap, "arecord"), (&mut mon, "arecord (monitor)")] {
+        assert!(c.try_wait().unwrap().is_none(), "{what} ended while the card was gone");
+    }
+    std::fs::remove_file(&marker).unwrap();
+    let gone_for = gone_at.elapsed().as_secs_f64();
+    let rc = finish(&mut cap, start, Duration::from_secs(30));
+    let rm = finish(&mut mon, start, Duration::from_secs(30));
+    let rp = finish(&mut play, start, Duration::from_secs(30));
+    rc.assert_ok("arecord -D shmix through the unplug");
+    rm.assert_ok("arecord -D shmix_monitor through the unplug");
+    rp.assert_ok("aplay through the unplug");
+    let after = device_state(&rig);
+    assert_eq!(during, (false, 1, 0), "shmixctl stats while the card was gone");
+    assert_eq!(after, (true, 1, 1), "shmixctl stats after the card came back");
+    let wall = rc.wall.as_secs_f64();
+    assert!(
+        wall >= 3.0 + gone_for - 0.5 && wall <= 3.0 + gone_for + 3.0,
+        "arecord took {wall:.3} s, gone {gone_for:.3} s"
+    );
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert!(log.contains("capture device 'card' is back"), "{log}");
+    assert_eq!((final_stat(&log, "capture-lost"), final_stat(&log, "capture-reopened")), (1, 1), "{log}");
+    let dev_buffer = device_buffer(&log);
+    let rec = std::fs::read(&cap_out).unwrap();
+    let rec: Vec<i16> = rec.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(rec.len(), 3 * RATE as usize * 2, "arecord -d 3 recorded {} samples", rec.len());
+    let pc = pieces_of(&rec, &cap_sound, 2, "capture through the unplug");
+    let lost_c = assert_ordered(&pc, dev_buffer, "capture through the unplug");
+    assert!(pc.len() <= 2, "more than one discontinuity in the capture: {pc:?}");
+    let recorded: usize = pc.iter().map(|p| p.len).sum();
+    assert!(
+        recorded + dev_buffer * 2 >= 3 * RATE as usize,
+        "only {recorded} frames of the capture file recorded: {pc:?}"
+    );
+    let mon = std::fs::read(&mon_out).unwrap();
+    let mon: Vec<i16> = mon.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    let pm = pieces_of(&mon, &sound, 2, "monitor through the unplug");
+    let lost_m = assert_ordered(&pm, dev_buffer, "monitor through the unplug");
+    eprintln!(
+        "recorders through an unplug of {gone_for:.2} s: capture pieces {pc:?} ({lost_c} frames skipped), monitor pieces \
+         {pm:?} ({lost_m} skipped); stats while gone {during:?}, after {after:?}"
+    );
+}
