@@ -565,3 +565,104 @@ fn recorders_wait_for_a_vanished_card_and_continue() {
          {pm:?} ({lost_m} skipped); stats while gone {during:?}, after {after:?}"
     );
 }
+
+/// aplay's end coincides with an outage: the card is pulled out as soon as `shmixctl list` shows
+/// aplay's stream draining (its last 500 ms buffer queued) and stays out for 2.5 s, longer than
+/// the drain's own bound (the queued audio plus 1 s). While the daemon says the device is gone
+/// (`DEVICE_WAITING` in the stream's timing flags) the plugin's drain does not count the time:
+/// it waits, the card comes back, the end plays. aplay exits 0 without a drain timeout, took
+/// about the sound plus the outage, and the whole sound is on the card in order with at most
+/// the device's buffer lost at the unplug.
+#[test]
+fn drain_waits_for_a_vanished_card() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::new(card, &[]);
+    let secs = 2.0;
+    let (wav, sound) = noise_wav(&rig, "noise.wav", secs, 121);
+    let start = Instant::now();
+    let mut a = spawn_aplay(&rig, &["-B", "500000"], &wav);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = rig.cmd(artifacts_dir().join("shmixctl"));
+        c.arg("--socket").arg(&rig.sock).args(["list", "--json"]);
+        let out = run(c, Duration::from_secs(10)).stdout;
+        if out.contains("\"draining\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "aplay's stream never showed draining: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drain_seen = start.elapsed().as_secs_f64();
+    std::fs::write(&marker, b"").unwrap();
+    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    let gone_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was gone");
+    std::fs::remove_file(&marker).unwrap();
+    let gone_for = gone_at.elapsed().as_secs_f64();
+    let r = finish(&mut a, start, Duration::from_secs(30));
+    r.assert_ok("aplay draining through an unplug");
+    assert!(!r.stderr.contains("timed out"), "the drain timed out: {}", r.stderr);
+    let wall = r.wall.as_secs_f64();
+    assert!(
+        wall >= secs + gone_for - 0.5 && wall <= secs + gone_for + 3.0,
+        "aplay took {wall:.3} s, gone {gone_for:.3} s"
+    );
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert_eq!((final_stat(&log, "lost"), final_stat(&log, "reopened")), (1, 1), "{log}");
+    let dev_buffer = device_buffer(&log);
+    let p = pieces_of(&rig.recording_s16(), &sound, 2, "drain through an unplug");
+    let lost = assert_in_order(&p, sound.len() / 2, dev_buffer, "drain through an unplug");
+    eprintln!(
+        "drain through an unplug of {gone_for:.2} s (draining seen at {drain_seen:.2} s): aplay took {wall:.3} s, pieces \
+         {p:?}, {lost} frames lost"
+    );
+}
+
+/// `--wait-for-device`: the card is absent when the daemon starts. Without the flag shmixd exits
+/// with an error; with it, it listens, `shmixctl stats` says `device_present` false, a client
+/// that starts meanwhile waits, and when the card appears it is opened and the client plays:
+/// aplay exits 0 and the card has its sound bit-exact and contiguous.
+#[test]
+fn daemon_waits_for_an_absent_card() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    std::fs::write(&marker, b"").unwrap();
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::new(card, &["--wait-for-device"]);
+    // The default is unchanged: a second daemon without the flag gives up.
+    let mut plain = rig.cmd(artifacts_dir().join("shmixd"));
+    plain.arg("--socket").arg(rig.path("other.sock")).args(["--device", "card"]);
+    let r = run(plain, Duration::from_secs(10));
+    assert!(!r.status.success(), "shmixd without --wait-for-device started on an absent card:\n{}", r.stderr);
+    assert!(r.stderr.contains("opening device 'card'"), "{}", r.stderr);
+
+    assert_eq!(device_state(&rig), (false, 0, 0), "stats while the card is absent");
+    let (wav, sound) = noise_wav(&rig, "noise.wav", 1.5, 131);
+    let start = Instant::now();
+    let mut a = spawn_aplay(&rig, &[], &wav);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was absent");
+    std::fs::remove_file(&marker).unwrap();
+    let waited = start.elapsed().as_secs_f64();
+    let r = finish(&mut a, start, Duration::from_secs(30));
+    r.assert_ok("aplay started before the card appeared");
+    let wall = r.wall.as_secs_f64();
+    assert!(wall >= waited + 1.5 - 0.3 && wall <= waited + 1.5 + 3.0, "aplay took {wall:.3} s, waited {waited:.3} s");
+    assert_eq!(device_state(&rig), (true, 0, 1), "stats after the card appeared");
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert!(log.contains("is absent at startup") && log.contains("is back after"), "{log}");
+    let at = assert_contiguous(&rig.recording_s16(), &sound, 2, "played once the card appeared");
+    let back = log.lines().find(|l| l.contains("is back after")).unwrap_or_default();
+    eprintln!(
+        "absent at startup: aplay waited {waited:.2} s, took {wall:.3} s, sound contiguous from frame {at}; {back}"
+    );
+}
