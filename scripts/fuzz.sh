@@ -28,7 +28,6 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo fuzz list)
 fi
-cargo fuzz build -s none "${targets[@]:0:1}" >/dev/null 2>&1 || true
 cargo fuzz build -s none
 
 mkdir -p logs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: `scripts/soak.sh SECONDS` runs a private shmixd on the virtual card, one reference stream
-# (known noise on the left channel, SECONDS + 2 s long) and 32 clients (tests/c/soak_client.c) that
+# (known noise on the left channel, SECONDS + 2 s long, 2 s buffer) and 32 clients (tests/c/soak_client.c) that
 # for SECONDS open, play, pause (snd_pcm_pause), stall into underruns, drain, drop and close at
 # random, with random formats, rates and buffers, on the right channel only. At the end the
 # card's left channel must hold the reference bit-exact, no client may have seen an unexpected
@@ -43,6 +43,7 @@ pcm_type.shmix { lib "$T/libasound_module_pcm_shmix.so" }
 pcm_type.shmix_vcard { lib "$T/libasound_module_pcm_shmix_vcard.so" }
 pcm.card { type shmix_vcard format S16_LE rate 48000 channels 2 playback_file "$W/card.raw" }
 pcm.shmix { type shmix socket "$W/shmix.sock" }
+pcm.shmix_ref { type shmix socket "$W/shmix.sock" max_buffer_ms 2500 }
 CONF
 export ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf:$W/asound.conf
 unset SHMIX_SOCKET

@@ -335,3 +335,60 @@ fn killed_daemon_restarts_on_the_same_socket() {
     assert!(status.success(), "the restarted shmixd exited with {status}:\n{}", rig.daemon_log());
     assert_contiguous(&rig.recording_s16()[played_before..], &sound2, 2, "after the restart");
 }
+
+/// A `key value` number from a line of a C probe's output.
+fn probe_value(line: &str, key: &str) -> i64 {
+    let mut it = line.split_whitespace();
+    while let Some(k) = it.next() {
+        if k == key {
+            return it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad '{key}' in: {line}"));
+        }
+    }
+    panic!("no '{key}' in: {line}")
+}
+
+/// What a client sees while the card is gone (tests/c/wait_probe.c: non-blocking writes from a
+/// poll loop with a 50 ms timeout, sampling snd_pcm_avail and snd_pcm_delay on every turn). Once
+/// the card has been gone for 400 ms: avail and delay do not move at all (nothing is consumed;
+/// delay has settled on the frames in the ring), poll never reports POLLOUT or an error (it just
+/// times out: no busy loop), no frame is accepted. When the card is back the program plays on and
+/// drains; the card has its sound in order with at most the device's buffer lost at the unplug.
+#[test]
+fn clients_hold_still_while_the_card_is_gone() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::new(card, &[]);
+    let exe = compile_c(&rig, "wait_probe");
+    let secs = 3.0;
+    let start = Instant::now();
+    let mut cmd = rig.cmd(&exe);
+    cmd.arg(secs.to_string()).arg(&marker).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wait_probe");
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&marker, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    std::fs::remove_file(&marker).unwrap();
+    let r = finish(&mut child, start, Duration::from_secs(30));
+    r.assert_ok("wait_probe");
+    let line =
+        r.stdout.lines().find(|l| l.starts_with("wait ")).unwrap_or_else(|| panic!("no wait line:\n{}", r.stdout));
+    eprintln!("while gone: {line}");
+    let v = |k| probe_value(line, k);
+    assert!(v("samples") >= 10, "too few samples while the card was gone: {line}");
+    assert_eq!(v("avail_min"), v("avail_max"), "avail moved while the card was gone: {line}");
+    assert_eq!(v("delay_min"), v("delay_max"), "delay moved while the card was gone: {line}");
+    assert!(v("delay_min") >= v("buffer") - v("avail_max"), "delay below the ring's fill: {line}");
+    assert_eq!(v("written_while_gone"), 0, "frames accepted while the card was gone: {line}");
+    assert_eq!(v("pollerr"), 0, "poll reported an error while the card was gone: {line}");
+    assert!(v("pollout") <= 1, "poll kept reporting room while the card was gone: {line}");
+    assert!(v("timeouts") >= 15, "poll did not just wait (50 ms timeouts) while the card was gone: {line}");
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    let n = (secs * f64::from(RATE)) as usize;
+    let sound = noise(77, n, 20000);
+    let p = pieces_of(&channel(&rig.recording_s16(), 2, 0), &sound, 1, "probe through the unplug");
+    assert_in_order(&p, n, device_buffer(&log), "probe through the unplug");
+}

@@ -170,6 +170,15 @@ fn racing_clients_never_disturb_another_stream() {
     assert!(!log.contains("panicked"), "daemon panicked:\n{log}");
     let n = disconnects.load(Ordering::Relaxed);
     eprintln!("racing clients: {rounds} hostile streams, {n} disconnected by the daemon");
+    let mut reasons: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("disconnecting"))
+        .filter_map(|l| l.split("): ").nth(1)?.split(" (value").next())
+        .collect();
+    reasons.sort_unstable();
+    for r in reasons.chunk_by(|a, b| a == b) {
+        eprintln!("  {} x {}", r.len(), r[0]);
+    }
     assert!(n >= 4, "the daemon disconnected only {n} of {rounds} hostile streams");
     assert!(log.contains("fill beyond ring capacity") || log.contains("cursor"), "no cursor violation logged:\n{log}");
 }
@@ -363,11 +372,15 @@ fn limits_refuse_with_a_reason_the_plugin_prints() {
     let r = run(cmd, Duration::from_secs(20));
     assert!(!r.status.success(), "aplay played past --max-clients");
     assert!(r.stderr.contains("too many clients") && r.stderr.contains("--max-clients 4"), "aplay said: {}", r.stderr);
+    eprintln!("aplay past --max-clients:\n{}", r.stderr.trim_end());
     let log = rig.daemon_log();
     for what in ["--max-clients 4", "--max-streams-per-client 2", "--max-client-shm 1 MiB"] {
         assert!(log.contains(what), "daemon log does not name {what}:\n{log}");
     }
     assert!(log.contains("limits: 4 clients, 2 streams and 1 MiB per client process"), "{log}");
+    for l in log.lines().filter(|l| l.contains("limits:") || l.contains("refused")) {
+        eprintln!("{l}");
+    }
 }
 
 /// Streams of the same process are counted together even over separate connections (the plugin
@@ -583,4 +596,98 @@ fn the_plugin_survives_a_lying_daemon() {
             );
         });
     }
+}
+
+/// The daemon's mix-cycle counter from its latest statistics line (logged each second at debug).
+fn daemon_cycles(rig: &Rig) -> u64 {
+    let log = rig.daemon_log();
+    log.lines()
+        .rev()
+        .find_map(|l| l.split(" cycles ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Clients that try to keep the real-time mix thread busy: one writes its daemon_wake eventfd in
+/// a tight loop, one floods valid records as fast as it can, one makes its message ring look
+/// non-empty forever by rewriting the daemon's read cursor in its memory. The mix thread still
+/// cycles about once per device period (it mutes a flooding stream's wakes until the next period),
+/// its CPU stays low, and the reference stream stays bit-exact.
+#[test]
+fn flooding_clients_cannot_spin_the_mix_thread() {
+    let rig = Rig::new(Card::default(), &[]);
+    let (mut good, start, sound) = reference(&rig, 331, 7);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for mode in 0..3u32 {
+        let stop = Arc::clone(&stop);
+        let sock = rig.sock.clone();
+        threads.push(std::thread::spawn(move || {
+            // SAFETY: plain syscall on this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+            let c = RawAt::connect(&sock, Direction::Playback).expect("connect");
+            let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
+            let layout =
+                shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS)
+                    .unwrap();
+            let (fd, shm) = StreamShm::create(layout, "flood").unwrap();
+            let (client_wake, daemon_wake) = (crate::hostile::eventfd(), crate::hostile::eventfd());
+            let msg = SocketMsg::CreateStream {
+                params,
+                msg_records: DEFAULT_MSG_RECORDS,
+                memfd_bytes: layout.total_bytes,
+                chmap: shmix_shared::ChannelMap::standard(params.channels),
+                quality: shmix_shared::ResampleQuality::Default,
+            };
+            let fds = [fd.as_raw_fd(), client_wake.as_raw_fd(), daemon_wake.as_raw_fd()];
+            socket::send(c.0.sock.as_fd(), &msg, &fds).unwrap();
+            assert!(matches!(c.0.answer(), Some(SocketMsg::StreamReady { .. })));
+            let mut end = RingEnd::default();
+            let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 0 });
+            let one = 1u64.to_ne_bytes();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match mode {
+                    0 => {
+                        // SAFETY: write(2) of 8 bytes to our eventfd.
+                        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                    }
+                    1 => {
+                        let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Resume { seq: n as u32 });
+                        // SAFETY: as above.
+                        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                    }
+                    _ => {
+                        let w = shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Relaxed);
+                        shm.ring_read_cursor(Ring::ClientToDaemon).pos.store(w.wrapping_add(1), Ordering::Release);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            drop((fd, shm, c));
+            n
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let pid = rig.daemon_pid();
+    let (cyc0, cpu0, t0) = (daemon_cycles(&rig), cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (cyc1, cpu1, dt) = (daemon_cycles(&rig), cpu_ticks(pid), t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let ops: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let r = finish(&mut good, start, Duration::from_secs(40));
+    // SAFETY: sysconf is always safe.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu = (cpu1 - cpu0) as f64 / hz as f64 / dt.as_secs_f64();
+    let rate = (cyc1 - cyc0) as f64 / dt.as_secs_f64();
+    eprintln!(
+        "flooders did {ops:?} writes/records; daemon: {rate:.0} mix cycles/s (device periods: 187.5/s), \
+         CPU {:.0} % of a core",
+        cpu * 100.0
+    );
+    r.assert_ok("aplay next to flooding clients");
+    assert_contiguous(&rig.recording_s16(), &sound, 2, "stream next to flooding clients");
+    assert!(rate < 3000.0, "the mix thread cycled {rate:.0} times a second under the flood");
+    assert!(cpu < 0.5, "the daemon used {:.0} % of a core under the flood", cpu * 100.0);
 }

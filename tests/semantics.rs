@@ -201,9 +201,10 @@ fn period_size(p: u64, buffer: u64, daemon_args: &[&str]) {
 }
 
 /// The plugin's minimum buffer is two device periods (512 frames at the default --period 256);
-/// keep the buffer a multiple of the period.
+/// keep the buffer a multiple of the period, and at least 2048 frames (43 ms): with 512 (11 ms)
+/// aplay itself underran now and then while the whole suite loaded the 2-core machine.
 fn buffer_for(p: u64) -> u64 {
-    p * 4u64.max(512u64.div_ceil(p))
+    p * 4u64.max(2048u64.div_ceil(p))
 }
 
 #[test]
@@ -361,6 +362,17 @@ pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rat
         })
         .collect();
     let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let pct = |q: f64| abs[((abs.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "delay |error| percentiles: 50 % {:.0}, 90 % {:.0}, 99 % {:.0} frames; signed: {} under, {} over the truth",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        errs.iter().filter(|e| **e < 0.0).count(),
+        errs.iter().filter(|e| **e > 0.0).count()
+    );
     (max, errs.iter().sum::<f64>() / errs.len() as f64)
 }
 
@@ -398,6 +410,11 @@ fn delay_against_truth(seed: u32, args: &[&str]) -> (f64, f64) {
     );
     assert!(samples.iter().all(|s| s.3 >= 0), "negative delay");
     assert!(max <= bound, "delay off the truth by {max:.1} frames (bound {bound})");
+    // Measured: about 3 frames. The errors are against timestamps taken around each call, so
+    // scheduling does not enter; a stream's start behind the device's queue once cost up to a
+    // device period (see the daemon's publish_timing): keep that from coming back.
+    let tight = 2.0 * f64::from(RATE) / 1000.0;
+    assert!(max <= tight, "delay off the truth by {max:.1} frames, more than 2 ms ({tight} frames)");
     (max, mean)
 }
 
@@ -408,7 +425,8 @@ fn c_delay_matches_the_card_clock() {
 
 #[test]
 fn c_delay_matches_the_card_clock_mmap_period_64() {
-    delay_against_truth(452, &["64", "512", "mmap"]);
+    // 32 periods: the sampling loop sleeps 3 ms between looks, which a loaded machine stretches.
+    delay_against_truth(452, &["64", "2048", "mmap"]);
 }
 
 #[test]
@@ -510,6 +528,19 @@ fn c_abort_interrupts_a_blocking_drain() {
     eprintln!("abort: drain returned after {:.1} ms", rep.value("abort_drain_ms"));
     // What played is a clean prefix of the sound.
     let p = pieces(&rig.recording_s16(), &sound, "abort");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+}
+
+#[test]
+fn c_abort_from_another_thread_interrupts_a_blocking_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(811, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["abort_thread", raw.to_str().unwrap()], &["abort_thread_drain", "drop_after_abort_thread"]);
+    eprintln!("abort from a thread: drain returned after {:.1} ms", rep.value("abort_thread_drain_ms"));
+    let p = pieces(&rig.recording_s16(), &sound, "abort from a thread");
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].sound_at, 0, "{p:?}");
 }

@@ -213,6 +213,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn make(args: &[String]) -> Run {
     let mut c = Command::new("make");
     c.arg("-C").arg(env!("CARGO_MANIFEST_DIR")).args(["--no-print-directory"]).args(args);
+    // Under `make test` the outer make's flags (jobserver descriptors, DESTDIR=... on its command
+    // line) would leak into this one.
+    c.env_remove("MAKEFLAGS").env_remove("MFLAGS").env_remove("MAKELEVEL").env_remove("MAKEOVERRIDES");
     run(c, Duration::from_secs(60))
 }
 

@@ -36,15 +36,23 @@ impl Client {
         socket::connect(fd.as_raw_fd(), &addr)
             .with_context(|| format!("cannot reach shmixd at {} (is it running?)", path.display()))?;
         let hello = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: "shmixctl".into() };
-        wire::send(fd.as_fd(), &hello, &[]).context("sending ControlHello")?;
-        let pkt = wire::recv(fd.as_fd()).context("waiting for Welcome")?;
-        if pkt.bytes.is_empty() {
-            bail!("shmixd at {} closed the connection", path.display());
-        }
-        match SocketMsg::decode(&pkt.bytes).map_err(|e| anyhow!("bad answer from shmixd: {e}"))? {
-            SocketMsg::Welcome { .. } => Ok(Self { fd }),
-            SocketMsg::Refused { reason, .. } => bail!("shmixd refused: {reason}"),
-            other => bail!("unexpected answer from shmixd: {other:?}"),
+        // A daemon that refuses at accept (the peer's uid or group, a limit) sends `Refused` and
+        // closes at once: the Hello may then fail with EPIPE, or the first recv with ECONNRESET,
+        // while the refusal with its reason is still queued for us (as in the plugin's conn.rs).
+        let sent = wire::send(fd.as_fd(), &hello, &[]);
+        let pkt = match wire::recv(fd.as_fd()) {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECONNRESET as i32) => wire::recv(fd.as_fd()),
+            r => r,
+        };
+        let answer = pkt.map(|p| (!p.bytes.is_empty()).then(|| SocketMsg::decode(&p.bytes)));
+        match (sent, answer) {
+            (_, Ok(Some(Ok(SocketMsg::Refused { reason, .. })))) => bail!("shmixd refused: {reason}"),
+            (Err(e), _) => Err(e).context("sending ControlHello"),
+            (Ok(()), Err(e)) => Err(e).context("waiting for Welcome"),
+            (Ok(()), Ok(None)) => bail!("shmixd at {} closed the connection", path.display()),
+            (Ok(()), Ok(Some(Ok(SocketMsg::Welcome { .. })))) => Ok(Self { fd }),
+            (Ok(()), Ok(Some(Ok(other)))) => bail!("unexpected answer from shmixd: {other:?}"),
+            (Ok(()), Ok(Some(Err(e)))) => Err(anyhow!("bad answer from shmixd: {e}")),
         }
     }
 

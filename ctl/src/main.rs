@@ -21,7 +21,8 @@ use crate::client::Client;
 #[derive(Debug, Parser)]
 #[command(name = "shmixctl", version, about)]
 struct Cli {
-    /// Daemon socket [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket]
+    /// Daemon socket [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket, else
+    /// /run/shmix/socket (a --system daemon) when only that one exists]
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Print JSON (stable field names) instead of text

@@ -33,8 +33,9 @@ struct Cli {
     /// (socket activation: LISTEN_FDS)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// System-wide daemon for headless machines: listen on /run/shmix/socket (directory 0750,
-    /// socket 0660, both in --group) and admit the members of --group besides the daemon's uid
+    /// System-wide daemon for headless machines: listen on /run/shmix/socket (socket 0660 in
+    /// --group; a directory it has to create 0750 in --group) and admit the members of --group
+    /// besides the daemon's uid and root
     #[arg(long)]
     system: bool,
     /// The group --system mode admits (a name or a gid)
@@ -179,8 +180,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
 
     let (nofile_before, nofile) = limits::raise_nofile();
+    // Each client may hold a socket and two eventfds; keep 64 descriptors for the daemon itself.
+    let fit = usize::try_from(nofile.saturating_sub(64) / 3).unwrap_or(usize::MAX).max(1);
+    if cli.max_clients > fit {
+        log::warn!("--max-clients {} lowered to {fit}: the descriptor limit is {nofile}", cli.max_clients);
+    }
     let lim = Limits {
-        max_clients: cli.max_clients.max(1),
+        max_clients: cli.max_clients.clamp(1, fit),
         max_streams_per_client: cli.max_streams_per_client.max(1),
         max_client_shm: cli.max_client_shm,
         handshake_timeout: cli.handshake_timeout.unwrap_or(Limits::default().handshake_timeout),
@@ -205,12 +211,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     let policy = match group {
         Some(g) => {
-            info!(
-                "system mode: admitting uid {} and root, and members of group '{}' (gid {})",
-                access::Policy::user().uid,
-                g.name,
-                g.gid
-            );
+            let uid = access::Policy::user().uid;
+            let who = if uid == 0 { "root".to_string() } else { format!("uid {uid} and root") };
+            info!("system mode: admitting {who}, and members of group '{}' (gid {})", g.name, g.gid);
             access::Policy::system(g)
         }
         None => access::Policy::user(),

@@ -55,6 +55,9 @@ pub struct Counters {
     pub capture_xruns: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
+    /// Times a stream's wakeups were muted until the next device period (it woke the mix thread,
+    /// or flooded a full ring of records in one cycle).
+    pub wakes_muted: AtomicU64,
 }
 
 impl Counters {
@@ -106,6 +109,11 @@ pub struct Stream {
     rec: Option<Box<RecordPipe>>,
     /// Recorders: frames written since the last Start (ring index = this % buffer_frames).
     write_count: u64,
+    /// Its daemon_wake eventfd fired in this cycle.
+    woke: bool,
+    /// Until the next device period: its eventfd is not polled and its ring not rechecked
+    /// before the wait (a client cannot make the mix thread spin).
+    muted: bool,
     /// Volume in, levels and figures out (shared with the control thread; atomics only).
     ctl: Arc<StreamCtl>,
 }
@@ -132,6 +140,8 @@ impl Stream {
             dir: Direction::Playback,
             rec: None,
             write_count: 0,
+            woke: false,
+            muted: false,
             ctl: Arc::new(StreamCtl::default()),
         }
     }
@@ -257,10 +267,15 @@ impl Stream {
         self.ctl.zero_copy_frames.store(line.zero_copy_frames.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// The eventfd the client writes when it posted a record while we slept.
+    /// The eventfd the client writes when it posted a record while we slept; -1 (not polled)
+    /// while the stream is muted.
     #[must_use]
     pub fn daemon_wake_fd(&self) -> i32 {
-        self.daemon_wake.as_raw_fd()
+        if self.muted {
+            -1
+        } else {
+            self.daemon_wake.as_raw_fd()
+        }
     }
 
     /// Current daemon-side state.
@@ -353,78 +368,109 @@ impl Stream {
         self.post(Record::Drained { seq: self.drain_seq, pos }, counters);
     }
 
-    /// Handles every queued client record.
+    /// Handles the queued client records, at most one ring's worth per cycle (a client pushing
+    /// records as fast as we take them cannot hold the mix thread here). A stream that woke the
+    /// mix thread, or used its whole budget, is muted until the next period: each stream wakes
+    /// it at most once a period, whatever it writes.
     fn process_records(&mut self, counters: &Counters) {
-        while self.violation.is_none() {
-            let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
-                Ok(None) => return,
-                Ok(Some(Ok(r))) => r,
-                Ok(Some(Err(e))) => return self.violate(e.into()),
-                Err(v) => return self.violate(v),
-            };
-            match rec {
-                Record::Start { .. } => {
-                    if self.state == State::Stopped {
-                        self.state = State::Running;
-                        self.read_count = 0;
-                        self.write_count = 0;
-                        self.pipe.restart();
-                        if let Some(r) = self.rec.as_mut() {
-                            r.restart();
-                        }
+        let budget = self.shm.layout().msg_records;
+        let mut taken = 0;
+        while taken < budget {
+            if !self.process_one_record(counters) {
+                break;
+            }
+            taken += 1;
+        }
+        if self.woke || taken == budget {
+            if !self.muted {
+                Counters::bump(&counters.wakes_muted, 1);
+            }
+            self.muted = true;
+        }
+        self.woke = false;
+    }
+
+    /// Takes and handles one client record; false when there was none (or the stream broke the
+    /// contract).
+    fn process_one_record(&mut self, counters: &Counters) -> bool {
+        if self.violation.is_some() {
+            return false;
+        }
+        let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
+            Ok(None) => return false,
+            Ok(Some(Ok(r))) => r,
+            Ok(Some(Err(e))) => {
+                self.violate(e.into());
+                return false;
+            }
+            Err(v) => {
+                self.violate(v);
+                return false;
+            }
+        };
+        match rec {
+            Record::Start { .. } => {
+                if self.state == State::Stopped {
+                    self.state = State::Running;
+                    self.read_count = 0;
+                    self.write_count = 0;
+                    self.pipe.restart();
+                    if let Some(r) = self.rec.as_mut() {
+                        r.restart();
                     }
-                }
-                // Recorders: what was captured stays readable; Drain is Stop answered Drained.
-                Record::Stop { seq } | Record::Drain { seq } if self.is_recorder() => {
-                    self.state = State::Stopped;
-                    let pos = self.pos();
-                    let rec = if matches!(rec, Record::Stop { .. }) {
-                        Record::Stopped { seq, pos }
-                    } else {
-                        Record::Drained { seq, pos }
-                    };
-                    self.post(rec, counters);
-                }
-                Record::Stop { seq } => {
-                    // Discard what is queued: the read position jumps to the write position.
-                    let Some(fill) = self.fill() else { return };
-                    if self.state != State::Stopped {
-                        self.read_count += u64::from(fill);
-                        self.publish_read();
-                    }
-                    self.state = State::Stopped;
-                    let pos = self.read_pos();
-                    self.post(Record::Stopped { seq, pos }, counters);
-                }
-                Record::Pause { seq } => {
-                    if matches!(self.state, State::Running | State::Draining) {
-                        self.state = State::Paused;
-                    }
-                    let pos = self.pos();
-                    self.post(Record::Stopped { seq, pos }, counters);
-                }
-                Record::Resume { .. } => {
-                    if self.state == State::Paused {
-                        self.state = State::Running;
-                    }
-                }
-                Record::Drain { seq } => match self.state {
-                    State::Running => {
-                        self.state = State::Draining;
-                        self.drain_seq = seq;
-                    }
-                    State::Draining | State::DrainingDevice => self.drain_seq = seq,
-                    State::Stopped | State::Paused => {
-                        self.state = State::Stopped;
-                        let pos = self.read_pos();
-                        self.post(Record::Drained { seq, pos }, counters);
-                    }
-                },
-                Record::Stopped { .. } | Record::Xrun { .. } | Record::Drained { .. } | Record::Fatal { .. } => {
-                    self.violate(Violation::new("daemon record sent by the client", u64::from(rec.encode()[0]), 0));
                 }
             }
+            // Recorders: what was captured stays readable; Drain is Stop answered Drained.
+            Record::Stop { seq } | Record::Drain { seq } if self.is_recorder() => {
+                self.state = State::Stopped;
+                let pos = self.pos();
+                let rec = if matches!(rec, Record::Stop { .. }) {
+                    Record::Stopped { seq, pos }
+                } else {
+                    Record::Drained { seq, pos }
+                };
+                self.post(rec, counters);
+            }
+            Record::Stop { seq } => {
+                // Discard what is queued: the read position jumps to the write position.
+                let Some(fill) = self.fill() else { return false };
+                if self.state != State::Stopped {
+                    self.read_count += u64::from(fill);
+                    self.publish_read();
+                }
+                self.state = State::Stopped;
+                let pos = self.read_pos();
+                self.post(Record::Stopped { seq, pos }, counters);
+            }
+            Record::Pause { seq } => {
+                if matches!(self.state, State::Running | State::Draining) {
+                    self.state = State::Paused;
+                }
+                let pos = self.pos();
+                self.post(Record::Stopped { seq, pos }, counters);
+            }
+            Record::Resume { .. } => {
+                if self.state == State::Paused {
+                    self.state = State::Running;
+                }
+            }
+            Record::Drain { seq } => match self.state {
+                State::Running => {
+                    self.state = State::Draining;
+                    self.drain_seq = seq;
+                }
+                State::Draining | State::DrainingDevice => self.drain_seq = seq,
+                State::Stopped | State::Paused => {
+                    self.state = State::Stopped;
+                    let pos = self.read_pos();
+                    self.post(Record::Drained { seq, pos }, counters);
+                }
+            },
+            Record::Stopped { .. } | Record::Xrun { .. } | Record::Drained { .. } | Record::Fatal { .. } => {
+                self.violate(Violation::new("daemon record sent by the client", u64::from(rec.encode()[0]), 0));
+            }
         }
+        self.violation.is_none()
     }
 }
 
@@ -620,13 +666,15 @@ impl MixCore {
     /// true when some stream already has a record queued (do not block in poll).
     pub fn prepare_sleep(&self) -> bool {
         let mut ready = false;
-        for s in self.streams.iter().filter(|s| s.violation.is_none()) {
+        // Muted streams are not rechecked (their records wait for the next period).
+        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.muted) {
             let flag = &s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping;
+            let ours = s.c2d.pos();
             let d = wake::prepare_sleep(flag, || {
-                // Pairs with the client's Release store in push_record. Our own read cursor is
-                // stored by us on every pop, so a Relaxed load sees its latest value.
-                let w = s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire);
-                w != s.shm.ring_read_cursor(Ring::ClientToDaemon).pos.load(Ordering::Relaxed)
+                // Pairs with the client's Release store in push_record. Compared with our private
+                // read position: the copy in the header is client-writable (a client that
+                // rewrote it would otherwise keep us from ever sleeping).
+                s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire) != ours
             });
             ready |= matches!(d, wake::SleepDecision::Ready { .. });
         }
@@ -635,11 +683,12 @@ impl MixCore {
 
     /// After the wait: clears the sleeping flags (we are awake: clients need not write) and
     /// resets the daemon_wake eventfds that fired (`fired(i)` for stream index `i`).
-    pub fn after_wake(&self, fired: impl Fn(usize) -> bool) {
-        for (i, s) in self.streams.iter().enumerate() {
+    pub fn after_wake(&mut self, fired: impl Fn(usize) -> bool) {
+        for (i, s) in self.streams.iter_mut().enumerate() {
             s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping.store(0, Ordering::Relaxed);
             if fired(i) {
                 efd_read(s.daemon_wake.as_raw_fd());
+                s.woke = true;
             }
         }
     }
@@ -656,6 +705,10 @@ impl MixCore {
     /// Mixes one contiguous run of `out.len() / frame_bytes` frames (at most `max_frames`) of all
     /// active streams into `out`, device format. Returns the frames written.
     pub fn mix(&mut self, out: &mut [u8], now_ns: u64) -> usize {
+        // A new period: muted streams are heard again (their records are taken this cycle).
+        for s in &mut self.streams {
+            s.muted = false;
+        }
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];
@@ -800,7 +853,10 @@ impl MixCore {
             match s.state {
                 State::Running | State::Draining => {
                     let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    // A stream that just started sits behind what the device already held: its
+                    // queued frames start to play (and its delay to shrink) only after that.
+                    let ts = now_ns.saturating_add(s.pipe.lead_ns(u64::from(device_queued)));
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);

@@ -443,6 +443,8 @@ pub struct Pipeline {
     rs_len: usize,
     /// Device frames emitted since the last restart.
     out_total: u64,
+    /// The device's rate (Hz).
+    dev_rate: u32,
     gain: Gain,
     /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
     peak: f32,
@@ -597,6 +599,7 @@ impl Pipeline {
             rs_pos: 0,
             rs_len: 0,
             out_total: 0,
+            dev_rate: d.rate,
             gain: Gain::new(ramp),
             peak: 0.0,
         })
@@ -709,6 +712,16 @@ impl Pipeline {
         let heard_out = (self.out_total - dq) as f64 - self.delay as f64;
         let heard_in = (heard_out.max(0.0) / self.ratio).floor() as u64;
         consumed_total.saturating_sub(heard_in)
+    }
+
+    /// How long after now the device starts playing what this stream gave it: the device frames
+    /// queued ahead of all of them (what the device held when the stream started: silence or
+    /// other material), in nanoseconds; 0 once the stream's frames reach the head of the device
+    /// queue. Until then the stream's delay does not shrink. RT: yes.
+    #[must_use]
+    pub fn lead_ns(&self, device_queued: u64) -> u64 {
+        let ahead = device_queued.saturating_sub(self.out_total);
+        ahead.saturating_mul(1_000_000_000) / u64::from(self.dev_rate.max(1))
     }
 
     /// Device frames -> stream frames (rounded up).

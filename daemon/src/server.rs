@@ -391,7 +391,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
-             wakeups sent {} skipped {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
+             wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -402,6 +402,7 @@ impl Server {
             g(&c.stream_underruns),
             g(&c.wakeups_sent),
             g(&c.wakeups_skipped),
+            g(&c.wakes_muted),
             g(&c.records_dropped),
             g(&c.captured_frames),
             g(&c.monitor_frames),

@@ -53,13 +53,13 @@ impl Conn {
     /// An [`OpenError`] with the errno and the message to print.
     pub fn connect(path: &Path, direction: Direction) -> Result<Self, OpenError> {
         let cannot = |errno: i32, what: String| {
-            OpenError {
-            errno,
-            message: format!(
-                "cannot connect to shmixd at {}: {what}. Is shmixd running? Start it with 'shmixd' (see README: Troubleshooting).",
-                path.display()
-            ),
-        }
+            let hint = if errno == libc::EACCES {
+                "The socket is not yours: run the program as the daemon's user, or, for a system-wide \
+                 'shmixd --system', as a member of its group (usually audio; see README: Troubleshooting)."
+            } else {
+                "Is shmixd running? Start it with 'shmixd' (see README: Troubleshooting)."
+            };
+            OpenError { errno, message: format!("cannot connect to shmixd at {}: {what}. {hint}", path.display()) }
         };
         let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
             .map_err(|e| cannot(e as i32, e.desc().to_string()))?;

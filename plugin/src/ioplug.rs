@@ -266,9 +266,16 @@ unsafe fn open_fallback(
     let cname = std::ffi::CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
     IN_FALLBACK.with(|f| f.set(true));
     let mut out: *mut sys::snd_pcm_t = ptr::null_mut();
-    // SAFETY: `out` is a valid out pointer, `cname` NUL-terminated, `root` the live tree of the
-    // open in progress (alsa-lib holds it for the whole open; `snd_pcm_open_lconf` only reads it).
-    let err = unsafe { sys::snd_pcm_open_lconf(&mut out, cname.as_ptr(), stream, mode, root) };
+    let err = if root.is_null() {
+        // SAFETY: `out` is a valid out pointer, `cname` NUL-terminated; the global configuration
+        // (alsa-lib always passes a tree: this branch is defence only).
+        unsafe { sys::snd_pcm_open(&mut out, cname.as_ptr(), stream, mode) }
+    } else {
+        // SAFETY: `out` is a valid out pointer, `cname` NUL-terminated, `root` the live tree of
+        // the open in progress (alsa-lib holds it for the whole open; `snd_pcm_open_lconf` only
+        // reads it).
+        unsafe { sys::snd_pcm_open_lconf(&mut out, cname.as_ptr(), stream, mode, root) }
+    };
     IN_FALLBACK.with(|f| f.set(false));
     if err < 0 {
         return Err(Errno(-err));

@@ -61,6 +61,15 @@ pub struct RingEnd {
     pos: u32,
 }
 
+impl RingEnd {
+    /// The private position (records taken or put so far, modulo 2^32). The copy of it in the
+    /// shared header may have been rewritten by the peer; this one cannot.
+    #[must_use]
+    pub fn pos(self) -> u32 {
+        self.pos
+    }
+}
+
 /// A mapped stream memfd. Unmapped on drop.
 #[derive(Debug)]
 pub struct StreamShm {

@@ -59,8 +59,11 @@ pub fn user_socket_path() -> PathBuf {
 #[must_use]
 pub fn resolve_socket_path(configured: Option<&str>) -> PathBuf {
     let env = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
-    resolve_from(env, configured, default_socket_path(), system_socket_path(), |p| {
-        p.symlink_metadata().is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    // A socket we may not even look at (a `--system` directory closed to us) counts as there:
+    // connecting then says "Permission denied" about it, not "no such file" about another path.
+    resolve_from(env, configured, default_socket_path(), system_socket_path(), |p| match p.symlink_metadata() {
+        Ok(m) => std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()),
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
     })
 }
 

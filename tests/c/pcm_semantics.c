@@ -8,13 +8,14 @@
  *
  * Usage: pcm_semantics basic SOUND | pause SOUND | drop SOUND1 SOUND2 | nonblock SOUND
  *        | short SOUND | stall SOUND DAEMON_PID | abort SOUND | cycles N
- *        | truth SOUND [PERIOD BUFFER rw|mmap] | xrun_status SOUND
+ *        | truth SOUND [PERIOD BUFFER rw|mmap] | xrun_status SOUND | abort_thread SOUND
  */
 #define _GNU_SOURCE
 #include <alsa/asoundlib.h>
 #include <dirent.h>
 #include <malloc.h>
 #include <math.h>
+#include <pthread.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -686,6 +687,41 @@ static void cmd_xrun_status(const char *path)
 	snd_pcm_close(pcm);
 }
 
+static void *abort_after_150ms(void *arg)
+{
+	sleep_ms(150);
+	snd_pcm_abort((snd_pcm_t *)arg);
+	return NULL;
+}
+
+/* As `abort`, but snd_pcm_abort comes from another thread (no signal interrupts the drain's
+ * wait): the drain must still return soon with -EAGAIN. */
+static void cmd_abort_thread(const char *path)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	snd_pcm_sframes_t delay = 0;
+	pthread_t th;
+	int err;
+	double t0, t;
+
+	setup_sized(pcm, 24000, 6000, 0);
+	play_until_ms(pcm, &snd, 1e9);
+	snd_pcm_delay(pcm, &delay);
+	t0 = now_ms();
+	if (pthread_create(&th, NULL, abort_after_150ms, pcm) != 0)
+		die("pthread_create", -EAGAIN);
+	err = snd_pcm_drain(pcm);
+	t = now_ms() - t0;
+	pthread_join(th, NULL);
+	check("abort_thread_drain", err == -EAGAIN && t >= 140 && t < 400 && delay * 1000.0 / RATE > 400,
+	      "ret=%d elapsed_ms=%.3f queued_ms=%.3f", err, t, delay * 1000.0 / RATE);
+	value("abort_thread_drain_ms", t);
+	err = snd_pcm_drop(pcm);
+	check("drop_after_abort_thread", err == 0, "ret=%d", err);
+	snd_pcm_close(pcm);
+}
+
 /* Open/setup/prepare/close `n` times: no fd or mapping may stay behind, and neither the heap in
  * use nor the resident size may grow after the first 100 cycles (caches warm). */
 static void cmd_cycles(int n)
@@ -743,6 +779,8 @@ int main(int argc, char **argv)
 		cmd_abort(argv[2]);
 	else if (argc == 3 && !strcmp(argv[1], "truth"))
 		cmd_truth(argv[2], PERIOD, BUFFER);
+	else if (argc == 3 && !strcmp(argv[1], "abort_thread"))
+		cmd_abort_thread(argv[2]);
 	else if (argc == 3 && !strcmp(argv[1], "xrun_status"))
 		cmd_xrun_status(argv[2]);
 	else if (argc == 6 && !strcmp(argv[1], "truth")) {
@@ -753,7 +791,7 @@ int main(int argc, char **argv)
 	else if (argc == 3 && !strcmp(argv[1], "cycles"))
 		cmd_cycles(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|truth|xrun_status SOUND | truth SOUND PERIOD BUFFER rw|mmap | drop S1 S2 | stall SOUND PID | cycles N\n");
+		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|abort_thread|truth|xrun_status SOUND | truth SOUND PERIOD BUFFER rw|mmap | drop S1 S2 | stall SOUND PID | cycles N\n");
 		return 2;
 	}
 	return failures ? 1 : 0;

@@ -1,5 +1,8 @@
-/* sdl_play: plays a raw S16_LE stereo 48 kHz file through SDL2's audio callback, 1024-frame
- * buffers, no format change allowed (SDL must pass the samples through). Run with
+/* sdl_play: plays a raw S16_LE stereo 48 kHz file through SDL2's audio callback, 2048-frame
+ * buffers, no format change allowed (SDL must pass the samples through). SDL2's ALSA driver asks
+ * for a buffer of two such periods and starts at the first frame; with 1024-frame periods that is
+ * 43 ms of slack, which a loaded 2-core CI machine overruns now and then (a real xrun, the same
+ * on any device). Run with
  * SDL_AUDIODRIVER=alsa and AUDIODEV=<ALSA device>. Built and run by tests/compat.rs.
  * Prints `driver NAME` and `frames N`; exits 0 when everything was played.
  *
@@ -72,7 +75,7 @@ int main(int argc, char **argv)
 	want.freq = 48000;
 	want.format = AUDIO_S16LSB;
 	want.channels = CHANNELS;
-	want.samples = 1024;
+	want.samples = 2048;
 	want.callback = callback;
 	dev = SDL_OpenAudioDevice(NULL, 0, &want, &have, 0);
 	if (!dev)

@@ -2,8 +2,10 @@
  *
  *   soak_client ref SECONDS
  *       The reference stream: SECONDS of known noise on the LEFT channel (right silent), S16_LE
- *       48 kHz stereo, blocking writes, 400 ms buffer, then drain. Any error (an xrun included)
- *       fails it: a gap would break the bit-exact check anyway.
+ *       48 kHz stereo, blocking writes, then drain, on PCM `shmix_ref` (shmix with a 2.5 s
+ *       buffer ceiling) with a 2 s buffer: the player itself is a normal process on a loaded
+ *       machine, and must not starve its own stream. Any error (an xrun included) fails it: a
+ *       gap would break the bit-exact check anyway.
  *   soak_client churn SEED SECONDS
  *       One of the churning clients: until SECONDS have passed, session after session it opens
  *       the PCM (blocking or not), picks a format (S16_LE, S32_LE, FLOAT_LE), a rate (48000,
@@ -83,12 +85,13 @@ static int ref(double seconds)
 {
 	snd_pcm_t *pcm;
 	snd_pcm_uframes_t buffer, period;
-	int err = snd_pcm_open(&pcm, "shmix", SND_PCM_STREAM_PLAYBACK, 0);
+	int err = snd_pcm_open(&pcm, "shmix_ref", SND_PCM_STREAM_PLAYBACK, 0);
 	if (err < 0) {
 		printf("soak ref FAIL open: %s\n", snd_strerror(err));
 		return 1;
 	}
-	if ((err = set_params(pcm, SND_PCM_FORMAT_S16_LE, REF_RATE, 400000, 4, &buffer, &period)) < 0) {
+	double t0 = now_s();
+	if ((err = set_params(pcm, SND_PCM_FORMAT_S16_LE, REF_RATE, 2000000, 20, &buffer, &period)) < 0) {
 		printf("soak ref FAIL params: %s\n", snd_strerror(err));
 		return 1;
 	}
@@ -105,7 +108,8 @@ static int ref(double seconds)
 		while (off < n) {
 			snd_pcm_sframes_t w = snd_pcm_writei(pcm, buf + 2 * off, n - off);
 			if (w < 0) {
-				printf("soak ref FAIL write after %ld frames: %s\n", done + off, snd_strerror((int)w));
+				printf("soak ref FAIL write after %ld frames, %.1f s: %s\n", done + off, now_s() - t0,
+				       snd_strerror((int)w));
 				return 1;
 			}
 			off += w;
