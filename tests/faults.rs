@@ -625,16 +625,20 @@ fn drain_waits_for_a_vanished_card() {
 }
 
 /// `--wait-for-device`: the card is absent when the daemon starts. Without the flag shmixd exits
-/// with an error; with it, it listens, `shmixctl stats` says `device_present` false, a client
-/// that starts meanwhile waits, and when the card appears it is opened and the client plays:
-/// aplay exits 0 and the card has its sound bit-exact and contiguous.
+/// with an error; with it, it listens, `shmixctl stats` says `device_present` false, a player and
+/// a recorder that start meanwhile wait, and when the card appears it is opened and they go on:
+/// aplay exits 0 and the card has its sound bit-exact and contiguous; arecord exits 0 with the
+/// card's capture file from its start, contiguous.
 #[test]
 fn daemon_waits_for_an_absent_card() {
     let marker_dir = tempfile::tempdir().expect("tempdir");
     let marker = marker_dir.path().join("unplugged");
     std::fs::write(&marker, b"").unwrap();
+    let n_cap = 5 * RATE as usize;
+    let cap_sound = interleave(&[noise(132, n_cap, 30000), noise(133, n_cap, 30000)]);
+    let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
     let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
-    let mut rig = Rig::new(card, &["--wait-for-device"]);
+    let mut rig = Rig::with_capture(card, &["--wait-for-device"], Some(&cap_bytes));
     // The default is unchanged: a second daemon without the flag gives up.
     let mut plain = rig.cmd(artifacts_dir().join("shmixd"));
     plain.arg("--socket").arg(rig.path("other.sock")).args(["--device", "card"]);
@@ -646,12 +650,18 @@ fn daemon_waits_for_an_absent_card() {
     let (wav, sound) = noise_wav(&rig, "noise.wav", 1.5, 131);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
+    let cap_out = rig.path("capture.out");
+    let mut c = rig.cmd("arecord");
+    c.args(["-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "1"]).arg(&cap_out);
+    let mut rec = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn arecord");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was absent");
+    assert!(rec.try_wait().unwrap().is_none(), "arecord ended while the card was absent");
     std::fs::remove_file(&marker).unwrap();
     let waited = start.elapsed().as_secs_f64();
     let r = finish(&mut a, start, Duration::from_secs(30));
     r.assert_ok("aplay started before the card appeared");
+    finish(&mut rec, start, Duration::from_secs(30)).assert_ok("arecord started before the card appeared");
     let wall = r.wall.as_secs_f64();
     assert!(wall >= waited + 1.5 - 0.3 && wall <= waited + 1.5 + 3.0, "aplay took {wall:.3} s, waited {waited:.3} s");
     assert_eq!(device_state(&rig), (true, 0, 1), "stats after the card appeared");
@@ -661,6 +671,11 @@ fn daemon_waits_for_an_absent_card() {
     assert!(status.success(), "shmixd exited with {status}:\n{log}");
     assert!(log.contains("is absent at startup") && log.contains("is back after"), "{log}");
     let at = assert_contiguous(&rig.recording_s16(), &sound, 2, "played once the card appeared");
+    let got = std::fs::read(&cap_out).unwrap();
+    let got: Vec<i16> = got.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(got.len(), RATE as usize * 2, "arecord -d 1 recorded {} samples", got.len());
+    let pc = pieces_of(&got, &cap_sound, 2, "recorded once the card appeared");
+    assert!(pc.len() == 1 && pc[0].sound_at == 0, "not the capture file from its start: {pc:?}");
     let back = log.lines().find(|l| l.contains("is back after")).unwrap_or_default();
     eprintln!(
         "absent at startup: aplay waited {waited:.2} s, took {wall:.3} s, sound contiguous from frame {at}; {back}"

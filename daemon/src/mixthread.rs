@@ -385,8 +385,9 @@ impl MixThread {
     /// Installs a capture device from the control thread and starts it.
     fn install_capture(&mut self, dev: Option<Box<Device>>) {
         self.capture_requested = false;
-        if dev.is_none() && self.capture_lost {
-            // Still gone: try again later.
+        if dev.is_none() && (self.capture_lost || (self.device.is_none() && self.reopen.is_some())) {
+            // Still gone, or the card is (its playback side vanished, or was absent at startup
+            // with --wait-for-device): the recorders wait, try again later.
             self.lose_capture();
             return;
         }
