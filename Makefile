@@ -7,7 +7,11 @@ PROFILE ?= release
 ALSA_LIBDIR := $(shell pkg-config --variable=libdir alsa 2>/dev/null || echo /usr/lib/x86_64-linux-gnu)
 PLUGIN_DIR ?= $(ALSA_LIBDIR)/alsa-lib
 CONF_DIR ?= /etc/alsa/conf.d
-DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc
+# systemd: systemd-socket-activate and systemd-analyze (service tests); util-linux: setpriv
+# (access tests run clients as another user).
+DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc systemd util-linux \
+	gstreamer1.0-tools gstreamer1.0-alsa gstreamer1.0-plugins-base libportaudio2 portaudio19-dev \
+	libsdl2-dev libopenal-dev libopenal1 ffmpeg tmux
 
 .PHONY: all deps build build-release test lint loom demo install uninstall clean
 
@@ -47,21 +51,45 @@ demo: build-release
 	PROFILE=release scripts/demo.sh
 
 # Installs what `make build-release` built (run that first as yourself: under sudo there is
-# usually no cargo).
-RELEASE_FILES := target/release/libasound_module_pcm_shmix.so target/release/shmixd
+# usually no cargo). BUILD_DIR picks another build (the tests install their debug build).
+BUILD_DIR ?= target/release
+BINDIR ?= $(PREFIX)/bin
+DOCDIR ?= $(PREFIX)/share/doc/shmix
+SYSTEMD_USER_DIR ?= $(PREFIX)/lib/systemd/user
+SYSTEMD_SYSTEM_DIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERS_DIR ?= $(PREFIX)/lib/sysusers.d
+RELEASE_FILES := $(BUILD_DIR)/libasound_module_pcm_shmix.so $(BUILD_DIR)/shmixd
+UNIT_SUBST := sed -e 's|@bindir@|$(BINDIR)|g' -e 's|@docdir@|$(DOCDIR)|g'
 install:
 	@for f in $(RELEASE_FILES); do [ -e $$f ] || { echo "$$f is missing: run 'make build-release' first" >&2; exit 1; }; done
-	install -d $(DESTDIR)$(PLUGIN_DIR) $(DESTDIR)$(CONF_DIR) $(DESTDIR)$(PREFIX)/bin
-	install -m 0644 target/release/libasound_module_pcm_shmix.so $(DESTDIR)$(PLUGIN_DIR)/
+	install -d $(DESTDIR)$(PLUGIN_DIR) $(DESTDIR)$(CONF_DIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) \
+	           $(DESTDIR)$(SYSTEMD_USER_DIR) $(DESTDIR)$(SYSTEMD_SYSTEM_DIR) $(DESTDIR)$(SYSUSERS_DIR)
+	install -m 0644 $(BUILD_DIR)/libasound_module_pcm_shmix.so $(DESTDIR)$(PLUGIN_DIR)/
 	install -m 0644 asound.conf.d/50-shmix.conf $(DESTDIR)$(CONF_DIR)/
-	install -m 0755 target/release/shmixd $(DESTDIR)$(PREFIX)/bin/
-	@echo "installed. To make shmix the default device:"
-	@echo "  install -m 0644 asound.conf.d/99-shmix-default.conf $(DESTDIR)$(CONF_DIR)/"
+	install -m 0755 $(BUILD_DIR)/shmixd $(DESTDIR)$(BINDIR)/
+	@# shmixctl comes with the control issue; install it whenever it was built.
+	if [ -e $(BUILD_DIR)/shmixctl ]; then install -m 0755 $(BUILD_DIR)/shmixctl $(DESTDIR)$(BINDIR)/; \
+	else echo "note: $(BUILD_DIR)/shmixctl not built; not installed"; fi
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+	for u in shmixd.service shmixd.socket; do \
+		$(UNIT_SUBST) systemd/user/$$u > $(DESTDIR)$(SYSTEMD_USER_DIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMD_USER_DIR)/$$u || exit 1; done
+	$(UNIT_SUBST) systemd/system/shmixd.service > $(DESTDIR)$(SYSTEMD_SYSTEM_DIR)/shmixd.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_SYSTEM_DIR)/shmixd.service
+	install -m 0644 systemd/sysusers.d/shmixd.conf $(DESTDIR)$(SYSUSERS_DIR)/
+	@echo "installed. Next steps (README: Install into a real system):"
+	@echo "  per user, started on first use:  systemctl --user daemon-reload && systemctl --user enable --now shmixd.socket"
+	@echo "  or system-wide for group audio:  systemd-sysusers && systemctl daemon-reload && systemctl enable --now shmixd.service"
+	@echo "  make shmix the default device:   install -m 0644 asound.conf.d/99-shmix-default.conf $(DESTDIR)$(CONF_DIR)/"
 
+# Removes everything `make install` put in place (and 99-shmix-default.conf if it was copied).
 uninstall:
 	rm -f $(DESTDIR)$(PLUGIN_DIR)/libasound_module_pcm_shmix.so \
 	      $(DESTDIR)$(CONF_DIR)/50-shmix.conf $(DESTDIR)$(CONF_DIR)/99-shmix-default.conf \
-	      $(DESTDIR)$(PREFIX)/bin/shmixd
+	      $(DESTDIR)$(BINDIR)/shmixd $(DESTDIR)$(BINDIR)/shmixctl \
+	      $(DESTDIR)$(DOCDIR)/README.md \
+	      $(DESTDIR)$(SYSTEMD_USER_DIR)/shmixd.service $(DESTDIR)$(SYSTEMD_USER_DIR)/shmixd.socket \
+	      $(DESTDIR)$(SYSTEMD_SYSTEM_DIR)/shmixd.service $(DESTDIR)$(SYSUSERS_DIR)/shmixd.conf
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	$(CARGO) clean

@@ -7,10 +7,18 @@ fn main() {
     println!("cargo:rustc-link-lib=asound");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindgen::Builder::default()
-        .header_contents("shmix_alsa.h", "#include <alsa/asoundlib.h>\n#include <alsa/pcm_external.h>\n")
+        .header_contents(
+            "shmix_alsa.h",
+            "#include <alsa/asoundlib.h>\n#include <alsa/pcm_external.h>\n#include <alsa/control_external.h>\n",
+        )
         .allowlist_function("snd_pcm_.*")
         .allowlist_function("snd_config_.*")
         .allowlist_function("snd_lib_error")
+        .allowlist_function("snd_ctl_ext_.*")
+        .allowlist_function("snd_ctl_elem_id_.*")
+        .allowlist_type("snd_ctl_ext.*")
+        .allowlist_type("snd_ctl_elem_type_t")
+        .allowlist_var("SND_CTL_.*")
         .allowlist_type("snd_pcm_.*")
         .allowlist_type("snd_config_.*")
         .allowlist_var("SND_PCM_.*")

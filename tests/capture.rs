@@ -48,18 +48,18 @@ fn read_s16(path: &Path) -> Vec<i16> {
 
 /// Where a recording lies in `source`.
 #[derive(Debug, Clone, Copy)]
-struct Run {
+pub(crate) struct Run {
     /// First non-silent frame of the recording.
-    rec_start: usize,
+    pub(crate) rec_start: usize,
     /// The frame of `source` it starts with.
-    src_start: usize,
+    pub(crate) src_start: usize,
     /// Frames from the first to the last non-silent one.
-    frames: usize,
+    pub(crate) frames: usize,
 }
 
 /// Checks that `recorded`, apart from leading and trailing all-zero frames, is a contiguous
 /// bit-exact run of `source` (which has no all-zero frame), found by content.
-fn run_of(recorded: &[i16], source: &[i16], ch: usize, what: &str) -> Run {
+pub(crate) fn run_of(recorded: &[i16], source: &[i16], ch: usize, what: &str) -> Run {
     let frames: Vec<&[i16]> = recorded.chunks_exact(ch).collect();
     let silent = |f: &&[i16]| f.iter().all(|s| *s == 0);
     let Some(first) = frames.iter().position(|f| !silent(f)) else {

@@ -15,12 +15,12 @@ use shmix_shared::{ChannelMap, ResampleQuality};
 use crate::common::*;
 
 /// A raw protocol client: connected, greeted, with the device's parameters.
-struct Raw {
-    sock: OwnedFd,
-    device: AudioParams,
+pub(crate) struct Raw {
+    pub(crate) sock: OwnedFd,
+    pub(crate) device: AudioParams,
 }
 
-fn seqpacket(path: &std::path::Path) -> OwnedFd {
+pub(crate) fn seqpacket(path: &std::path::Path) -> OwnedFd {
     // std has no SOCK_SEQPACKET client: connect by hand.
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
@@ -54,43 +54,65 @@ fn seqpacket(path: &std::path::Path) -> OwnedFd {
 }
 
 impl Raw {
-    fn connect(rig: &Rig) -> Self {
-        let sock = seqpacket(&rig.sock);
-        let hello = SocketMsg::Hello {
-            version: PROTOCOL_VERSION,
-            direction: Direction::Playback,
-            pid: 0,
-            name: "hostile".into(),
-        };
-        socket::send(sock.as_fd(), &hello, &[]).unwrap();
-        let p = socket::recv(sock.as_fd()).unwrap();
-        let SocketMsg::Welcome { device, .. } = SocketMsg::decode(&p.bytes).unwrap() else { panic!("no welcome") };
-        Self { sock, device }
+    pub(crate) fn connect(rig: &Rig) -> Self {
+        Self::connect_as(rig, Direction::Playback).unwrap_or_else(|a| panic!("no welcome: {a:?}"))
     }
 
-    fn params(&self) -> AudioParams {
+    /// Connects and says hello for `direction`; `Err` with the daemon's answer (None: it hung up)
+    /// when that is not `Welcome`.
+    pub(crate) fn connect_as(rig: &Rig, direction: Direction) -> Result<Self, Option<SocketMsg>> {
+        let sock = seqpacket(&rig.sock);
+        let hello = SocketMsg::Hello { version: PROTOCOL_VERSION, direction, pid: 0, name: "hostile".into() };
+        // A refused connection may be closed before our Hello arrives: the answer is still queued.
+        // If the Hello reached it before it closed, the first recv says ECONNRESET, the next one
+        // returns the queued answer.
+        let _ = socket::send(sock.as_fd(), &hello, &[]);
+        let first = socket::recv(sock.as_fd());
+        let answer = if first.is_err() { socket::recv(sock.as_fd()) } else { first };
+        match answer {
+            Ok(p) if !p.bytes.is_empty() => match SocketMsg::decode(&p.bytes).expect("daemon sent garbage") {
+                SocketMsg::Welcome { device, .. } => Ok(Self { sock, device }),
+                other => Err(Some(other)),
+            },
+            _ => Err(None),
+        }
+    }
+
+    pub(crate) fn params(&self) -> AudioParams {
         AudioParams { period_frames: 1024, buffer_frames: 4096, ..self.device }
     }
 
-    fn layout(&self) -> Layout {
+    pub(crate) fn layout(&self) -> Layout {
         let p = self.params();
         Layout::new(p.frame_bytes(), p.buffer_frames, DEFAULT_MSG_RECORDS).unwrap()
     }
 
     fn create(&self, memfd: RawFd, memfd_bytes: u64) {
+        self.create_with(self.params(), memfd, memfd_bytes);
+    }
+
+    pub(crate) fn create_with(&self, params: AudioParams, memfd: RawFd, memfd_bytes: u64) {
         let (a, b) = (eventfd(), eventfd());
         let msg = SocketMsg::CreateStream {
-            params: self.params(),
+            params,
             msg_records: DEFAULT_MSG_RECORDS,
             memfd_bytes,
-            chmap: ChannelMap::standard(self.params().channels),
+            chmap: ChannelMap::standard(params.channels),
             quality: ResampleQuality::Default,
         };
         socket::send(self.sock.as_fd(), &msg, &[memfd, a.as_raw_fd(), b.as_raw_fd()]).unwrap();
     }
 
+    /// Asks for a stream of `params` on a fresh memfd; the daemon's answer and the mapping.
+    pub(crate) fn try_stream(&self, params: AudioParams) -> (Option<SocketMsg>, OwnedFd, StreamShm) {
+        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
+        let (fd, shm) = StreamShm::create(layout, "hostile").unwrap();
+        self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
+        (self.answer(), fd, shm)
+    }
+
     /// The daemon's next answer; None when it closed the connection.
-    fn answer(&self) -> Option<SocketMsg> {
+    pub(crate) fn answer(&self) -> Option<SocketMsg> {
         match socket::recv(self.sock.as_fd()) {
             Ok(p) if p.bytes.is_empty() => None,
             Ok(p) => Some(SocketMsg::decode(&p.bytes).expect("daemon sent garbage")),
@@ -99,7 +121,7 @@ impl Raw {
     }
 
     /// A valid stream, ready, and its memfd.
-    fn stream(&self) -> (OwnedFd, StreamShm) {
+    pub(crate) fn stream(&self) -> (OwnedFd, StreamShm) {
         let (fd, shm) = StreamShm::create(self.layout(), "hostile").unwrap();
         self.create(fd.as_raw_fd(), self.layout().total_bytes);
         assert!(matches!(self.answer(), Some(SocketMsg::StreamReady { .. })), "valid stream refused");
@@ -107,7 +129,7 @@ impl Raw {
     }
 
     /// Waits until the daemon hangs up on us.
-    fn assert_disconnected(&self, what: &str) {
+    pub(crate) fn assert_disconnected(&self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -126,7 +148,7 @@ impl Raw {
 
 /// Writes `bytes` at `offset` of the memfd through a mapping of our own (what a hostile client
 /// can always do), bypassing every check of `StreamShm`.
-fn scribble(fd: &OwnedFd, len: usize, offset: usize, bytes: &[u8]) {
+pub(crate) fn scribble(fd: &OwnedFd, len: usize, offset: usize, bytes: &[u8]) {
     // SAFETY: a fresh shared mapping of our own memfd of `len` bytes.
     let p = unsafe {
         libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
@@ -140,7 +162,7 @@ fn scribble(fd: &OwnedFd, len: usize, offset: usize, bytes: &[u8]) {
     }
 }
 
-fn eventfd() -> OwnedFd {
+pub(crate) fn eventfd() -> OwnedFd {
     // SAFETY: plain eventfd(2).
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     assert!(fd >= 0);

@@ -207,11 +207,16 @@ fn daemon_sigterm_is_clean_and_clients_get_an_error() {
     let start = Instant::now();
     let mut a = aplay(&rig, &[], &wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
     let st = rig.signal_daemon(libc::SIGTERM);
+    let daemon_took = t.elapsed();
     assert!(st.success(), "shmixd exited with {st} on SIGTERM:\n{}", rig.daemon_log());
+    assert!(daemon_took < Duration::from_secs(1), "shmixd took {daemon_took:?} to exit on SIGTERM");
     assert!(!rig.sock.exists(), "shmixd left its socket behind");
     let r = finish(&mut a, start, Duration::from_secs(5));
+    let client_took = t.elapsed();
     assert!(!r.status.success(), "aplay succeeded although the daemon stopped");
+    assert!(client_took < Duration::from_millis(1500), "aplay took {client_took:?} to notice the daemon's exit");
 }
 
 #[test]

@@ -38,47 +38,9 @@ fn aplay_setup_value(out: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// One stretch of the recording that equals `sound[sound_at..sound_at + len]` (frames).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Piece {
-    rec_at: usize,
-    sound_at: usize,
-    len: usize,
-}
-
-/// Splits the recording into pieces of `sound`: every frame of the recording is either silence
-/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit. Panics
-/// on a frame that is neither (garbage, or a mix). `sound` must never hold a frame of zeros.
+/// The recording as pieces of `sound` (stereo frames): see [`pieces_of`].
 fn pieces(rec: &[i16], sound: &[i16], what: &str) -> Vec<Piece> {
-    let rec_frames = rec.len() / CH;
-    let snd_frames = sound.len() / CH;
-    let rf = |i: usize| &rec[i * CH..(i + 1) * CH];
-    let sf = |i: usize| &sound[i * CH..(i + 1) * CH];
-    let key = 8usize; // frames that locate a piece unambiguously
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < rec_frames {
-        if rf(i).iter().all(|s| *s == 0) {
-            i += 1;
-            continue;
-        }
-        let k = key.min(rec_frames - i);
-        let at =
-            (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t))).unwrap_or_else(|| {
-                panic!(
-                    "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
-                     far: {out:?}",
-                    &rec[i * CH..(i * CH + 8).min(rec.len())]
-                )
-            });
-        let mut len = 0;
-        while i + len < rec_frames && at + len < snd_frames && rf(i + len) == sf(at + len) {
-            len += 1;
-        }
-        out.push(Piece { rec_at: i, sound_at: at, len });
-        i += len;
-    }
-    out
+    pieces_of(rec, sound, CH, what)
 }
 
 /// Asserts the recording is exactly `sound[..frames]`, contiguous, with silence around it.
@@ -239,9 +201,10 @@ fn period_size(p: u64, buffer: u64, daemon_args: &[&str]) {
 }
 
 /// The plugin's minimum buffer is two device periods (512 frames at the default --period 256);
-/// keep the buffer a multiple of the period.
+/// keep the buffer a multiple of the period, and at least 2048 frames (43 ms): with 512 (11 ms)
+/// aplay itself underran now and then while the whole suite loaded the 2-core machine.
 fn buffer_for(p: u64) -> u64 {
-    p * 4u64.max(512u64.div_ceil(p))
+    p * 4u64.max(2048u64.div_ceil(p))
 }
 
 #[test]
@@ -349,6 +312,145 @@ fn c_delay_status_wait_and_drain() {
     assert_prefix_played(&rig, &sound, rep.number("written"), "C basic");
 }
 
+/// The daemon's device period in frames, from its startup line ("... period N frames").
+pub fn daemon_period(rig: &Rig) -> u64 {
+    let log = rig.daemon_log();
+    log.lines()
+        .find_map(|l| {
+            l.split(", period ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no device period in the daemon log:\n{log}"))
+}
+
+/// The card's clock starts (`clock_file` lines `start NS FRAMES`): frames of the recording the
+/// card has played at CLOCK_MONOTONIC `ns`.
+pub fn card_played_at(starts: &[(u64, u64)], rate: u32, ns: u64) -> f64 {
+    let (s_ns, f0) = starts.iter().rev().find(|(s, _)| *s <= ns).copied().unwrap_or((ns, 0));
+    f0 as f64 + (ns - s_ns) as f64 * f64::from(rate) / 1e9
+}
+
+pub fn read_clock_file(path: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).expect("clock_file");
+    text.lines()
+        .map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+            (v[0], v[1])
+        })
+        .collect()
+}
+
+/// The largest and the mean signed error (frames) of `(t0 ns, t1 ns, written, delay)` samples
+/// against the truth: written minus what the card has played of the stream, whose first frame
+/// is recorded at frame `first`. A delay anywhere within the truth over `[t0, t1]` is exact.
+pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rate: u32, first: usize) -> (f64, f64) {
+    let truth = |ns: u64, w: u64| {
+        let played = (card_played_at(starts, rate, ns) - first as f64).clamp(0.0, w as f64);
+        w as f64 - played
+    };
+    let errs: Vec<f64> = samples
+        .iter()
+        .map(|&(t0, t1, w, d)| {
+            let (hi, lo) = (truth(t0, w), truth(t1, w));
+            let d = d as f64;
+            if d > hi {
+                d - hi
+            } else if d < lo {
+                d - lo
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let pct = |q: f64| abs[((abs.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "delay |error| percentiles: 50 % {:.0}, 90 % {:.0}, 99 % {:.0} frames; signed: {} under, {} over the truth",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        errs.iter().filter(|e| **e < 0.0).count(),
+        errs.iter().filter(|e| **e > 0.0).count()
+    );
+    (max, errs.iter().sum::<f64>() / errs.len() as f64)
+}
+
+/// `pcm_semantics truth` with `args` (none: period 1024, buffer 4096, RW): every delay sample
+/// within a device period + 1 ms of the truth; returns (max |error|, mean error) in frames.
+fn delay_against_truth(seed: u32, args: &[&str]) -> (f64, f64) {
+    let card = Card { extra: vec!["clock_file \"@DIR@/clock.txt\"".into()], ..Default::default() };
+    let rig = Rig::new(card, &[]);
+    let sound = stereo_noise(seed, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let mut a = vec!["truth", raw.to_str().unwrap()];
+    a.extend_from_slice(args);
+    let rep = run_c(&rig, &a, &["truth_drain"]);
+    let samples: Vec<(u64, u64, u64, i64)> = rep
+        .out
+        .lines()
+        .filter_map(|l| l.strip_prefix("sample "))
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap(), v[3].parse().unwrap())
+        })
+        .collect();
+    let first = assert_contiguous(&rig.recording_s16(), &sound, CH, "C truth");
+    let starts = read_clock_file(&rig.path("clock.txt"));
+    assert!(!starts.is_empty(), "the card logged no clock start");
+    let (max, mean) = delay_errors(&samples, &starts, RATE, first);
+    let period = daemon_period(&rig);
+    let bound = period as f64 + f64::from(RATE) / 1000.0;
+    eprintln!(
+        "delay vs card clock {args:?}: {} samples, max |error| {max:.1} frames ({:.2} ms), mean {mean:+.1} frames; \
+         bound {bound} (device period {period} + 1 ms)",
+        samples.len(),
+        max * 1000.0 / f64::from(RATE)
+    );
+    assert!(samples.iter().all(|s| s.3 >= 0), "negative delay");
+    assert!(max <= bound, "delay off the truth by {max:.1} frames (bound {bound})");
+    // Measured: about 3 frames. The errors are against timestamps taken around each call, so
+    // scheduling does not enter; a stream's start behind the device's queue once cost up to a
+    // device period (see the daemon's publish_timing): keep that from coming back.
+    let tight = 2.0 * f64::from(RATE) / 1000.0;
+    assert!(max <= tight, "delay off the truth by {max:.1} frames, more than 2 ms ({tight} frames)");
+    (max, mean)
+}
+
+#[test]
+fn c_delay_matches_the_card_clock() {
+    delay_against_truth(451, &[]);
+}
+
+#[test]
+fn c_delay_matches_the_card_clock_mmap_period_64() {
+    // 32 periods: the sampling loop sleeps 3 ms between looks, which a loaded machine stretches.
+    delay_against_truth(452, &["64", "2048", "mmap"]);
+}
+
+#[test]
+fn c_delay_matches_the_card_clock_period_940() {
+    delay_against_truth(453, &["940", "3760", "rw"]);
+}
+
+#[test]
+fn c_status_timestamps_after_an_underrun_are_sane() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(461, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["xrun_status", raw.to_str().unwrap()], &["xrun_status", "restart_trigger"]);
+    // alsa-lib's ioplug keeps the trigger timestamp to itself and sets it only at start, pause
+    // and drop, so an underrun's length reads as the time since the start: bounded, not the
+    // time since the underrun (a kernel driver's trigger moves to the xrun).
+    eprintln!(
+        "underrun: status says {:.1} ms, the last write was {:.1} ms before",
+        rep.value("xrun_underrun_ms"),
+        rep.value("xrun_since_last_write_ms")
+    );
+}
+
 #[test]
 fn c_pause_loses_and_repeats_nothing() {
     let rig = Rig::new(Card::default(), &[]);
@@ -430,6 +532,19 @@ fn c_abort_interrupts_a_blocking_drain() {
     assert_eq!(p[0].sound_at, 0, "{p:?}");
 }
 
+#[test]
+fn c_abort_from_another_thread_interrupts_a_blocking_drain() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(811, 2.0);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    let rep = run_c(&rig, &["abort_thread", raw.to_str().unwrap()], &["abort_thread_drain", "drop_after_abort_thread"]);
+    eprintln!("abort from a thread: drain returned after {:.1} ms", rep.value("abort_thread_drain_ms"));
+    let p = pieces(&rig.recording_s16(), &sound, "abort from a thread");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].sound_at, 0, "{p:?}");
+}
+
 // ----- 5. open/close cycles leak nothing ----------------------------------------------------
 
 fn fd_count(pid: i32) -> usize {
@@ -440,14 +555,26 @@ fn memfd_maps(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps").lines().filter(|l| l.contains("memfd:")).count()
 }
 
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .expect("VmRSS")
+}
+
 #[test]
 fn open_close_cycles_leak_no_descriptor() {
     let rig = Rig::new(Card::default(), &[]);
     let pid = rig.daemon_pid();
-    // Let the mix thread start the device before counting.
+    // Let the mix thread start the device, and warm the daemon's allocations with 100 cycles,
+    // before counting.
     std::thread::sleep(Duration::from_millis(200));
-    let (fds0, maps0) = (fd_count(pid), memfd_maps(pid));
-    run_c(&rig, &["cycles", "200"], &["cycles_client_fds"]);
+    run_c(&rig, &["cycles", "100"], &["cycles_client_fds"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds0, maps0, rss0) = (fd_count(pid), memfd_maps(pid), rss_kb(pid));
+    let n = 1000;
+    let rep = run_c(&rig, &["cycles", &n.to_string()], &["cycles_client_fds", "cycles_client_memory"]);
     // The daemon retires closed streams asynchronously: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut fds1, mut maps1) = (fd_count(pid), memfd_maps(pid));
@@ -455,9 +582,17 @@ fn open_close_cycles_leak_no_descriptor() {
         std::thread::sleep(Duration::from_millis(50));
         (fds1, maps1) = (fd_count(pid), memfd_maps(pid));
     }
-    eprintln!("daemon fds {fds0} -> {fds1}, memfd mappings {maps0} -> {maps1}");
-    assert!(fds1 <= fds0 + 2, "daemon fds grew from {fds0} to {fds1} over 200 open/close cycles");
-    assert_eq!(maps1, maps0, "daemon keeps stream mappings after 200 open/close cycles");
+    let rss1 = rss_kb(pid);
+    eprintln!(
+        "{n} cycles: daemon fds {fds0} -> {fds1}, memfd mappings {maps0} -> {maps1}, RSS {rss0} -> {rss1} kB; client \
+         heap in use +{} bytes, RSS +{} kB",
+        rep.value("cycles_heap_growth_bytes"),
+        rep.value("cycles_rss_growth_kb")
+    );
+    assert!(fds1 <= fds0 + 2, "daemon fds grew from {fds0} to {fds1} over {n} open/close cycles");
+    assert_eq!(maps1, maps0, "daemon keeps stream mappings after {n} open/close cycles");
+    // A leak of even 1 kB per stream would be 1000 kB here.
+    assert!(rss1 <= rss0 + 512, "daemon RSS grew from {rss0} to {rss1} kB over {n} open/close cycles");
     let log = rig.daemon_log();
     let bad: Vec<&str> =
         log.lines().filter(|l| l.starts_with("shmixd WARN") || l.starts_with("shmixd ERROR")).collect();

@@ -1,10 +1,16 @@
 //! shmix integration tests: one binary; each module drives real ALSA programs against the
 //! virtual card through a daemon of its own on a private socket.
 
+mod access;
 mod capture;
 mod common;
+mod compat;
+mod control;
 mod faults;
 mod formats;
 mod hostile;
 mod playback;
+mod reliability;
 mod semantics;
+mod service;
+mod soak;

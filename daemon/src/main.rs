@@ -12,10 +12,14 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
+use shmix_daemon::access;
+use shmix_daemon::control::DeviceCtl;
 use shmix_daemon::device::{self, Device, Request};
+use shmix_daemon::limits::{self, Limits};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
 use shmix_shared::chmap::ResampleQuality;
 use shmix_shared::SampleFormat;
@@ -24,9 +28,19 @@ use shmix_shared::SampleFormat;
 #[derive(Debug, Parser)]
 #[command(name = "shmixd", version, about)]
 struct Cli {
-    /// Socket path [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket]
+    /// Socket path [default: $SHMIX_SOCKET, else $XDG_RUNTIME_DIR/shmix/socket; with --system
+    /// $SHMIX_SYSTEM_SOCKET, else /run/shmix/socket]. Ignored when systemd passes the socket
+    /// (socket activation: LISTEN_FDS)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// System-wide daemon for headless machines: listen on /run/shmix/socket (socket 0660 in
+    /// --group; a directory it has to create 0750 in --group) and admit the members of --group
+    /// besides the daemon's uid and root
+    #[arg(long)]
+    system: bool,
+    /// The group --system mode admits (a name or a gid)
+    #[arg(long, value_name = "NAME", default_value = "audio", requires = "system")]
+    group: String,
     /// ALSA PCM to play on [default: the first hardware card, hw:N]
     #[arg(long, value_name = "PCM")]
     device: Option<String>,
@@ -56,6 +70,18 @@ struct Cli {
     /// SCHED_FIFO priority for the mix thread
     #[arg(long, default_value_t = 20)]
     rt_priority: i32,
+    /// Most connections held at once; past it a new client is refused with the reason
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
+    /// Most streams one client process (by peer pid) may have at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS_PER_CLIENT)]
+    max_streams_per_client: usize,
+    /// Most stream shared memory one client process (by peer pid) may have mapped, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = limits::DEFAULT_MAX_CLIENT_SHM_MIB, value_parser = limits::parse_mib)]
+    max_client_shm: u64,
+    /// Seconds a new connection has to send its Hello before it is dropped [default: 5]
+    #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
+    handshake_timeout: Option<std::time::Duration>,
 }
 
 fn parse_format(s: &str) -> Result<SampleFormat, String> {
@@ -77,8 +103,21 @@ fn eventfd() -> anyhow::Result<OwnedFd> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    let socket_path = cli.socket.clone().unwrap_or_else(|| shmix_shared::socket::resolve_socket_path(None));
-    server::check_socket_path(&socket_path)?;
+    // Socket activation first: nothing may open a descriptor before fd 3 is taken.
+    let activated = access::socket_from_systemd()?;
+    let group = if cli.system { Some(access::Group::lookup(&cli.group)?) } else { None };
+    let socket_path = match (&activated, &cli.socket) {
+        (Some((_, path)), _) => path.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) if cli.system => shmix_shared::socket::system_socket_path(),
+        (None, None) => shmix_shared::socket::user_socket_path(),
+    };
+    if activated.is_none() {
+        if let Some(g) = &group {
+            access::prepare_system_dir(&socket_path, g)?;
+        }
+        server::check_socket_path(&socket_path)?;
+    }
 
     let device_name = match &cli.device {
         Some(d) => d.clone(),
@@ -140,9 +179,47 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
     };
 
-    let listen = server::listen(&socket_path)?;
+    let (nofile_before, nofile) = limits::raise_nofile();
+    // Each client may hold a socket and two eventfds; keep 64 descriptors for the daemon itself.
+    let fit = usize::try_from(nofile.saturating_sub(64) / 3).unwrap_or(usize::MAX).max(1);
+    if cli.max_clients > fit {
+        log::warn!("--max-clients {} lowered to {fit}: the descriptor limit is {nofile}", cli.max_clients);
+    }
+    let lim = Limits {
+        max_clients: cli.max_clients.clamp(1, fit),
+        max_streams_per_client: cli.max_streams_per_client.max(1),
+        max_client_shm: cli.max_client_shm,
+        handshake_timeout: cli.handshake_timeout.unwrap_or(Limits::default().handshake_timeout),
+    };
     info!(
-        "shmixd listening on {} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
+        "limits: {} clients, {} streams and {} MiB per client process, handshake {} s, descriptors {nofile} \
+         (soft limit was {nofile_before})",
+        lim.max_clients,
+        lim.max_streams_per_client,
+        lim.max_client_shm >> 20,
+        lim.handshake_timeout.as_secs_f64()
+    );
+    let (listen, how) = match activated {
+        Some((fd, _)) => (fd, " (socket activation)"),
+        None => {
+            let fd = server::listen(&socket_path)?;
+            if let Some(g) = &group {
+                access::restrict_system_socket(&socket_path, g)?;
+            }
+            (fd, "")
+        }
+    };
+    let policy = match group {
+        Some(g) => {
+            let uid = access::Policy::user().uid;
+            let who = if uid == 0 { "root".to_string() } else { format!("uid {uid} and root") };
+            info!("system mode: admitting {who}, and members of group '{}' (gid {})", g.name, g.gid);
+            access::Policy::system(g)
+        }
+        None => access::Policy::user(),
+    };
+    info!(
+        "shmixd listening on {}{how} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
          resampling {}",
         socket_path.display(),
         device_name,
@@ -157,17 +234,27 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
     let signals = server::signal_fd()?;
     let counters = Arc::new(Counters::default());
-    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters));
+    let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
+    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters))
+        .with_control(Arc::clone(&dctl));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
+    // A card that vanishes is closed and reopened with this same request by its own thread,
+    // while the clients wait.
+    let (reopen_end, reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
-        .keep_capture_open(cli.keep_capture_open);
+        .keep_capture_open(cli.keep_capture_open)
+        .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
 
-    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters);
+    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
+        .with_control(dctl)
+        .with_access(policy)
+        .with_limits(lim);
     if let Some((creq, cspec)) = capture {
         srv = srv.with_capture(device_name.clone(), creq, cspec);
     }
@@ -176,9 +263,14 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
     srv.request_shutdown();
     let mix_result = handle.join();
+    reopen_stop.stop();
+    let _ = reopen_handle.join();
     srv.drain_events();
     srv.close_clients();
-    let _ = std::fs::remove_file(srv.socket_path());
+    if how.is_empty() {
+        // Ours to remove; an activated socket belongs to systemd, which keeps listening on it.
+        let _ = std::fs::remove_file(srv.socket_path());
+    }
     info!("{}", srv.stats_line());
     match mix_result {
         Ok(Ok(())) => {}

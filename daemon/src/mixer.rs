@@ -16,8 +16,9 @@ use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::wake;
 use shmix_shared::{Direction, Record, SampleFormat, Violation};
 
-use crate::convert::{self, EncodeFn};
-use crate::pipeline::{Pipeline, RecordPipe, Taken};
+use crate::control::{DeviceCtl, StreamCtl};
+use crate::convert::{self, DecodeFn, EncodeFn};
+use crate::pipeline::{peak_of, Gain, Pipeline, RecordPipe, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -54,6 +55,9 @@ pub struct Counters {
     pub capture_xruns: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
+    /// Times a stream's wakeups were muted until the next device period (it woke the mix thread,
+    /// or flooded a full ring of records in one cycle).
+    pub wakes_muted: AtomicU64,
 }
 
 impl Counters {
@@ -105,6 +109,13 @@ pub struct Stream {
     rec: Option<Box<RecordPipe>>,
     /// Recorders: frames written since the last Start (ring index = this % buffer_frames).
     write_count: u64,
+    /// Its daemon_wake eventfd fired in this cycle.
+    woke: bool,
+    /// Until the next device period: its eventfd is not polled and its ring not rechecked
+    /// before the wait (a client cannot make the mix thread spin).
+    muted: bool,
+    /// Volume in, levels and figures out (shared with the control thread; atomics only).
+    ctl: Arc<StreamCtl>,
 }
 
 impl Stream {
@@ -129,7 +140,27 @@ impl Stream {
             dir: Direction::Playback,
             rec: None,
             write_count: 0,
+            woke: false,
+            muted: false,
+            ctl: Arc::new(StreamCtl::default()),
         }
+    }
+
+    /// Shares `ctl` with the control thread and starts at its volume without a ramp (control
+    /// thread, before the stream is added).
+    pub fn attach_ctl(&mut self, ctl: Arc<StreamCtl>) {
+        let g = ctl.volume.gain();
+        self.pipe.jump_gain(g);
+        if let Some(r) = self.rec.as_mut() {
+            r.jump_gain(g);
+        }
+        self.ctl = ctl;
+    }
+
+    /// The figures shared with the control thread.
+    #[must_use]
+    pub fn ctl(&self) -> &Arc<StreamCtl> {
+        &self.ctl
     }
 
     /// Wraps a recording stream (`Capture` or `Monitor`): the daemon writes its ring through
@@ -208,6 +239,7 @@ impl Stream {
         if k < n {
             self.state = State::Stopped;
             Counters::bump(&counters.capture_overruns, 1);
+            self.ctl.xruns.fetch_add(1, Ordering::Relaxed);
             let pos = self.pos();
             self.post(Record::Xrun { pos, at_ns: now_ns }, counters);
             return;
@@ -219,10 +251,31 @@ impl Stream {
         }
     }
 
-    /// The eventfd the client writes when it posted a record while we slept.
+    /// Publishes state, latency and the plugin's copy counters for the control thread. RT: yes.
+    fn publish_figures(&self, latency_frames: u32) {
+        let state = match self.state {
+            State::Stopped => 0,
+            State::Running => 1,
+            State::Paused => 2,
+            State::Draining | State::DrainingDevice => 3,
+        };
+        self.ctl.state.store(state, Ordering::Relaxed);
+        self.ctl.latency_frames.store(latency_frames, Ordering::Relaxed);
+        // Untrusted numbers from the client's memory, shown as they are.
+        let line = self.shm.avail_min();
+        self.ctl.copied_frames.store(line.copied_frames.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.ctl.zero_copy_frames.store(line.zero_copy_frames.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The eventfd the client writes when it posted a record while we slept; -1 (not polled)
+    /// while the stream is muted.
     #[must_use]
     pub fn daemon_wake_fd(&self) -> i32 {
-        self.daemon_wake.as_raw_fd()
+        if self.muted {
+            -1
+        } else {
+            self.daemon_wake.as_raw_fd()
+        }
     }
 
     /// Current daemon-side state.
@@ -315,78 +368,109 @@ impl Stream {
         self.post(Record::Drained { seq: self.drain_seq, pos }, counters);
     }
 
-    /// Handles every queued client record.
+    /// Handles the queued client records, at most one ring's worth per cycle (a client pushing
+    /// records as fast as we take them cannot hold the mix thread here). A stream that woke the
+    /// mix thread, or used its whole budget, is muted until the next period: each stream wakes
+    /// it at most once a period, whatever it writes.
     fn process_records(&mut self, counters: &Counters) {
-        while self.violation.is_none() {
-            let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
-                Ok(None) => return,
-                Ok(Some(Ok(r))) => r,
-                Ok(Some(Err(e))) => return self.violate(e.into()),
-                Err(v) => return self.violate(v),
-            };
-            match rec {
-                Record::Start { .. } => {
-                    if self.state == State::Stopped {
-                        self.state = State::Running;
-                        self.read_count = 0;
-                        self.write_count = 0;
-                        self.pipe.restart();
-                        if let Some(r) = self.rec.as_mut() {
-                            r.restart();
-                        }
+        let budget = self.shm.layout().msg_records;
+        let mut taken = 0;
+        while taken < budget {
+            if !self.process_one_record(counters) {
+                break;
+            }
+            taken += 1;
+        }
+        if self.woke || taken == budget {
+            if !self.muted {
+                Counters::bump(&counters.wakes_muted, 1);
+            }
+            self.muted = true;
+        }
+        self.woke = false;
+    }
+
+    /// Takes and handles one client record; false when there was none (or the stream broke the
+    /// contract).
+    fn process_one_record(&mut self, counters: &Counters) -> bool {
+        if self.violation.is_some() {
+            return false;
+        }
+        let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
+            Ok(None) => return false,
+            Ok(Some(Ok(r))) => r,
+            Ok(Some(Err(e))) => {
+                self.violate(e.into());
+                return false;
+            }
+            Err(v) => {
+                self.violate(v);
+                return false;
+            }
+        };
+        match rec {
+            Record::Start { .. } => {
+                if self.state == State::Stopped {
+                    self.state = State::Running;
+                    self.read_count = 0;
+                    self.write_count = 0;
+                    self.pipe.restart();
+                    if let Some(r) = self.rec.as_mut() {
+                        r.restart();
                     }
-                }
-                // Recorders: what was captured stays readable; Drain is Stop answered Drained.
-                Record::Stop { seq } | Record::Drain { seq } if self.is_recorder() => {
-                    self.state = State::Stopped;
-                    let pos = self.pos();
-                    let rec = if matches!(rec, Record::Stop { .. }) {
-                        Record::Stopped { seq, pos }
-                    } else {
-                        Record::Drained { seq, pos }
-                    };
-                    self.post(rec, counters);
-                }
-                Record::Stop { seq } => {
-                    // Discard what is queued: the read position jumps to the write position.
-                    let Some(fill) = self.fill() else { return };
-                    if self.state != State::Stopped {
-                        self.read_count += u64::from(fill);
-                        self.publish_read();
-                    }
-                    self.state = State::Stopped;
-                    let pos = self.read_pos();
-                    self.post(Record::Stopped { seq, pos }, counters);
-                }
-                Record::Pause { seq } => {
-                    if matches!(self.state, State::Running | State::Draining) {
-                        self.state = State::Paused;
-                    }
-                    let pos = self.pos();
-                    self.post(Record::Stopped { seq, pos }, counters);
-                }
-                Record::Resume { .. } => {
-                    if self.state == State::Paused {
-                        self.state = State::Running;
-                    }
-                }
-                Record::Drain { seq } => match self.state {
-                    State::Running => {
-                        self.state = State::Draining;
-                        self.drain_seq = seq;
-                    }
-                    State::Draining | State::DrainingDevice => self.drain_seq = seq,
-                    State::Stopped | State::Paused => {
-                        self.state = State::Stopped;
-                        let pos = self.read_pos();
-                        self.post(Record::Drained { seq, pos }, counters);
-                    }
-                },
-                Record::Stopped { .. } | Record::Xrun { .. } | Record::Drained { .. } | Record::Fatal { .. } => {
-                    self.violate(Violation::new("daemon record sent by the client", u64::from(rec.encode()[0]), 0));
                 }
             }
+            // Recorders: what was captured stays readable; Drain is Stop answered Drained.
+            Record::Stop { seq } | Record::Drain { seq } if self.is_recorder() => {
+                self.state = State::Stopped;
+                let pos = self.pos();
+                let rec = if matches!(rec, Record::Stop { .. }) {
+                    Record::Stopped { seq, pos }
+                } else {
+                    Record::Drained { seq, pos }
+                };
+                self.post(rec, counters);
+            }
+            Record::Stop { seq } => {
+                // Discard what is queued: the read position jumps to the write position.
+                let Some(fill) = self.fill() else { return false };
+                if self.state != State::Stopped {
+                    self.read_count += u64::from(fill);
+                    self.publish_read();
+                }
+                self.state = State::Stopped;
+                let pos = self.read_pos();
+                self.post(Record::Stopped { seq, pos }, counters);
+            }
+            Record::Pause { seq } => {
+                if matches!(self.state, State::Running | State::Draining) {
+                    self.state = State::Paused;
+                }
+                let pos = self.pos();
+                self.post(Record::Stopped { seq, pos }, counters);
+            }
+            Record::Resume { .. } => {
+                if self.state == State::Paused {
+                    self.state = State::Running;
+                }
+            }
+            Record::Drain { seq } => match self.state {
+                State::Running => {
+                    self.state = State::Draining;
+                    self.drain_seq = seq;
+                }
+                State::Draining | State::DrainingDevice => self.drain_seq = seq,
+                State::Stopped | State::Paused => {
+                    self.state = State::Stopped;
+                    let pos = self.read_pos();
+                    self.post(Record::Drained { seq, pos }, counters);
+                }
+            },
+            Record::Stopped { .. } | Record::Xrun { .. } | Record::Drained { .. } | Record::Fatal { .. } => {
+                self.violate(Violation::new("daemon record sent by the client", u64::from(rec.encode()[0]), 0));
+            }
         }
+        self.violation.is_none()
     }
 }
 
@@ -431,6 +515,16 @@ pub struct MixCore {
     /// The f32 mix bus, device channels interleaved.
     bus: Vec<f32>,
     counters: Arc<Counters>,
+    /// Device format -> f32 (metering the fast path's bytes).
+    decode: DecodeFn,
+    /// Master volume and mute, levels (shared with the control thread; atomics only).
+    dctl: Arc<DeviceCtl>,
+    /// The master gain (ramped), applied to the bus.
+    master: Gain,
+    /// Peak per device channel in the current metering window.
+    meter: [f32; shmix_shared::msg::MAX_CHANNELS as usize],
+    /// Frames in the current metering window.
+    meter_frames: u32,
 }
 
 impl MixCore {
@@ -448,6 +542,75 @@ impl MixCore {
             device_pos: 0,
             bus: vec![0.0; max_frames * channels as usize],
             counters,
+            decode: convert::decoder(format),
+            dctl: Arc::new(DeviceCtl::new(channels, 48000)),
+            master: Gain::new(DeviceCtl::new(channels, 48000).ramp_frames as usize),
+            meter: [0.0; shmix_shared::msg::MAX_CHANNELS as usize],
+            meter_frames: 0,
+        }
+    }
+
+    /// Shares `dctl` (master and capture volume, device levels) with the control thread.
+    #[must_use]
+    pub fn with_control(mut self, dctl: Arc<DeviceCtl>) -> Self {
+        self.master = Gain::new(dctl.ramp_frames as usize);
+        self.master.jump(dctl.master.gain());
+        self.dctl = dctl;
+        self
+    }
+
+    /// The device state shared with the control thread.
+    #[must_use]
+    pub fn device_ctl(&self) -> &Arc<DeviceCtl> {
+        &self.dctl
+    }
+
+    /// Picks up volume and mute changes from the control thread (ramped from here). RT: yes
+    /// (atomic loads only).
+    fn apply_controls(&mut self) {
+        self.master.set(self.dctl.master.gain());
+        let capture = self.dctl.capture.gain();
+        for s in &mut self.streams {
+            // A stream that is not playing or recording takes the new gain at once (nothing to
+            // click); one that is ramps to it.
+            let live = s.active() || s.recording(s.dir);
+            let g = match s.dir {
+                Direction::Capture => s.ctl.volume.gain() * capture,
+                _ => s.ctl.volume.gain(),
+            };
+            match s.rec.as_mut() {
+                None if live => s.pipe.set_gain(g),
+                None => s.pipe.jump_gain(g),
+                Some(r) if live => r.set_gain(g),
+                Some(r) => r.jump_gain(g),
+            }
+        }
+    }
+
+    /// Folds one run of the bus (`samples` interleaved device samples, final levels) into the
+    /// meter and publishes the window when it is full. RT: yes.
+    fn meter_run(&mut self, samples: usize, frames: usize) {
+        let ch = (self.channels as usize).min(self.meter.len());
+        if samples > 0 && ch > 0 {
+            for f in self.bus[..samples].chunks_exact(self.channels as usize) {
+                for (m, x) in self.meter[..ch].iter_mut().zip(f) {
+                    *m = m.max(x.abs());
+                }
+            }
+        }
+        self.meter_frames += frames as u32;
+        if self.meter_frames >= self.dctl.window_frames {
+            self.meter_frames = 0;
+            for (m, l) in self.meter[..ch].iter_mut().zip(&self.dctl.peaks) {
+                l.set(std::mem::take(m));
+            }
+            for s in &mut self.streams {
+                let p = match s.rec.as_mut() {
+                    Some(r) => r.take_peak(),
+                    None => s.pipe.take_peak(),
+                };
+                s.ctl.peak.set(p);
+            }
         }
     }
 
@@ -507,13 +670,15 @@ impl MixCore {
     /// true when some stream already has a record queued (do not block in poll).
     pub fn prepare_sleep(&self) -> bool {
         let mut ready = false;
-        for s in self.streams.iter().filter(|s| s.violation.is_none()) {
+        // Muted streams are not rechecked (their records wait for the next period).
+        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.muted) {
             let flag = &s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping;
+            let ours = s.c2d.pos();
             let d = wake::prepare_sleep(flag, || {
-                // Pairs with the client's Release store in push_record. Our own read cursor is
-                // stored by us on every pop, so a Relaxed load sees its latest value.
-                let w = s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire);
-                w != s.shm.ring_read_cursor(Ring::ClientToDaemon).pos.load(Ordering::Relaxed)
+                // Pairs with the client's Release store in push_record. Compared with our private
+                // read position: the copy in the header is client-writable (a client that
+                // rewrote it would otherwise keep us from ever sleeping).
+                s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire) != ours
             });
             ready |= matches!(d, wake::SleepDecision::Ready { .. });
         }
@@ -522,17 +687,20 @@ impl MixCore {
 
     /// After the wait: clears the sleeping flags (we are awake: clients need not write) and
     /// resets the daemon_wake eventfds that fired (`fired(i)` for stream index `i`).
-    pub fn after_wake(&self, fired: impl Fn(usize) -> bool) {
-        for (i, s) in self.streams.iter().enumerate() {
+    pub fn after_wake(&mut self, fired: impl Fn(usize) -> bool) {
+        for (i, s) in self.streams.iter_mut().enumerate() {
             s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping.store(0, Ordering::Relaxed);
             if fired(i) {
                 efd_read(s.daemon_wake.as_raw_fd());
+                s.woke = true;
             }
         }
     }
 
-    /// Handles every stream's queued control records.
+    /// Handles every stream's queued control records (after picking up volume changes, so a
+    /// stream that starts now starts at its gain).
     pub fn process_records(&mut self) {
+        self.apply_controls();
         for s in &mut self.streams {
             s.process_records(&self.counters);
         }
@@ -541,17 +709,27 @@ impl MixCore {
     /// Mixes one contiguous run of `out.len() / frame_bytes` frames (at most `max_frames`) of all
     /// active streams into `out`, device format. Returns the frames written.
     pub fn mix(&mut self, out: &mut [u8], now_ns: u64) -> usize {
+        // A new period: muted streams are heard again (their records are taken this cycle).
+        for s in &mut self.streams {
+            s.muted = false;
+        }
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];
+        self.apply_controls();
+        let samples = frames * self.channels as usize;
+        let mut metered = 0;
         let active = self.streams.iter().filter(|s| s.active()).count();
         let counters = &*self.counters;
         let device_pos = self.device_pos;
         let single = if active == 1 { self.streams.iter_mut().find(|s| s.active()) } else { None };
         match single {
-            None if active == 0 => convert::silence(self.format, out),
+            None if active == 0 => {
+                convert::silence(self.format, out);
+                self.master.advance(frames);
+            }
             // Fast path: the ring's bytes are already what the device wants.
-            Some(s) if s.pipe.is_passthrough() => {
+            Some(s) if s.pipe.is_passthrough() && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;
                 let k = fill.min(frames);
                 let bytes = k * fb;
@@ -562,11 +740,14 @@ impl MixCore {
                     Counters::bump(&counters.fastpath_frames, k as u64);
                 }
                 convert::silence(self.format, &mut out[bytes..]);
+                // Metering: the device's bytes back to f32 (the bus is free on this path).
+                (self.decode)(&out[..bytes], &mut self.bus[..k * self.channels as usize]);
+                metered = k * self.channels as usize;
+                s.pipe.note_peak(peak_of(&self.bus[..metered]));
                 let t = Taken { consumed: k as u32, emitted: k, short: k < frames, tail_done: k == fill };
                 finish(s, t, now_ns, device_pos, counters);
             }
             _ => {
-                let samples = frames * self.channels as usize;
                 let bus = &mut self.bus[..samples];
                 bus.fill(0.0);
                 for s in self.streams.iter_mut().filter(|s| s.active()) {
@@ -576,11 +757,14 @@ impl MixCore {
                     let t = s.pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
                     finish(s, t, now_ns, device_pos, counters);
                 }
+                self.master.apply(bus, self.channels as usize);
                 (self.encode)(bus, out);
+                metered = samples;
             }
         }
         // Monitors: exactly the bytes that went to the device.
         Counters::bump(&counters.frames_mixed, frames as u64);
+        self.meter_run(metered, frames);
         if self.streams.iter().any(|s| s.recording(Direction::Monitor)) {
             self.record(Direction::Monitor, out, now_ns);
             Counters::bump(&self.counters.monitor_frames, frames as u64);
@@ -605,6 +789,7 @@ impl MixCore {
     /// Capture: one run of frames read from the capture device's mmap area (`area`, the capture
     /// device's format, at most one of its periods) into every running capture stream. RT: yes.
     pub fn capture(&mut self, area: &[u8], capture_frame_bytes: usize, now_ns: u64) {
+        self.apply_controls();
         Counters::bump(&self.counters.captured_frames, (area.len() / capture_frame_bytes.max(1)) as u64);
         self.record(Direction::Capture, area, now_ns);
     }
@@ -622,9 +807,17 @@ impl MixCore {
     }
 
     fn publish_recorder_timing(&mut self, dir: Direction, device_queued: u32, now_ns: u64) {
-        for s in self.streams.iter().filter(|s| s.recording(dir)) {
+        for s in self.streams.iter().filter(|s| s.dir == dir && s.violation.is_none()) {
             let queued = s.rec.as_ref().map_or(0, |r| r.queued_stream_frames(u64::from(device_queued)));
-            s.shm.publish_timing(s.pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+            let queued = u32::try_from(queued).unwrap_or(u32::MAX);
+            if s.recording(dir) {
+                s.shm.publish_timing(s.pos(), queued, now_ns);
+            }
+            // Figures for shmixctl: the client's unread frames plus what the device holds.
+            let read = s.shm.audio_read().pos.load(Ordering::Relaxed);
+            let unread = (s.write_count as u32).wrapping_sub(read).min(s.buffer_frames);
+            let running = s.state == State::Running;
+            s.publish_figures(if running { unread.saturating_add(queued) } else { unread });
         }
     }
 
@@ -641,12 +834,25 @@ impl MixCore {
     /// Streams whose last frame the device has now played get `Drained`.
     pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
         self.publish_recorder_timing(Direction::Monitor, 0, now_ns);
+        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.is_recorder()) {
+            // Figures for shmixctl: frames written by the client and not yet heard.
+            let write = s.shm.audio_write().pos.load(Ordering::Relaxed);
+            let unread = write.wrapping_sub(s.read_pos()).min(s.buffer_frames);
+            let queued = match s.state {
+                State::Running | State::Draining => s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued)),
+                _ => 0,
+            };
+            s.publish_figures(unread.saturating_add(u32::try_from(queued).unwrap_or(u32::MAX)));
+        }
         let played = self.device_pos.saturating_sub(u64::from(device_queued));
         for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.is_recorder()) {
             match s.state {
                 State::Running | State::Draining => {
                     let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    // A stream that just started sits behind what the device already held: its
+                    // queued frames start to play (and its delay to shrink) only after that.
+                    let ts = now_ns.saturating_add(s.pipe.lead_ns(u64::from(device_queued)));
+                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);
@@ -696,6 +902,7 @@ fn finish(s: &mut Stream, t: Taken, now_ns: u64, device_pos: u64, counters: &Cou
     if t.short && s.state == State::Running {
         s.state = State::Stopped;
         Counters::bump(&counters.stream_underruns, 1);
+        s.ctl.xruns.fetch_add(1, Ordering::Relaxed);
         let pos = s.read_pos();
         s.post(Record::Xrun { pos, at_ns: now_ns }, counters);
         posted = true;

@@ -2,7 +2,9 @@
 //! command eventfd and every stream's daemon_wake eventfd; handles commands from the control
 //! thread, the streams' control records, then fills the device period by period through its mmap
 //! area (`mixer::MixCore::mix`). Retired streams and device failures go back to the control
-//! thread through a lock-free queue; statistics through atomics.
+//! thread through a lock-free queue; statistics through atomics. A device that vanishes
+//! (`ENODEV`) goes to the reopen thread (`reopen`) while the streams wait; the reopened device
+//! comes back the same way and the streams play on.
 //! Runs on the mix thread. RT: yes (everything inside `cycle`): no allocation, no locks, no
 //! logging; syscalls: poll, the device's own, eventfd reads/writes.
 
@@ -15,7 +17,11 @@ use shmix_shared::Direction;
 
 use crate::device::{AlsaError, Device};
 use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS};
+use crate::reopen;
 
+/// Poll descriptors reserved for the playback device (the capture device's follow them; unused
+/// slots hold fd -1, which poll skips).
+const MAX_DEVICE_FDS: usize = 8;
 /// Poll descriptors reserved for the capture device.
 const MAX_CAPTURE_FDS: usize = 8;
 
@@ -59,7 +65,10 @@ pub const QUEUE_CAPACITY: usize = 4 * MAX_STREAMS;
 #[derive(Debug)]
 pub struct MixThread {
     core: MixCore,
-    device: Device,
+    /// The playback device; `None` while it is gone (vanished, waiting for the reopen thread).
+    device: Option<Box<Device>>,
+    /// The reopen thread's link (`None`: a vanished device ends the thread as a failure).
+    reopen: Option<reopen::MixEnd>,
     cmds: Consumer<Command>,
     events: Producer<Event>,
     /// Written by the control thread after each command.
@@ -97,16 +106,17 @@ impl MixThread {
         cmd_efd: OwnedFd,
         ctl_efd: OwnedFd,
     ) -> Self {
-        let dev_nfds = device.poll_count();
+        let dev_nfds = device.poll_count().min(MAX_DEVICE_FDS);
         let empty = libc::pollfd { fd: -1, events: 0, revents: 0 };
         Self {
             core,
-            device,
+            device: Some(Box::new(device)),
+            reopen: None,
             cmds,
             events,
             cmd_efd,
             ctl_efd,
-            pfds: vec![empty; dev_nfds + MAX_CAPTURE_FDS + 1 + MAX_STREAMS],
+            pfds: vec![empty; MAX_DEVICE_FDS + MAX_CAPTURE_FDS + 2 + MAX_STREAMS],
             dev_nfds,
             suspended: false,
             capture: None,
@@ -115,6 +125,13 @@ impl MixThread {
             capture_failed: false,
             keep_capture_open: false,
         }
+    }
+
+    /// Hands a vanished device to the reopen thread and waits for it instead of failing.
+    #[must_use]
+    pub fn reopen(mut self, link: reopen::MixEnd) -> Self {
+        self.reopen = Some(link);
+        self
     }
 
     /// Keeps the capture device open once opened (`--keep-capture-open`).
@@ -131,6 +148,7 @@ impl MixThread {
     /// The device failure that ended the thread.
     pub fn run(mut self) -> Result<(), AlsaError> {
         set_realtime();
+        self.core.device_ctl().note_mix_thread();
         let r = self.start_device().and_then(|()| loop {
             audit::set_in_rt(true);
             let step = self.cycle();
@@ -148,15 +166,59 @@ impl MixThread {
         r
     }
 
+    /// Starts the device (at the beginning, or after it came back); a vanished one is handed to
+    /// the reopen thread instead.
     fn start_device(&mut self) -> Result<(), AlsaError> {
-        let n = self.device.restart()?;
-        self.core.device_restarted(n);
-        self.refill_device_fds()
+        let r = match self.device.as_deref_mut() {
+            None => return Ok(()),
+            Some(dev) => dev.restart(),
+        };
+        let r = r.and_then(|n| {
+            self.core.device_restarted(n);
+            self.refill_device_fds()
+        });
+        match r {
+            Err(e) if self.lose_device(e) => Ok(()),
+            r => r,
+        }
     }
 
     fn refill_device_fds(&mut self) -> Result<(), AlsaError> {
         let n = self.dev_nfds;
-        self.device.poll_fill(&mut self.pfds[..n])
+        match self.device.as_deref() {
+            Some(dev) => dev.poll_fill(&mut self.pfds[..n]),
+            None => Ok(()),
+        }
+    }
+
+    /// After `e`: when the device vanished (`ENODEV`) and a reopen thread is there, hands the
+    /// device to it and returns true: the streams wait (nothing is mixed, their positions hold)
+    /// until it comes back. RT: yes (a queue push and an eventfd write).
+    fn lose_device(&mut self, e: AlsaError) -> bool {
+        if e.errno != libc::ENODEV {
+            return false;
+        }
+        let Some(link) = self.reopen.as_mut() else { return false };
+        let Some(dev) = self.device.take() else { return true };
+        if let Err(dev) = link.lost(dev) {
+            // Cannot happen (one device is out at a time): keep failing as before.
+            self.device = Some(dev);
+            return false;
+        }
+        for p in &mut self.pfds[..MAX_DEVICE_FDS] {
+            *p = libc::pollfd { fd: -1, events: 0, revents: 0 };
+        }
+        self.dev_nfds = 0;
+        self.suspended = false;
+        true
+    }
+
+    /// Installs the reopened device and starts it.
+    fn device_found(&mut self) -> Result<(), AlsaError> {
+        let Some(dev) = self.reopen.as_mut().and_then(reopen::MixEnd::take_found) else { return Ok(()) };
+        self.dev_nfds = dev.poll_count().min(MAX_DEVICE_FDS);
+        self.device = Some(dev);
+        self.start_device()
     }
 
     fn emit(&mut self, ev: Event) {
@@ -170,15 +232,19 @@ impl MixThread {
     fn cycle(&mut self) -> Result<Option<Exit>, AlsaError> {
         let counters = std::sync::Arc::clone(self.core.counters());
         let ready = self.core.prepare_sleep();
-        // Layout: playback device, capture device, command eventfd, streams' daemon_wake.
-        let dn = self.dev_nfds + self.cap_nfds;
+        // Layout: playback device (MAX_DEVICE_FDS slots), capture device, command eventfd,
+        // reopened-device eventfd, streams' daemon_wake.
+        let dn = MAX_DEVICE_FDS + self.cap_nfds;
         self.pfds[dn] = libc::pollfd { fd: self.cmd_efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let found_fd = self.reopen.as_ref().map_or(-1, reopen::MixEnd::found_fd);
+        self.pfds[dn + 1] = libc::pollfd { fd: found_fd, events: libc::POLLIN, revents: 0 };
         let nstreams = self.core.streams().len();
         for (i, s) in self.core.streams().iter().enumerate() {
-            self.pfds[dn + 1 + i] = libc::pollfd { fd: s.daemon_wake_fd(), events: libc::POLLIN, revents: 0 };
+            self.pfds[dn + 2 + i] = libc::pollfd { fd: s.daemon_wake_fd(), events: libc::POLLIN, revents: 0 };
         }
-        let nfds = dn + 1 + nstreams;
-        // A suspended device is retried every 10 ms (its fds may not signal the resume).
+        let nfds = dn + 2 + nstreams;
+        // A suspended device is retried every 10 ms (its fds may not signal the resume). A
+        // vanished one is waited for on the reopened-device eventfd.
         let timeout = if ready {
             0
         } else if self.suspended {
@@ -195,9 +261,12 @@ impl MixThread {
         counters.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let pfds = &self.pfds;
-        self.core.after_wake(|i| pfds[dn + 1 + i].revents != 0);
+        self.core.after_wake(|i| pfds[dn + 2 + i].revents != 0);
         if self.pfds[dn].revents != 0 {
             efd_read(self.cmd_efd.as_raw_fd());
+        }
+        if self.pfds[dn + 1].revents != 0 {
+            self.device_found()?;
         }
         if let Some(exit) = self.drain_commands() {
             return Ok(Some(exit));
@@ -206,9 +275,14 @@ impl MixThread {
         self.retire_violated();
         self.manage_capture();
 
-        if let Err(e) = self.service_device() {
-            if let Some(exit) = self.recover(e)? {
-                return Ok(Some(exit));
+        if self.device.is_some() {
+            if let Err(e) = self.service_device() {
+                match self.recover(e) {
+                    Err(e) | Ok(Some(Exit::Device(e))) if self.lose_device(e) => {}
+                    Ok(None) => {}
+                    Ok(Some(exit)) => return Ok(Some(exit)),
+                    Err(e) => return Err(e),
+                }
             }
         }
         if self.capture.is_some() {
@@ -254,7 +328,7 @@ impl MixThread {
             return;
         };
         let n = dev.poll_count().min(MAX_CAPTURE_FDS);
-        let dn = self.dev_nfds;
+        let dn = MAX_DEVICE_FDS;
         let ok = dev.restart_capture().and_then(|()| dev.poll_fill(&mut self.pfds[dn..dn + n]));
         self.capture = Some(dev);
         self.cap_nfds = n;
@@ -267,7 +341,7 @@ impl MixThread {
 
     /// Reads whole capture periods while the device holds one.
     fn service_capture(&mut self) -> Result<(), AlsaError> {
-        let dn = self.dev_nfds;
+        let dn = MAX_DEVICE_FDS;
         let cn = self.cap_nfds;
         let Some(dev) = self.capture.as_deref_mut() else { return Ok(()) };
         dev.revents(&mut self.pfds[dn..dn + cn])?;
@@ -317,7 +391,7 @@ impl MixThread {
             libc::EAGAIN => Ok(()),
             _ => Err(e),
         };
-        let dn = self.dev_nfds;
+        let dn = MAX_DEVICE_FDS;
         let cn = self.cap_nfds;
         let r = r.and_then(|()| dev.poll_fill(&mut self.pfds[dn..dn + cn]));
         if let Err(e) = r {
@@ -366,25 +440,26 @@ impl MixThread {
     /// Writes whole periods while the device has room for one.
     fn service_device(&mut self) -> Result<(), AlsaError> {
         let dn = self.dev_nfds;
+        let Some(device) = self.device.as_deref_mut() else { return Ok(()) };
         // POLLERR comes back as the error of the device's state (-EPIPE / -ESTRPIPE / -ENODEV).
-        self.device.revents(&mut self.pfds[..dn])?;
-        let params = self.device.params();
+        device.revents(&mut self.pfds[..dn])?;
+        let params = device.params();
         let period = params.period_frames as usize;
-        let mut avail = self.device.avail_update()?;
+        let mut avail = device.avail_update()?;
         let mut wrote = false;
         while avail >= period {
             let mut left = period;
             while left > 0 {
                 let core = &mut self.core;
                 let now = now_ns();
-                let n = self.device.write_mmap(left, |area| core.mix(area, now))?;
+                let n = device.write_mmap(left, |area| core.mix(area, now))?;
                 if n == 0 {
                     break;
                 }
                 left -= n;
             }
             wrote = true;
-            avail = self.device.avail_update()?;
+            avail = device.avail_update()?;
         }
         if wrote {
             let queued = (params.buffer_frames as usize).saturating_sub(avail);
@@ -396,22 +471,23 @@ impl MixThread {
 
     fn recover(&mut self, e: AlsaError) -> Result<Option<Exit>, AlsaError> {
         let counters = std::sync::Arc::clone(self.core.counters());
+        let Some(device) = self.device.as_deref_mut() else { return Ok(None) };
         match e.errno {
             libc::EPIPE => {
                 counters.device_xruns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let n = self.device.restart()?;
+                let n = device.restart()?;
                 self.core.device_restarted(n);
             }
             libc::ESTRPIPE => {
                 if !self.suspended {
                     counters.device_suspends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                match self.device.resume() {
+                match device.resume() {
                     Ok(()) => self.suspended = false,
                     Err(r) if r.errno == libc::EAGAIN => self.suspended = true,
                     Err(_) => {
                         self.suspended = false;
-                        let n = self.device.restart()?;
+                        let n = device.restart()?;
                         self.core.device_restarted(n);
                     }
                 }

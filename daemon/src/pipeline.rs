@@ -354,6 +354,44 @@ impl Gain {
         self.target
     }
 
+    /// Jumps to `target` without a ramp (a stream that has not played yet). RT: yes.
+    pub fn jump(&mut self, target: f32) {
+        let target = if target.is_finite() { target.max(0.0) } else { 0.0 };
+        *self = Self { now: target, target, step: 0.0, ramp_left: 0, ramp_frames: self.ramp_frames };
+    }
+
+    /// The larger of the gain now and the gain aimed at (for metering). RT: yes.
+    #[must_use]
+    pub fn level(&self) -> f32 {
+        self.now.max(self.target)
+    }
+
+    /// Moves the ramp on by `frames` frames without applying it (nothing was playing). RT: yes.
+    pub fn advance(&mut self, frames: usize) {
+        let n = self.ramp_left.min(frames);
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    /// Scales `frames` interleaved frames of `channels` samples in place, ramping. RT: yes.
+    pub fn apply(&mut self, buf: &mut [f32], channels: usize) {
+        let mut frames = buf.chunks_exact_mut(channels.max(1));
+        while self.ramp_left > 0 {
+            let Some(f) = frames.next() else { return };
+            let g = self.step();
+            for x in f {
+                *x *= g;
+            }
+        }
+        let g = self.now;
+        if g != 1.0 {
+            for x in frames.flatten() {
+                *x *= g;
+            }
+        }
+    }
+
     /// True at exactly 1.0 and not ramping.
     #[must_use]
     pub fn is_unity(&self) -> bool {
@@ -405,7 +443,17 @@ pub struct Pipeline {
     rs_len: usize,
     /// Device frames emitted since the last restart.
     out_total: u64,
+    /// The device's rate (Hz).
+    dev_rate: u32,
     gain: Gain,
+    /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
+    peak: f32,
+}
+
+/// Largest absolute sample of `x`. RT: yes.
+#[must_use]
+pub fn peak_of(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 /// Which way a stage converts.
@@ -500,8 +548,25 @@ impl Pipeline {
             rs_pos: 0,
             rs_len: 0,
             out_total: 0,
+            dev_rate: d.rate,
             gain: Gain::new(ramp),
+            peak: 0.0,
         })
+    }
+
+    /// The stream's peak since the last call (after its gain), and restarts the window. RT: yes.
+    pub fn take_peak(&mut self) -> f32 {
+        std::mem::take(&mut self.peak)
+    }
+
+    /// Folds `p` into the stream's peak (the fast path meters the device's bytes). RT: yes.
+    pub fn note_peak(&mut self, p: f32) {
+        self.peak = self.peak.max(p);
+    }
+
+    /// Sets the gain without a ramp (before the stream first plays). RT: yes.
+    pub fn jump_gain(&mut self, g: f32) {
+        self.gain.jump(g);
     }
 
     /// Device channels this pipeline writes.
@@ -598,6 +663,16 @@ impl Pipeline {
         consumed_total.saturating_sub(heard_in)
     }
 
+    /// How long after now the device starts playing what this stream gave it: the device frames
+    /// queued ahead of all of them (what the device held when the stream started: silence or
+    /// other material), in nanoseconds; 0 once the stream's frames reach the head of the device
+    /// queue. Until then the stream's delay does not shrink. RT: yes.
+    #[must_use]
+    pub fn lead_ns(&self, device_queued: u64) -> u64 {
+        let ahead = device_queued.saturating_sub(self.out_total);
+        ahead.saturating_mul(1_000_000_000) / u64::from(self.dev_rate.max(1))
+    }
+
     /// Device frames -> stream frames (rounded up).
     #[must_use]
     pub fn to_stream_frames(&self, device_frames: u64) -> u64 {
@@ -637,6 +712,7 @@ impl Pipeline {
             if k > 0 {
                 self.load(shm, read_count, k);
                 self.remap.add(&self.dec, bus, k, &mut self.gain);
+                self.peak = self.peak.max(peak_of(&self.dec[..k * sc]) * self.gain.level());
             }
             self.out_total += k as u64;
             return Taken { consumed: k as u32, emitted: k, short: k < n, tail_done: k == fill };
@@ -687,6 +763,7 @@ impl Pipeline {
             }
             let src = &self.rs_out[self.rs_pos * sc..(self.rs_pos + m) * sc];
             self.remap.add(src, &mut bus[produced * dc..], m, &mut self.gain);
+            self.peak = self.peak.max(peak_of(src) * self.gain.level());
             self.rs_pos += m;
             produced += m;
             self.out_total += m as u64;
@@ -725,6 +802,8 @@ pub struct RecordPipe {
     rs_out: Vec<f32>,
     out: Vec<u8>,
     gain: Gain,
+    /// Peak absolute sample delivered since the last `take_peak` (after the gain).
+    peak: f32,
 }
 
 impl fmt::Debug for RecordPipe {
@@ -772,8 +851,31 @@ impl RecordPipe {
             pend_len: 0,
             rs_out: vec![0.0; max_out * sc],
             out: vec![0; max_out * frame_bytes],
-            gain: Gain::new(0),
+            gain: Gain::new((u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize),
+            peak: 0.0,
         })
+    }
+
+    /// The recording's peak since the last call (after its gain), and restarts the window.
+    /// RT: yes.
+    pub fn take_peak(&mut self) -> f32 {
+        std::mem::take(&mut self.peak)
+    }
+
+    /// Sets the recording's gain (stream volume x capture volume; ramped). RT: yes.
+    pub fn set_gain(&mut self, g: f32) {
+        self.gain.set(g);
+    }
+
+    /// The gain aimed at.
+    #[must_use]
+    pub fn gain(&self) -> f32 {
+        self.gain.target()
+    }
+
+    /// Sets the gain without a ramp (before the stream first records). RT: yes.
+    pub fn jump_gain(&mut self, g: f32) {
+        self.gain.jump(g);
     }
 
     /// True when the device's bytes go to the ring unchanged.
@@ -825,7 +927,10 @@ impl RecordPipe {
     pub fn convert<'a>(&'a mut self, src: &'a [u8]) -> &'a [u8] {
         let (dc, sc) = (self.dc, self.sc);
         let k = (src.len() / self.dev_frame_bytes).min(self.period);
-        if self.passthrough {
+        if self.passthrough && self.gain.is_unity() {
+            // Metering only: the bytes go out unchanged.
+            (self.decode)(&src[..k * self.dev_frame_bytes], &mut self.dec[..k * dc]);
+            self.peak = self.peak.max(peak_of(&self.dec[..k * dc]));
             return &src[..k * self.dev_frame_bytes];
         }
         if self.resampler.is_none() {
@@ -833,6 +938,7 @@ impl RecordPipe {
             let dst = &mut self.pend[..k * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, k, &mut self.gain);
+            self.peak = self.peak.max(peak_of(dst));
             (self.encode)(&self.pend[..k * sc], &mut self.out[..k * self.frame_bytes]);
             return &self.out[..k * self.frame_bytes];
         }
@@ -845,6 +951,7 @@ impl RecordPipe {
             let dst = &mut self.pend[self.pend_len * sc..(self.pend_len + m) * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, m, &mut self.gain);
+            self.peak = self.peak.max(peak_of(dst));
             self.pend_len += m;
             i += m;
             if self.pend_len == self.period {

@@ -16,22 +16,23 @@ use anyhow::{bail, Context};
 use log::{debug, error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
+use shmix_shared::control::{self as ctlwire, Target};
 use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
+use crate::access::{Peer, Policy};
+use crate::control::{Control, DeviceCtl, ServerFigures};
 use crate::device::{Device, Request};
+use crate::limits::{AcceptGate, Limits};
 use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
 use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
-
-/// How long a new connection may take to say `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the socket's directory (0700), refuses a path where another daemon answers, removes a
 /// stale socket file.
@@ -101,6 +102,10 @@ pub fn signal_fd() -> anyhow::Result<SignalFd> {
 enum Phase {
     AwaitHello,
     Ready,
+    /// A control connection (`shmixctl`, the ctl plugin): `control::Request` packets.
+    Control,
+    /// A control connection that gets `Changed` events.
+    Subscribed,
 }
 
 #[derive(Debug)]
@@ -111,6 +116,8 @@ struct Client {
     phase: Phase,
     deadline: Instant,
     stream: Option<u32>,
+    /// Bytes of the attached stream's memfd (counted against `--max-client-shm` while `stream` is set).
+    shm_bytes: u64,
     destroying: bool,
     direction: Direction,
 }
@@ -134,7 +141,12 @@ pub struct Server {
     clients: Vec<Client>,
     next_stream_id: u32,
     streams_attached: usize,
-    uid: u32,
+    /// Volumes, levels, the stream registry (`shmixctl`, ctl plugin).
+    control: Control,
+    /// Who may connect (checked at accept, before any byte is read).
+    access: Policy,
+    limits: Limits,
+    accept_gate: AcceptGate,
 }
 
 /// How the daemon ends.
@@ -197,9 +209,72 @@ impl Server {
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
-            // SAFETY: getuid cannot fail.
-            uid: unsafe { libc::getuid() },
+            control: Control::new(Arc::new(DeviceCtl::new(device.params.channels, device.params.rate))),
+            access: Policy::user(),
+            limits: Limits::default(),
+            accept_gate: AcceptGate::default(),
         }
+    }
+
+    /// Shares the device's volume and level state with the mix core (`MixCore::with_control`).
+    #[must_use]
+    pub fn with_control(mut self, dctl: Arc<DeviceCtl>) -> Self {
+        self.control = Control::new(dctl);
+        self
+    }
+
+    /// Sends `Changed{target}` to every subscribed control connection (never blocks: a
+    /// subscriber whose socket is full misses the event).
+    fn notify(&self, target: Target) {
+        let bytes = ctlwire::Reply::Changed { target }.encode();
+        for c in self.clients.iter().filter(|c| c.phase == Phase::Subscribed) {
+            let _ = ctlwire::send_packet(c.fd.as_fd(), &bytes);
+        }
+    }
+
+    /// One packet from a control connection.
+    fn control_packet(&mut self, fd: RawFd) {
+        // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let bytes = match ctlwire::recv_packet(b) {
+            Ok(p) if p.is_empty() => return self.disconnect(fd, None),
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("control recv: {e}")))),
+        };
+        let req = match ctlwire::Request::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => return self.disconnect(fd, Some(Disconnect(format!("bad control packet: {e}")))),
+        };
+        let figures =
+            ServerFigures { device: self.device.params, clients: self.clients.len() as u32, counters: &self.counters };
+        let (reply, changed) = self.control.handle(req, &figures);
+        if req == ctlwire::Request::Subscribe {
+            if let Some(c) = self.clients.iter_mut().find(|c| c.fd.as_raw_fd() == fd) {
+                c.phase = Phase::Subscribed;
+            }
+        }
+        if let Err(e) = ctlwire::send_packet(b, &reply.encode()) {
+            debug!("control reply to fd {fd}: {e}");
+        }
+        if let Some(t) = changed {
+            self.notify(t);
+        }
+    }
+
+    /// Sets who may connect (default: [`Policy::user`]).
+    #[must_use]
+    pub fn with_access(mut self, access: Policy) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Sets the client limits (`--max-clients`, `--max-streams-per-client`, `--max-client-shm`,
+    /// `--handshake-timeout`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Enables capture streams: the capture side of `name`, opened with `req` (the parameters
@@ -240,7 +315,9 @@ impl Server {
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
             pfds.clear();
-            for fd in [self.listen.as_raw_fd(), self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
+            // While the accept loop rests (out of descriptors) the listening socket is not polled.
+            let listen_fd = if self.accept_gate.open(Instant::now()) { self.listen.as_raw_fd() } else { -1 };
+            for fd in [listen_fd, self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
                 pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
             for c in &self.clients {
@@ -253,6 +330,9 @@ impl Server {
             }
             if !self.pending.is_empty() {
                 timeout = timeout.min(Duration::from_millis(5));
+            }
+            if let Some(rest) = self.accept_gate.wait(now) {
+                timeout = timeout.min(rest);
             }
             let ms = timeout.as_millis().min(1000) as libc::c_int + 1;
             // SAFETY: `pfds` holds `len` initialised entries.
@@ -294,7 +374,8 @@ impl Server {
                 .map(|c| c.fd.as_raw_fd())
                 .collect();
             for fd in late {
-                self.disconnect(fd, Some(Disconnect(format!("no Hello within {} s", HANDSHAKE_TIMEOUT.as_secs()))));
+                let limit = self.limits.handshake_timeout.as_secs_f64();
+                self.disconnect(fd, Some(Disconnect(format!("no Hello within {limit} s (--handshake-timeout)"))));
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
@@ -310,7 +391,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
-             wakeups sent {} skipped {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
+             wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -321,6 +402,7 @@ impl Server {
             g(&c.stream_underruns),
             g(&c.wakeups_sent),
             g(&c.wakeups_skipped),
+            g(&c.wakes_muted),
             g(&c.records_dropped),
             g(&c.captured_frames),
             g(&c.monitor_frames),
@@ -341,6 +423,8 @@ impl Server {
                 Event::Retired(s) => {
                     self.streams_attached = self.streams_attached.saturating_sub(1);
                     let id = s.id;
+                    self.control.unregister(id);
+                    self.notify(Target::Stream(id));
                     let owner = self.clients.iter().position(|c| c.stream == Some(id));
                     if let Some(v) = s.violation() {
                         if let Some(i) = owner {
@@ -363,6 +447,7 @@ impl Server {
                 }
                 Event::Rejected(s) => {
                     self.streams_attached = self.streams_attached.saturating_sub(1);
+                    self.control.unregister(s.id);
                     if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
                         let fd = self.clients[i].fd.as_raw_fd();
                         self.clients[i].stream = None;
@@ -406,40 +491,46 @@ impl Server {
                 Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) if AcceptGate::is_exhaustion(e as i32) => {
+                    self.accept_gate.failed(e as i32, self.clients.len(), Instant::now());
+                    return;
+                }
                 Err(e) => {
                     warn!("accept: {e}");
                     return;
                 }
             };
-            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => c,
+            self.accept_gate.accepted();
+            let peer = match Peer::of(fd.as_fd()) {
+                Ok(p) => p,
                 Err(e) => {
-                    warn!("client refused: SO_PEERCRED failed: {e}");
+                    warn!("client refused: reading its credentials (SO_PEERCRED/SO_PEERGROUPS) failed: {e}");
                     continue;
                 }
             };
-            if cred.uid() != self.uid && cred.uid() != 0 {
-                warn!(
-                    "client pid {} refused: uid {} is neither the daemon's ({}) nor root",
-                    cred.pid(),
-                    cred.uid(),
-                    self.uid
-                );
+            if let Err(reason) = self.access.admit(&peer) {
+                warn!("client pid {} refused: {reason}", peer.pid);
                 let _ = wire::send(
                     fd.as_fd(),
-                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: "permission denied (uid)".into() },
+                    &SocketMsg::Refused { errno: libc::EACCES as u32, reason: format!("permission denied: {reason}") },
                     &[],
                 );
                 continue;
             }
-            debug!("client pid {} connected", cred.pid());
+            if let Err(r) = self.limits.check_connection(self.clients.len()) {
+                info!("client pid {} refused: {}", peer.pid, r.reason);
+                let _ = wire::send(fd.as_fd(), &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason }, &[]);
+                continue;
+            }
+            debug!("client pid {} (uid {}) connected", peer.pid, peer.uid);
             self.clients.push(Client {
                 fd,
-                pid: cred.pid(),
+                pid: peer.pid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
-                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                deadline: Instant::now() + self.limits.handshake_timeout,
                 stream: None,
+                shm_bytes: 0,
                 destroying: false,
                 direction: Direction::Playback,
             });
@@ -477,6 +568,10 @@ impl Server {
         if rev & libc::POLLIN == 0 {
             // HUP/ERR without data: the client is gone (exit, kill -9).
             return self.disconnect(fd, None);
+        }
+        if matches!(self.clients.iter().find(|c| c.fd.as_raw_fd() == fd), Some(c) if matches!(c.phase, Phase::Control | Phase::Subscribed))
+        {
+            return self.control_packet(fd);
         }
         // SAFETY: `fd` belongs to a client in `self.clients`, open for this call.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -530,6 +625,19 @@ impl Server {
                     _ => self.device.params,
                 };
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
+                Ok(())
+            }
+            SocketMsg::ControlHello { version, name } if phase_hello => {
+                let c = &mut self.clients[i];
+                c.name = name;
+                if version != PROTOCOL_VERSION {
+                    let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
+                    self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
+                    return Err(Disconnect(reason));
+                }
+                c.phase = Phase::Control;
+                debug!("client pid {} ({}): control connection", c.pid, c.name);
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device.params });
                 Ok(())
             }
             SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality } if !phase_hello => {
@@ -634,6 +742,14 @@ impl Server {
         if memfd_bytes != layout.total_bytes {
             return Err(Violation::new("memfd_bytes differs from the layout", memfd_bytes, layout.total_bytes).into());
         }
+        let pid = self.clients[i].pid;
+        let (streams, shm) =
+            crate::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
+        if let Err(r) = self.limits.check_stream(pid, streams, shm, layout.total_bytes) {
+            info!("client pid {pid}: stream refused: {}", r.reason);
+            self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
+            return Ok(());
+        }
         for (what, e) in [("client_wake", &client_wake), ("daemon_wake", &daemon_wake)] {
             if !is_eventfd(e) {
                 return Err(Disconnect(format!("{what} is not an eventfd")));
@@ -672,9 +788,14 @@ impl Server {
                 (conv, remap, Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe)))
             }
         };
+        let mut stream = stream;
+        let c = &self.clients[i];
+        stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params));
+        self.notify(Target::Stream(id));
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
+        c.shm_bytes = layout.total_bytes;
         info!(
             "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
             c.pid, c.name, params.format, params.rate, params.channels, params.buffer_frames, params.period_frames

@@ -669,3 +669,114 @@ fn capture_and_monitor_streams_without_allocating() {
     let want = (periods * PERIOD) as f64 * 44_100.0 / 48_000.0;
     assert!((recs[4].read as f64 - want).abs() < 2.0 * PERIOD as f64, "{} vs {want}", recs[4].read);
 }
+
+/// Volume and mute changes (per stream, master, capture) and peak metering while streams play,
+/// start, stop, drain and underrun: the cycle never allocates; a muted master gives exact
+/// silence one ramp after the change; the meters see the streams and go quiet with them.
+#[test]
+fn volume_mute_and_metering_do_not_allocate() {
+    use shmix_daemon::control::DeviceCtl;
+    let mut rng = Rng(0x7777_1234_abcd_0001);
+    let counters = Arc::new(Counters::default());
+    let dctl = Arc::new(DeviceCtl::new(CHANNELS, 48000));
+    let mut core =
+        MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters)).with_control(Arc::clone(&dctl));
+    let mut clients = Vec::new();
+    let mut ctls = Vec::new();
+    for id in 1..=3u32 {
+        let (c, s) = make_stream(id, [1024, 600, 4096][id as usize - 1], &mut rng);
+        ctls.push(Arc::clone(s.ctl()));
+        core.add(s).unwrap();
+        clients.push(c);
+    }
+    // Recorders: a bit-exact capture stream, a converted one and a monitor, under capture
+    // volume and mute changes.
+    let dev = device(SampleFormat::S16Le);
+    let conv = StreamSpec { format: SampleFormat::S32Le, rate: 96_000, ..s16_stereo() };
+    let mut recs = Vec::new();
+    for (i, (dir, spec)) in
+        [(Direction::Capture, s16_stereo()), (Direction::Capture, conv), (Direction::Monitor, s16_stereo())]
+            .into_iter()
+            .enumerate()
+    {
+        let (r, s) = make_recorder(20 + i as u32, dir, 2048, &spec, &dev);
+        ctls.push(Arc::clone(s.ctl()));
+        core.add(s).unwrap();
+        recs.push(r);
+    }
+    let mut cap = vec![0u8; PERIOD * 4];
+    let fb = (2 * CHANNELS) as usize;
+    let mut out = vec![0u8; PERIOD * fb];
+    let allocs_before = audit::thread_rt_allocations();
+    let (mut saw_peak, mut saw_stream_peak, mut silent_periods) = (false, false, 0);
+    let mut muted_for = 0;
+    for p in 0..4000usize {
+        for c in &mut clients {
+            c.step(&mut rng);
+            if c.state == CState::Starving && rng.chance(8) {
+                c.state = CState::Running;
+            }
+        }
+        // The control thread's side: volume and mute changes at random moments.
+        for b in cap.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        if rng.chance(35) {
+            dctl.capture.set_muted(!dctl.capture.muted());
+        }
+        if rng.chance(20) {
+            let s = &ctls[(rng.next() % ctls.len() as u64) as usize];
+            s.volume.set_volume((rng.next() % 101) as f32 / 100.0);
+        }
+        if rng.chance(40) {
+            let s = &ctls[(rng.next() % 3) as usize];
+            s.volume.set_muted(!s.volume.muted());
+        }
+        if rng.chance(30) {
+            dctl.master.set_volume((rng.next() % 101) as f32 / 100.0);
+        }
+        if rng.chance(25) {
+            dctl.master.set_muted(!dctl.master.muted());
+            muted_for = 0;
+        }
+        if rng.chance(50) {
+            dctl.capture.set_volume((rng.next() % 101) as f32 / 100.0);
+        }
+        audit::set_in_rt(true);
+        let _ = core.prepare_sleep();
+        core.after_wake(|_| false);
+        core.process_records();
+        let n = core.mix(&mut out, p as u64);
+        core.capture(&cap, 4, p as u64);
+        core.publish_timing(512, p as u64);
+        core.publish_capture_timing(0, p as u64);
+        let violated = core.take_violated();
+        audit::set_in_rt(false);
+        assert!(violated.is_none());
+        for r in &mut recs {
+            r.read_all(false);
+            if r.records().iter().any(|rec| matches!(rec, Record::Xrun { .. })) {
+                r.start();
+            }
+        }
+        assert_eq!(n, PERIOD);
+        if dctl.master.muted() {
+            muted_for += 1;
+            // The ramp (240 frames) fits in the first muted period: exact silence after it.
+            if muted_for >= 2 {
+                assert!(out.iter().all(|&b| b == 0), "period {p}: sound with the master muted");
+                silent_periods += 1;
+            }
+        }
+        saw_peak |= dctl.peaks[0].get() > 0.0;
+        saw_stream_peak |= ctls.iter().any(|c| c.peak.get() > 0.0);
+        for c in &ctls {
+            assert!(c.peak.get() <= 1.0, "a stream's peak above full scale: {}", c.peak.get());
+        }
+    }
+    let allocs = audit::thread_rt_allocations() - allocs_before;
+    assert_eq!(allocs, 0, "the mix cycle allocated {allocs} times with volume changes and metering");
+    assert!(saw_peak && saw_stream_peak, "the meters never saw the streams");
+    assert!(silent_periods > 100, "the scenario must mute the master for a while ({silent_periods})");
+    while core.pop_any().is_some() {}
+}

@@ -33,6 +33,8 @@ pub struct Config {
     pub resample_quality: ResampleQuality,
     /// The `monitor` key: a capture PCM records the playback mix (`Direction::Monitor`).
     pub monitor: bool,
+    /// The `fallback` key: a PCM name opened instead when the daemon cannot be reached at open.
+    pub fallback: Option<String>,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             max_buffer_ms: DEFAULT_MAX_BUFFER_MS,
             resample_quality: ResampleQuality::Default,
             monitor: false,
+            fallback: None,
         }
     }
 }
@@ -96,12 +99,16 @@ pub fn parse(entries: &[(String, Value)]) -> Result<Config, String> {
                     Value::Other => return Err(bad("(not a word)")),
                 };
             }
+            "fallback" => match value {
+                Value::Str(s) if !s.trim().is_empty() => cfg.fallback = Some(s.trim().to_owned()),
+                _ => return Err("the 'fallback' key must be a PCM name (a non-empty string)".into()),
+            },
             other => unknown.push(other.to_owned()),
         }
     }
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality, monitor)",
+            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality, monitor, fallback)",
             unknown.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
         ));
     }
@@ -196,6 +203,7 @@ mod tests {
                 max_buffer_ms: 200,
                 resample_quality: ResampleQuality::Default,
                 monitor: false,
+                fallback: None,
             }
         );
         let c = parse(&[kv("resample_quality", Value::Str("high".into()))]).unwrap();
@@ -220,6 +228,14 @@ mod tests {
         assert!(e.contains("monitor") && e.contains("'maybe'"), "{e}");
         assert!(parse(&[kv("monitor", Value::Int(2))]).is_err());
         assert!(parse(&[kv("monitor", Value::Other)]).is_err());
+    }
+
+    #[test]
+    fn fallback_is_a_pcm_name() {
+        assert_eq!(parse(&[]).unwrap().fallback, None);
+        assert_eq!(parse(&[kv("fallback", Value::Str("hw:0".into()))]).unwrap().fallback.as_deref(), Some("hw:0"));
+        assert!(parse(&[kv("fallback", Value::Str(" ".into()))]).unwrap_err().contains("fallback"));
+        assert!(parse(&[kv("fallback", Value::Int(0))]).unwrap_err().contains("fallback"));
     }
 
     #[test]

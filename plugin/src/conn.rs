@@ -53,13 +53,13 @@ impl Conn {
     /// An [`OpenError`] with the errno and the message to print.
     pub fn connect(path: &Path, direction: Direction) -> Result<Self, OpenError> {
         let cannot = |errno: i32, what: String| {
-            OpenError {
-            errno,
-            message: format!(
-                "cannot connect to shmixd at {}: {what}. Is shmixd running? Start it with 'shmixd' (see README: Troubleshooting).",
-                path.display()
-            ),
-        }
+            let hint = if errno == libc::EACCES {
+                "The socket is not yours: run the program as the daemon's user, or, for a system-wide \
+                 'shmixd --system', as a member of its group (usually audio; see README: Troubleshooting)."
+            } else {
+                "Is shmixd running? Start it with 'shmixd' (see README: Troubleshooting)."
+            };
+            OpenError { errno, message: format!("cannot connect to shmixd at {}: {what}. {hint}", path.display()) }
         };
         let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
             .map_err(|e| cannot(e as i32, e.desc().to_string()))?;
@@ -79,8 +79,21 @@ impl Conn {
             errno,
             message: format!("handshake with shmixd at {} failed: {what}", path.display()),
         };
-        wire::send(sock.as_fd(), &hello, &[]).map_err(|e| fail(io_errno(&e), e.to_string()))?;
-        match recv_msg(sock.as_fd()) {
+        // A daemon that refuses at accept (a limit, the peer's uid) sends `Refused` and closes at
+        // once: our Hello then fails with EPIPE, but the refusal with its reason is still queued.
+        // If our Hello reached it before it closed, the first recv reports ECONNRESET and the
+        // next one returns the queued refusal.
+        let sent = wire::send(sock.as_fd(), &hello, &[]);
+        let answer = match recv_msg(sock.as_fd()) {
+            Err(Errno(libc::ECONNRESET)) => recv_msg(sock.as_fd()),
+            a => a,
+        };
+        if let Err(e) = sent {
+            if !matches!(answer, Ok(SocketMsg::Refused { .. })) {
+                return Err(fail(io_errno(&e), e.to_string()));
+            }
+        }
+        match answer {
             Ok(SocketMsg::Welcome { version, device }) if version == PROTOCOL_VERSION => {
                 Ok(Self { sock, path: path.to_owned(), device })
             }

@@ -83,7 +83,7 @@ impl Drop for Plugin {
     }
 }
 
-fn guard(f: impl FnOnce() -> Result<c_int, Errno>) -> c_int {
+pub(crate) fn guard(f: impl FnOnce() -> Result<c_int, Errno>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(n)) => n,
         Ok(Err(Errno(e))) => -e,
@@ -231,13 +231,59 @@ unsafe extern "C" fn cb_set_chmap(io: *mut sys::snd_pcm_ioplug_t, map: *const sy
 pub unsafe extern "C" fn _snd_pcm_shmix_open(
     pcmp: *mut *mut sys::snd_pcm_t,
     name: *const c_char,
-    _root: *mut sys::snd_config_t,
+    root: *mut sys::snd_config_t,
     conf: *mut sys::snd_config_t,
     stream: sys::snd_pcm_stream_t,
     mode: c_int,
 ) -> c_int {
     // SAFETY: arguments straight from alsa-lib (see `# Safety`).
-    guard(|| unsafe { open(pcmp, name, conf, stream, mode) })
+    guard(|| unsafe { open(pcmp, name, root, conf, stream, mode) })
+}
+
+thread_local! {
+    /// Set while this thread opens a `fallback` PCM: a shmix PCM opened inside it (the fallback
+    /// names shmix itself, or `default` routed through shmix) must not fall back again, or an
+    /// unreachable daemon would recurse forever.
+    static IN_FALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The daemon is not there (as opposed to there and refusing): the cases `fallback` covers.
+fn unreachable(errno: i32) -> bool {
+    matches!(errno, libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR)
+}
+
+/// Opens the `fallback` PCM `name` in the same configuration tree, for `stream` and `mode`.
+///
+/// # Safety
+/// `pcmp` is alsa-lib's out pointer and `root` the configuration tree it handed to the open.
+unsafe fn open_fallback(
+    pcmp: *mut *mut sys::snd_pcm_t,
+    name: &str,
+    root: *mut sys::snd_config_t,
+    stream: sys::snd_pcm_stream_t,
+    mode: c_int,
+) -> Result<c_int, Errno> {
+    let cname = std::ffi::CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
+    IN_FALLBACK.with(|f| f.set(true));
+    let mut out: *mut sys::snd_pcm_t = ptr::null_mut();
+    let err = if root.is_null() {
+        // SAFETY: `out` is a valid out pointer, `cname` NUL-terminated; the global configuration
+        // (alsa-lib always passes a tree: this branch is defence only).
+        unsafe { sys::snd_pcm_open(&mut out, cname.as_ptr(), stream, mode) }
+    } else {
+        // SAFETY: `out` is a valid out pointer, `cname` NUL-terminated, `root` the live tree of
+        // the open in progress (alsa-lib holds it for the whole open; `snd_pcm_open_lconf` only
+        // reads it).
+        unsafe { sys::snd_pcm_open_lconf(&mut out, cname.as_ptr(), stream, mode, root) }
+    };
+    IN_FALLBACK.with(|f| f.set(false));
+    if err < 0 {
+        return Err(Errno(-err));
+    }
+    // SAFETY: `pcmp` is alsa-lib's out pointer; the caller now owns `out` (as with `asym`, whose
+    // open hands back its slave PCM).
+    unsafe { *pcmp = out };
+    Ok(0)
 }
 
 // ----- bodies -------------------------------------------------------------------------------
@@ -245,6 +291,7 @@ pub unsafe extern "C" fn _snd_pcm_shmix_open(
 unsafe fn open(
     pcmp: *mut *mut sys::snd_pcm_t,
     name: *const c_char,
+    root: *mut sys::snd_config_t,
     conf: *mut sys::snd_config_t,
     stream: sys::snd_pcm_stream_t,
     mode: c_int,
@@ -270,10 +317,29 @@ unsafe fn open(
         (true, true) => Direction::Monitor,
     };
     let path = resolve_socket_path(cfg.socket.as_deref());
-    let conn = Conn::connect(&path, direction).map_err(|e| {
-        user_error(&e.message);
-        Errno(e.errno)
-    })?;
+    let conn = match Conn::connect(&path, direction) {
+        Ok(c) => c,
+        Err(e) => match &cfg.fallback {
+            Some(fb) if unreachable(e.errno) && !IN_FALLBACK.with(std::cell::Cell::get) => {
+                user_error(&format!("{} Playing to the fallback PCM '{fb}' instead.", e.message));
+                // SAFETY: alsa-lib's out pointer and tree of this open.
+                return unsafe { open_fallback(pcmp, fb, root, stream, mode) }.inspect_err(|err| {
+                    user_error(&format!(
+                        "the fallback PCM '{fb}' did not open either: {}",
+                        nix::errno::Errno::from_raw(err.0).desc()
+                    ));
+                });
+            }
+            Some(fb) if unreachable(e.errno) => {
+                user_error(&format!("{} The fallback '{fb}' leads back to shmix; not falling back again.", e.message));
+                return Err(Errno(e.errno));
+            }
+            _ => {
+                user_error(&e.message);
+                return Err(Errno(e.errno));
+            }
+        },
+    };
     let device = conn.device;
     if debug {
         eprintln!(

@@ -90,6 +90,8 @@ struct Stream {
     started_ns: u64,
     /// Last delay reported and the write position then (delay never grows between writes).
     last_delay: Option<(i64, u64)>,
+    /// The PCM's copy counters when this stream was created (the stream publishes its share).
+    counters_base: Counters,
 }
 
 /// One PCM handle's state. Lives behind a mutex in `ioplug.rs`.
@@ -341,6 +343,7 @@ impl Pcm {
             xrun: false,
             started_ns: 0,
             last_delay: None,
+            counters_base: self.counters,
         });
         Ok(())
     }
@@ -902,7 +905,9 @@ impl Pcm {
         let capture = self.capture;
         let Some(s) = self.stream.as_mut() else { return };
         let mut violation: Option<&'static str> = None;
-        loop {
+        // At most one ring's worth per call: a daemon that keeps writing records cannot hold the
+        // program's thread here.
+        for _ in 0..s.shm.layout().msg_records {
             match s.shm.pop_record(Ring::DaemonToClient, &mut s.d2c) {
                 Ok(None) => break,
                 Ok(Some(Ok(rec))) => {
@@ -1038,6 +1043,11 @@ impl Pcm {
         let want = self.want_ready();
         let capture = self.capture;
         let Some(s) = &self.stream else { return };
+        // Statistics for `shmixctl stats` (the daemon treats them as untrusted numbers).
+        let line = s.shm.avail_min();
+        let c = self.counters;
+        line.copied_frames.store(c.copied_frames - s.counters_base.copied_frames, Ordering::Relaxed);
+        line.zero_copy_frames.store(c.zero_copy_frames - s.counters_base.zero_copy_frames, Ordering::Relaxed);
         let sleeping = &Self::own_cursor(capture, s).sleeping;
         if self.armed {
             if want {

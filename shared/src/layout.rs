@@ -49,6 +49,21 @@ pub struct PaddedU32 {
     pub value: AtomicU32,
 }
 
+/// The client's line: its avail_min, and the plugin's copy counters (statistics the daemon
+/// reports in `shmixctl`; untrusted numbers, never used for anything but display).
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub struct ClientLine {
+    /// The client's avail_min (frames).
+    pub value: AtomicU32,
+    /// Padding, kept zero.
+    pub reserved: AtomicU32,
+    /// Frames the plugin copied between the program's buffer and the ring.
+    pub copied_frames: AtomicU64,
+    /// Frames the program wrote or read in place (mmap into the ring).
+    pub zero_copy_frames: AtomicU64,
+}
+
 /// The daemon's timing snapshot, under a seqlock (odd `seq`: being written).
 #[derive(Debug)]
 #[repr(C, align(64))]
@@ -99,8 +114,9 @@ pub struct StreamHeader {
     pub audio_write: Cursor,
     /// Consumer cursor of the audio ring.
     pub audio_read: Cursor,
-    /// The client's avail_min: the daemon wakes a sleeping client only when its avail reaches it.
-    pub avail_min: PaddedU32,
+    /// The client's avail_min (`value`): the daemon wakes a sleeping client only when its avail
+    /// reaches it; and the plugin's copy counters.
+    pub avail_min: ClientLine,
     /// Timing snapshot for `delay`.
     pub timing: Timing,
     /// Client -> daemon ring: write cursor (client), read cursor (daemon).
@@ -118,6 +134,7 @@ pub const HEADER_BYTES: u32 = 576;
 const _: () = assert!(size_of::<StreamHeader>() == HEADER_BYTES as usize);
 const _: () = assert!(size_of::<Cursor>() == 64);
 const _: () = assert!(size_of::<Identity>() == 64);
+const _: () = assert!(size_of::<ClientLine>() == 64);
 
 /// Where everything lies in a stream memfd; computed the same way by both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use crate::error::DecodeError;
 use crate::format::SampleFormat;
 
 /// Protocol version; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest socket packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 512;
 /// Longest client name carried in `Hello`.
@@ -133,6 +133,15 @@ pub enum SocketMsg {
     DestroyStream,
     /// Daemon -> client: the stream is detached; the memfd may be reused or dropped.
     StreamDestroyed,
+    /// Client -> daemon, first packet of a control connection (`shmixctl`, the ALSA ctl
+    /// plugin): answered `Welcome`; every later packet is a `control::Request` /
+    /// `control::Reply`.
+    ControlHello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Program name, for the daemon's log.
+        name: String,
+    },
     /// Daemon -> client: the request was refused.
     Refused {
         /// An errno value describing the refusal.
@@ -149,6 +158,7 @@ const TAG_READY: u32 = 4;
 const TAG_DESTROY: u32 = 5;
 const TAG_DESTROYED: u32 = 6;
 const TAG_REFUSED: u32 = 7;
+const TAG_CONTROL_HELLO: u32 = 8;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -250,6 +260,11 @@ impl SocketMsg {
             }
             Self::DestroyStream => tag(&mut out, TAG_DESTROY),
             Self::StreamDestroyed => tag(&mut out, TAG_DESTROYED),
+            Self::ControlHello { version, name } => {
+                tag(&mut out, TAG_CONTROL_HELLO);
+                out.extend_from_slice(&version.to_le_bytes());
+                put_str(&mut out, name, MAX_NAME_BYTES);
+            }
             Self::Refused { errno, reason } => {
                 tag(&mut out, TAG_REFUSED);
                 out.extend_from_slice(&errno.to_le_bytes());
@@ -296,6 +311,9 @@ impl SocketMsg {
             TAG_READY => Self::StreamReady { stream_id: r.u32("stream_id")? },
             TAG_DESTROY => Self::DestroyStream,
             TAG_DESTROYED => Self::StreamDestroyed,
+            TAG_CONTROL_HELLO => {
+                Self::ControlHello { version: r.u32("version")?, name: r.string("name", MAX_NAME_BYTES)? }
+            }
             TAG_REFUSED => Self::Refused { errno: r.u32("errno")?, reason: r.string("reason", MAX_REASON_BYTES)? },
             t => return Err(DecodeError::UnknownTag(t)),
         };

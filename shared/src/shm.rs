@@ -11,7 +11,7 @@ use std::ptr::{self, NonNull};
 
 use crate::cursor;
 use crate::error::Violation;
-use crate::layout::{Cursor, Identity, Layout, PaddedU32, StreamHeader, Timing};
+use crate::layout::{ClientLine, Cursor, Identity, Layout, StreamHeader, Timing};
 use crate::msg::{Record, RECORD_BYTES};
 use crate::sync::Ordering;
 use crate::DecodeError;
@@ -59,6 +59,15 @@ pub enum Ring {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RingEnd {
     pos: u32,
+}
+
+impl RingEnd {
+    /// The private position (records taken or put so far, modulo 2^32). The copy of it in the
+    /// shared header may have been rewritten by the peer; this one cannot.
+    #[must_use]
+    pub fn pos(self) -> u32 {
+        self.pos
+    }
 }
 
 /// A mapped stream memfd. Unmapped on drop.
@@ -196,7 +205,7 @@ impl StreamShm {
 
     /// The client's avail_min.
     #[must_use]
-    pub fn avail_min(&self) -> &PaddedU32 {
+    pub fn avail_min(&self) -> &ClientLine {
         // SAFETY: as in `audio_write`.
         unsafe { &*ptr::addr_of!((*self.header()).avail_min) }
     }

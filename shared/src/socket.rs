@@ -15,6 +15,13 @@ pub const SOCKET_ENV: &str = "SHMIX_SOCKET";
 /// Most descriptors one packet may carry.
 pub const MAX_FDS: usize = 3;
 
+/// Environment variable that moves the system-wide socket (`shmixd --system`, and where clients
+/// look when no user socket exists): for tests and unusual layouts.
+pub const SYSTEM_SOCKET_ENV: &str = "SHMIX_SYSTEM_SOCKET";
+
+/// Where `shmixd --system` listens unless told otherwise.
+pub const SYSTEM_SOCKET_PATH: &str = "/run/shmix/socket";
+
 /// The socket path when nothing is configured: `$XDG_RUNTIME_DIR/shmix/socket`, or
 /// `/tmp/shmix-$UID/socket` when `XDG_RUNTIME_DIR` is unset.
 #[must_use]
@@ -26,15 +33,58 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
-/// Resolves the socket path: `SHMIX_SOCKET` if set, else `configured`, else the default.
+/// The system-wide socket: `SHMIX_SYSTEM_SOCKET` if set, else `/run/shmix/socket`.
+#[must_use]
+pub fn system_socket_path() -> PathBuf {
+    match std::env::var_os(SYSTEM_SOCKET_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(SYSTEM_SOCKET_PATH),
+    }
+}
+
+/// Where a user-mode daemon listens when not given `--socket`: `SHMIX_SOCKET` if set, else the
+/// user default. (Never the system socket: a user daemon must not take another daemon's place.)
+#[must_use]
+pub fn user_socket_path() -> PathBuf {
+    match std::env::var_os(SOCKET_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => default_socket_path(),
+    }
+}
+
+/// Resolves the socket path a client (the plugin, shmixctl) connects to: `SHMIX_SOCKET` if set,
+/// else `configured` (the `socket` key or `--socket`), else the user default when a socket exists
+/// there, else the system socket when one exists there, else the user default (so the error
+/// names the path a user daemon would use).
 #[must_use]
 pub fn resolve_socket_path(configured: Option<&str>) -> PathBuf {
-    if let Some(env) = std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()) {
-        return PathBuf::from(env);
+    let env = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
+    // A socket we may not even look at (a `--system` directory closed to us) counts as there:
+    // connecting then says "Permission denied" about it, not "no such file" about another path.
+    resolve_from(env, configured, default_socket_path(), system_socket_path(), |p| match p.symlink_metadata() {
+        Ok(m) => std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()),
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    })
+}
+
+/// [`resolve_socket_path`] with its inputs spelled out: `is_socket` says whether a socket file
+/// exists at a path.
+#[must_use]
+pub fn resolve_from(
+    env: Option<PathBuf>,
+    configured: Option<&str>,
+    user: PathBuf,
+    system: PathBuf,
+    is_socket: impl Fn(&std::path::Path) -> bool,
+) -> PathBuf {
+    if let Some(env) = env.filter(|v| !v.as_os_str().is_empty()) {
+        return env;
     }
     match configured {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => default_socket_path(),
+        _ if is_socket(&user) => user,
+        _ if is_socket(&system) => system,
+        _ => user,
     }
 }
 
@@ -105,6 +155,22 @@ mod tests {
         assert!(!p.truncated);
         assert_eq!(SocketMsg::decode(&p.bytes).unwrap(), msg);
         assert_eq!(p.fds.len(), 1);
+    }
+
+    #[test]
+    fn resolution_order_env_config_user_system() {
+        let (u, s) = (PathBuf::from("/u/socket"), PathBuf::from("/s/socket"));
+        let env = Some(PathBuf::from("/e/socket"));
+        let both = |_: &std::path::Path| true;
+        let none = |_: &std::path::Path| false;
+        let only_system = |p: &std::path::Path| p == std::path::Path::new("/s/socket");
+        assert_eq!(resolve_from(env.clone(), Some("/c"), u.clone(), s.clone(), both), PathBuf::from("/e/socket"));
+        assert_eq!(resolve_from(Some(PathBuf::new()), Some("/c"), u.clone(), s.clone(), both), PathBuf::from("/c"));
+        assert_eq!(resolve_from(None, Some("/c"), u.clone(), s.clone(), only_system), PathBuf::from("/c"));
+        assert_eq!(resolve_from(None, Some(""), u.clone(), s.clone(), both), u);
+        assert_eq!(resolve_from(None, None, u.clone(), s.clone(), both), u);
+        assert_eq!(resolve_from(None, None, u.clone(), s.clone(), only_system), s);
+        assert_eq!(resolve_from(None, None, u.clone(), s, none), u);
     }
 
     #[test]

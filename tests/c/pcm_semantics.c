@@ -8,11 +8,14 @@
  *
  * Usage: pcm_semantics basic SOUND | pause SOUND | drop SOUND1 SOUND2 | nonblock SOUND
  *        | short SOUND | stall SOUND DAEMON_PID | abort SOUND | cycles N
+ *        | truth SOUND [PERIOD BUFFER rw|mmap] | xrun_status SOUND | abort_thread SOUND
  */
 #define _GNU_SOURCE
 #include <alsa/asoundlib.h>
 #include <dirent.h>
+#include <malloc.h>
 #include <math.h>
+#include <pthread.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,6 +33,8 @@
 #define PERIOD 1024
 
 static int failures;
+/* RW unless a command asks for MMAP_INTERLEAVED (then writes go through snd_pcm_mmap_writei). */
+static snd_pcm_access_t access_mode = SND_PCM_ACCESS_RW_INTERLEAVED;
 
 static void check(const char *name, int ok, const char *fmt, ...)
 {
@@ -106,7 +111,10 @@ static snd_pcm_sframes_t play(snd_pcm_t *pcm, struct sound *snd, snd_pcm_uframes
 		n = snd->frames - snd->pos;
 	if (n == 0)
 		return 0;
-	r = snd_pcm_writei(pcm, snd->s + snd->pos * CHANNELS, n);
+	if (access_mode == SND_PCM_ACCESS_MMAP_INTERLEAVED)
+		r = snd_pcm_mmap_writei(pcm, snd->s + snd->pos * CHANNELS, n);
+	else
+		r = snd_pcm_writei(pcm, snd->s + snd->pos * CHANNELS, n);
 	if (r > 0)
 		snd->pos += r;
 	return r;
@@ -154,7 +162,7 @@ static void setup_sized(snd_pcm_t *pcm, snd_pcm_uframes_t buffer, snd_pcm_uframe
 	snd_pcm_sw_params_alloca(&sw);
 	if ((err = snd_pcm_hw_params_any(pcm, hw)) < 0)
 		die("hw_params_any", err);
-	if ((err = snd_pcm_hw_params_set_access(pcm, hw, SND_PCM_ACCESS_RW_INTERLEAVED)) < 0)
+	if ((err = snd_pcm_hw_params_set_access(pcm, hw, access_mode)) < 0)
 		die("set_access", err);
 	if ((err = snd_pcm_hw_params_set_format(pcm, hw, SND_PCM_FORMAT_S16_LE)) < 0)
 		die("set_format", err);
@@ -581,11 +589,151 @@ static void cmd_abort(const char *path)
 	snd_pcm_close(pcm);
 }
 
-/* Open/setup/prepare/close `n` times: no fd or mapping may stay behind. */
+static long long mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Delay against the truth: plays the whole sound (start at a full buffer, kept topped up) and
+ * samples snd_pcm_delay every ~3 ms, printing
+ *   sample <ns before> <ns after> <frames written> <delay>
+ * The test relates each sample to the card's clock (its clock_file) and recording. */
+static void cmd_truth(const char *path, snd_pcm_uframes_t period, snd_pcm_uframes_t buffer)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	snd_pcm_sframes_t d;
+	int err, samples = 0;
+
+	setup_sized(pcm, buffer, period, 0);
+	while (snd.pos < snd.frames) {
+		snd_pcm_sframes_t a = snd_pcm_avail(pcm);
+		long long t0, t1;
+		if (a < 0)
+			die("avail", (int)a);
+		if (a >= (snd_pcm_sframes_t)period && play(pcm, &snd, a) < 0)
+			die("writei", -EIO);
+		t0 = mono_ns();
+		err = snd_pcm_delay(pcm, &d);
+		t1 = mono_ns();
+		if (err < 0)
+			die("delay", err);
+		if (snd_pcm_state(pcm) == SND_PCM_STATE_RUNNING) {
+			printf("sample %lld %lld %lu %ld\n", t0, t1, (unsigned long)snd.pos, (long)d);
+			samples++;
+		}
+		sleep_ms(3);
+	}
+	err = snd_pcm_drain(pcm);
+	check("truth_drain", err == 0 && samples >= 100, "ret=%d samples=%d", err, samples);
+	printf("written %lu\n", (unsigned long)snd.pos);
+	snd_pcm_close(pcm);
+}
+
+static long rss_kb(void)
+{
+	long pages = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (!f || fscanf(f, "%ld %ld", &pages, &resident) != 2)
+		die("read /proc/self/statm", -EIO);
+	fclose(f);
+	return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* The application stops writing: the stream underruns. snd_pcm_status then says XRUN with a
+ * trigger timestamp no older than the stream's start and a current timestamp after it, so the
+ * underrun length programs compute (aplay: tstamp - trigger) is bounded by the time since the
+ * start; never negative, never "years". After prepare and a restart the trigger is the restart. */
+static void cmd_xrun_status(const char *path)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	snd_pcm_status_t *st;
+	snd_htimestamp_t trig, tnow;
+	double t_open = now_ms(), t_stop, dur, since_start, since_stop, trig_ms;
+	int err;
+
+	setup(pcm, 0);
+	play_until_ms(pcm, &snd, 300);
+	t_stop = now_ms();
+	sleep_ms(400);
+	snd_pcm_status_alloca(&st);
+	if ((err = snd_pcm_status(pcm, st)) < 0)
+		die("status", err);
+	snd_pcm_status_get_trigger_htstamp(st, &trig);
+	snd_pcm_status_get_htstamp(st, &tnow);
+	dur = ts_ms(tnow) - ts_ms(trig);
+	since_start = now_ms() - t_open;
+	since_stop = now_ms() - t_stop;
+	check("xrun_status", snd_pcm_status_get_state(st) == SND_PCM_STATE_XRUN && dur >= 0 && dur <= since_start + 50,
+	      "state=%s underrun_ms=%.3f since_open_ms=%.3f since_last_write_ms=%.3f",
+	      snd_pcm_state_name(snd_pcm_status_get_state(st)), dur, since_start, since_stop);
+	value("xrun_underrun_ms", dur);
+	value("xrun_since_last_write_ms", since_stop);
+	if ((err = snd_pcm_prepare(pcm)) < 0)
+		die("prepare after xrun", err);
+	play_until_ms(pcm, &snd, 700); /* starts again at a full buffer */
+	if ((err = snd_pcm_status(pcm, st)) < 0)
+		die("status", err);
+	snd_pcm_status_get_trigger_htstamp(st, &trig);
+	snd_pcm_status_get_htstamp(st, &tnow);
+	trig_ms = ts_ms(tnow) - ts_ms(trig);
+	check("restart_trigger", snd_pcm_status_get_state(st) == SND_PCM_STATE_RUNNING && trig_ms >= 0 &&
+					 trig_ms < now_ms() - t_stop - 400 + 50,
+	      "state=%s since_trigger_ms=%.3f", snd_pcm_state_name(snd_pcm_status_get_state(st)), trig_ms);
+	snd_pcm_drop(pcm);
+	snd_pcm_close(pcm);
+}
+
+static void *abort_after_150ms(void *arg)
+{
+	sleep_ms(150);
+	snd_pcm_abort((snd_pcm_t *)arg);
+	return NULL;
+}
+
+/* As `abort`, but snd_pcm_abort comes from another thread (no signal interrupts the drain's
+ * wait): the drain must still return soon with -EAGAIN. */
+static void cmd_abort_thread(const char *path)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	snd_pcm_sframes_t delay = 0;
+	pthread_t th;
+	int err;
+	double t0, t;
+
+	setup_sized(pcm, 24000, 6000, 0);
+	play_until_ms(pcm, &snd, 1e9);
+	snd_pcm_delay(pcm, &delay);
+	t0 = now_ms();
+	if (pthread_create(&th, NULL, abort_after_150ms, pcm) != 0)
+		die("pthread_create", -EAGAIN);
+	err = snd_pcm_drain(pcm);
+	t = now_ms() - t0;
+	pthread_join(th, NULL);
+	check("abort_thread_drain", err == -EAGAIN && t >= 140 && t < 400 && delay * 1000.0 / RATE > 400,
+	      "ret=%d elapsed_ms=%.3f queued_ms=%.3f", err, t, delay * 1000.0 / RATE);
+	value("abort_thread_drain_ms", t);
+	err = snd_pcm_drop(pcm);
+	check("drop_after_abort_thread", err == 0, "ret=%d", err);
+	snd_pcm_close(pcm);
+}
+
+/* Open/setup/prepare/close `n` times: no fd or mapping may stay behind, and neither the heap in
+ * use nor the resident size may grow after the first 100 cycles (caches warm). */
 static void cmd_cycles(int n)
 {
 	int i, fds_first = 0, maps_first = 0, err;
+	size_t heap_warm = 0;
+	long rss_warm = 0;
 	for (i = 0; i < n; i++) {
+		if (i == 100 || (n <= 100 && i == 1)) {
+			heap_warm = mallinfo2().uordblks;
+			rss_warm = rss_kb();
+		}
 		snd_pcm_t *pcm = open_pcm(0);
 		setup(pcm, 0);
 		if ((err = snd_pcm_prepare(pcm)) < 0)
@@ -600,6 +748,15 @@ static void cmd_cycles(int n)
 	check("cycles_client_fds", count_fds() == fds_first && count_memfd_maps() == 0 && maps_first == 0,
 	      "cycles=%d fds_after_first=%d fds_after_last=%d memfd_maps_first=%d memfd_maps_last=%d", n,
 	      fds_first, count_fds(), maps_first, count_memfd_maps());
+	{
+		size_t heap = mallinfo2().uordblks;
+		long rss = rss_kb();
+		check("cycles_client_memory", heap <= heap_warm + 16384 && rss <= rss_warm + 512,
+		      "heap_in_use_warm=%zu heap_in_use_last=%zu rss_kb_warm=%ld rss_kb_last=%ld", heap_warm, heap,
+		      rss_warm, rss);
+		value("cycles_heap_growth_bytes", (double)heap - (double)heap_warm);
+		value("cycles_rss_growth_kb", rss - rss_warm);
+	}
 	snd_config_update_free_global();
 }
 
@@ -620,10 +777,21 @@ int main(int argc, char **argv)
 		cmd_short(argv[2]);
 	else if (argc == 3 && !strcmp(argv[1], "abort"))
 		cmd_abort(argv[2]);
+	else if (argc == 3 && !strcmp(argv[1], "truth"))
+		cmd_truth(argv[2], PERIOD, BUFFER);
+	else if (argc == 3 && !strcmp(argv[1], "abort_thread"))
+		cmd_abort_thread(argv[2]);
+	else if (argc == 3 && !strcmp(argv[1], "xrun_status"))
+		cmd_xrun_status(argv[2]);
+	else if (argc == 6 && !strcmp(argv[1], "truth")) {
+		if (!strcmp(argv[5], "mmap"))
+			access_mode = SND_PCM_ACCESS_MMAP_INTERLEAVED;
+		cmd_truth(argv[2], atoi(argv[3]), atoi(argv[4]));
+	}
 	else if (argc == 3 && !strcmp(argv[1], "cycles"))
 		cmd_cycles(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort SOUND | drop S1 S2 | stall SOUND PID | cycles N\n");
+		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|abort_thread|truth|xrun_status SOUND | truth SOUND PERIOD BUFFER rw|mmap | drop S1 S2 | stall SOUND PID | cycles N\n");
 		return 2;
 	}
 	return failures ? 1 : 0;

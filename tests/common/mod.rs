@@ -31,7 +31,8 @@ pub struct Card {
     pub format: &'static str,
     pub rate: u32,
     pub channels: u32,
-    /// Extra `key value` lines for the card's config block.
+    /// Extra `key value` lines for the card's config block (`@DIR@` stands for the rig's temp
+    /// dir).
     pub extra: Vec<String>,
 }
 
@@ -73,7 +74,7 @@ impl Rig {
             std::fs::write(&cap, bytes).expect("write capture.raw");
             card.extra.push(format!("capture_file \"{}\"", cap.display()));
         }
-        let extra = card.extra.join("\n    ");
+        let extra = card.extra.join("\n    ").replace("@DIR@", &dir.path().display().to_string());
         let text = format!(
             r#"pcm_type.shmix {{ lib "{plugin}" }}
 pcm_type.shmix_vcard {{ lib "{vcard}" }}
@@ -93,6 +94,11 @@ pcm.shmix_monitor {{
     type shmix
     socket "{sock}"
     monitor true
+}}
+ctl_type.shmix {{ lib "{plugin}" }}
+ctl.shmix {{
+    type shmix
+    socket "{sock}"
 }}
 "#,
             plugin = art.join("libasound_module_pcm_shmix.so").display(),
@@ -357,4 +363,46 @@ pub fn assert_contiguous(recorded: &[i16], expected: &[i16], frame: usize, what:
         panic!("{what}: non-silence after the sound, {} frames after its end", i / frame);
     }
     start_frame
+}
+/// One stretch of the recording that equals `sound[sound_at..sound_at + len]` (frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub rec_at: usize,
+    pub sound_at: usize,
+    pub len: usize,
+}
+
+/// Splits the recording into pieces of `sound`: every frame of the recording is either silence
+/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit. Panics
+/// on a frame that is neither (garbage, or a mix). `sound` must never hold a frame of zeros.
+pub fn pieces_of(rec: &[i16], sound: &[i16], ch: usize, what: &str) -> Vec<Piece> {
+    let rec_frames = rec.len() / ch;
+    let snd_frames = sound.len() / ch;
+    let rf = |i: usize| &rec[i * ch..(i + 1) * ch];
+    let sf = |i: usize| &sound[i * ch..(i + 1) * ch];
+    let key = 8usize; // frames that locate a piece unambiguously
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rec_frames {
+        if rf(i).iter().all(|s| *s == 0) {
+            i += 1;
+            continue;
+        }
+        let k = key.min(rec_frames - i);
+        let at =
+            (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t))).unwrap_or_else(|| {
+                panic!(
+                    "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
+                     far: {out:?}",
+                    &rec[i * ch..(i * ch + 8).min(rec.len())]
+                )
+            });
+        let mut len = 0;
+        while i + len < rec_frames && at + len < snd_frames && rf(i + len) == sf(at + len) {
+            len += 1;
+        }
+        out.push(Piece { rec_at: i, sound_at: at, len });
+        i += len;
+    }
+    out
 }

@@ -170,10 +170,14 @@ pub struct Card {
     xrun: bool,
     first_start_ns: Option<u64>,
     xrun_injected: bool,
+    /// `xrun_every_ms`: when the next storm xrun is due (set at the first start).
+    next_storm_xrun_ns: Option<u64>,
     gone: bool,
     /// The one suspend has happened (or passed while the stream was not suspendable).
     suspend_injected: bool,
     asleep: Option<Sleep>,
+    /// `clock_file`, opened for appending (playback only).
+    clock_file: Option<File>,
 }
 
 const ENODEV: Errno = Errno(libc::ENODEV);
@@ -210,9 +214,31 @@ impl Card {
             xrun: false,
             first_start_ns: None,
             xrun_injected: false,
+            next_storm_xrun_ns: None,
             gone: false,
             suspend_injected: false,
             asleep: None,
+            clock_file: None,
+        }
+    }
+
+    /// Adds the `clock_file` (see [`Config::clock_file`]).
+    #[must_use]
+    pub fn with_clock_file(mut self, f: Option<File>) -> Self {
+        self.clock_file = f;
+        self
+    }
+
+    /// `clock_file`: the clock (re)starts at `now_ns` with the frame the file has next.
+    fn log_clock_start(&mut self, now_ns: u64) {
+        let Some(f) = self.clock_file.as_mut() else { return };
+        let frames =
+            self.playback_file.as_ref().and_then(|p| p.metadata().ok()).map_or(0, |m| m.len()) / self.frame_bytes;
+        if let Err(e) = writeln!(f, "start {now_ns} {frames}") {
+            if !self.write_failed {
+                eprintln!("shmix_vcard: writing clock_file failed: {e}");
+                self.write_failed = true;
+            }
         }
     }
 
@@ -235,7 +261,8 @@ impl Card {
         Some(self.first_start_ns? + ms? * 1_000_000)
     }
 
-    /// Marks the card gone once `disconnect_at_ms` has passed.
+    /// Marks the card gone once `disconnect_at_ms` has passed or `gone_file` exists (one stat
+    /// per call while the card is there).
     ///
     /// # Errors
     /// `ENODEV` from then on.
@@ -244,6 +271,9 @@ impl Card {
             if let Some(t) = self.ms_after_first_start(self.cfg.disconnect_at_ms) {
                 self.gone = now_ns >= t;
             }
+        }
+        if !self.gone && self.cfg.gone_file.as_deref().is_some_and(|p| std::fs::symlink_metadata(p).is_ok()) {
+            self.gone = true;
         }
         if self.gone {
             Err(ENODEV)
@@ -319,6 +349,7 @@ impl Card {
             self.running = true;
             self.seg_start_ns = now_ns;
             self.base_frames = self.hw_frames;
+            self.log_clock_start(now_ns);
         }
         self.arm(now_ns, IoView::new(view.appl, sleep.host_state));
         Ok(sleep.host_state)
@@ -326,8 +357,18 @@ impl Card {
 
     fn forced_xrun_due(&self, now_ns: u64) -> bool {
         self.running
-            && !self.xrun_injected
-            && self.ms_after_first_start(self.cfg.xrun_at_ms).is_some_and(|t| now_ns >= t)
+            && ((!self.xrun_injected && self.ms_after_first_start(self.cfg.xrun_at_ms).is_some_and(|t| now_ns >= t))
+                || self.next_storm_xrun_ns.is_some_and(|t| now_ns >= t))
+    }
+
+    /// Books a forced xrun at `now_ns`: the one-shot one if it is due, else the storm's, whose
+    /// next one is then `xrun_every_ms` later.
+    fn take_forced_xrun(&mut self, now_ns: u64) {
+        if !self.xrun_injected && self.ms_after_first_start(self.cfg.xrun_at_ms).is_some_and(|t| now_ns >= t) {
+            self.xrun_injected = true;
+        } else if let (Some(_), Some(every)) = (self.next_storm_xrun_ns, self.cfg.xrun_every_ms) {
+            self.next_storm_xrun_ns = Some(now_ns + every * 1_000_000);
+        }
     }
 
     /// The card's position at `now_ns` (frames since prepare; frozen unless running).
@@ -414,6 +455,9 @@ impl Card {
             return Err(Errno(libc::ESTRPIPE));
         }
         self.first_start_ns.get_or_insert(now_ns);
+        if self.next_storm_xrun_ns.is_none() {
+            self.next_storm_xrun_ns = self.ms_after_first_start(self.cfg.xrun_every_ms);
+        }
         if self.cfg.loopback && self.loopback_pos.is_none() {
             let len = self.capture_file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
             self.loopback_pos = Some(len - len % self.frame_bytes);
@@ -421,6 +465,7 @@ impl Card {
         self.running = true;
         self.seg_start_ns = now_ns;
         self.base_frames = self.hw_frames;
+        self.log_clock_start(now_ns);
         self.arm(now_ns, view);
         Ok(())
     }
@@ -459,6 +504,7 @@ impl Card {
         } else if !enable && !self.running {
             self.seg_start_ns = now_ns;
             self.running = true;
+            self.log_clock_start(now_ns);
         }
         self.arm(now_ns, view);
         Ok(())
@@ -491,7 +537,7 @@ impl Card {
         let clock = self.clock_frames(now_ns);
         let appl = self.appl_frames(view.appl);
         let xrun = if self.forced_xrun_due(now_ns) {
-            self.xrun_injected = true;
+            self.take_forced_xrun(now_ns);
             true
         } else {
             // Only a running card consumes frames: prepared (not started) and paused never xrun.
@@ -597,6 +643,9 @@ impl Card {
             if let Some(f) = self.ms_after_first_start(self.cfg.xrun_at_ms) {
                 t = t.min(f);
             }
+        }
+        if let Some(f) = self.next_storm_xrun_ns {
+            t = t.min(f);
         }
         if !self.suspend_injected {
             if let Some(f) = self.ms_after_first_start(self.cfg.suspend_at_ms) {

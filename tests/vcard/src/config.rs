@@ -100,12 +100,23 @@ pub struct Config {
     pub skew_ppm: f64,
     /// `xrun_at_ms`: one forced xrun this long after the first start.
     pub xrun_at_ms: Option<u64>,
+    /// `xrun_every_ms`: an xrun storm: a forced xrun every this many ms of running (the first
+    /// this long after the first start, each next one this long after the previous one).
+    pub xrun_every_ms: Option<u64>,
     /// `disconnect_at_ms`: from this long after the first start on, the card is gone (-ENODEV).
     pub disconnect_at_ms: Option<u64>,
+    /// `gone_file`: while this file exists the card is unplugged: opening fails with `-ENODEV`,
+    /// and an open card that sees it is gone for good (-ENODEV), like a handle of a card that was
+    /// pulled out. Removing the file "plugs the card back in": the next open works.
+    pub gone_file: Option<PathBuf>,
     /// `suspend_at_ms`: this long after the first start the card falls asleep once (SUSPENDED).
     pub suspend_at_ms: Option<u64>,
     /// `suspend_ms`: how long it sleeps, default 200; `resume` cannot wake it earlier.
     pub suspend_ms: u64,
+    /// `clock_file`: at every start of the clock (start, pause release) a line
+    /// `start <CLOCK_MONOTONIC ns> <frames in playback_file>` is appended, so a test can tell
+    /// which recorded frame the card played when.
+    pub clock_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -121,9 +132,12 @@ impl Default for Config {
             buffer_max_frames: 65_536,
             skew_ppm: 0.0,
             xrun_at_ms: None,
+            xrun_every_ms: None,
             disconnect_at_ms: None,
+            gone_file: None,
             suspend_at_ms: None,
             suspend_ms: 200,
+            clock_file: None,
         }
     }
 }
@@ -248,11 +262,14 @@ impl Config {
                 "buffer_max" => c.buffer_max_frames = int_in(k, &v, 2, 1 << 22)? as u32,
                 "skew_ppm" => c.skew_ppm = real_in(k, &v, -100_000.0, 100_000.0)?,
                 "xrun_at_ms" => c.xrun_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
+                "xrun_every_ms" => c.xrun_every_ms = Some(int_in(k, &v, 1, i64::from(u32::MAX))? as u64),
+                "gone_file" => c.gone_file = Some(string(k, &v)?.into()),
                 "disconnect_at_ms" => {
                     c.disconnect_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64);
                 }
                 "suspend_at_ms" => c.suspend_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
                 "suspend_ms" => c.suspend_ms = int_in(k, &v, 0, i64::from(u32::MAX))? as u64,
+                "clock_file" => c.clock_file = Some(string(k, &v)?.into()),
                 _ => return Err(ConfigError::UnknownKey { key }),
             }
         }
@@ -325,5 +342,16 @@ mod tests {
         let c = Config::from_entries([kv("suspend_at_ms", Value::Str("5".into())), kv("suspend_ms", Value::Int(0))])
             .unwrap();
         assert_eq!((c.suspend_at_ms, c.suspend_ms), (Some(5), 0));
+    }
+
+    #[test]
+    fn storm_and_gone_file_keys() {
+        let c = Config::from_entries([kv("xrun_every_ms", Value::Int(300)), kv("gone_file", Value::Str("/x".into()))])
+            .unwrap();
+        assert_eq!((c.xrun_every_ms, c.gone_file), (Some(300), Some(PathBuf::from("/x"))));
+        let e = Config::from_entries([kv("xrun_every_ms", Value::Int(0))]).unwrap_err();
+        assert!(e.to_string().contains("'xrun_every_ms'"), "{e}");
+        let e = Config::from_entries([kv("gone_file", Value::Str(String::new()))]).unwrap_err();
+        assert!(e.to_string().contains("'gone_file'"), "{e}");
     }
 }

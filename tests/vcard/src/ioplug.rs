@@ -394,6 +394,10 @@ fn build_card(entries: Vec<(String, Value)>, dir: Direction) -> Result<Card, Err
         eprintln!("{e}");
         Errno(libc::EINVAL)
     })?;
+    // `gone_file` present: the card is unplugged, as `snd_pcm_open` of a pulled-out card fails.
+    if cfg.gone_file.as_deref().is_some_and(|p| std::fs::symlink_metadata(p).is_ok()) {
+        return Err(Errno(libc::ENODEV));
+    }
     let playback_file = match (&cfg.playback_file, dir) {
         (Some(p), Direction::Playback) => Some(open_file("playback_file", p, true)?),
         _ => None,
@@ -412,7 +416,11 @@ fn build_card(entries: Vec<(String, Value)>, dir: Direction) -> Result<Card, Err
         _ => None,
     };
     let timer = TimerFd::new().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
-    Ok(Card::new(cfg, dir, timer, playback_file, capture_file))
+    let clock_file = match (&cfg.clock_file, dir) {
+        (Some(p), Direction::Playback) => Some(open_file("clock_file", p, true)?),
+        _ => None,
+    };
+    Ok(Card::new(cfg, dir, timer, playback_file, capture_file).with_clock_file(clock_file))
 }
 
 /// Sets the one format/rate/channel count and the period/buffer limits.

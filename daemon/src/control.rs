@@ -1,0 +1,387 @@
+//! Volume, mute, levels and statistics: the state the control thread and the mix thread share,
+//! and the control thread's answers to `shmixctl` and the ALSA ctl plugin.
+//!
+//! The mix thread reads volumes and writes levels and per-stream figures through atomics only
+//! ([`StreamCtl`] per stream, [`DeviceCtl`] per device): no lock, no allocation, no syscall on
+//! its side. The control thread keeps the stream registry (who owns which stream), the volume
+//! memory (per program name, for the daemon's lifetime) and answers [`Request`]s.
+//! Runs on the control thread; the atomics are also touched by the mix thread. RT: the atomics
+//! yes, everything else no.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use shmix_shared::control::{MuteOp, Reply, Request, Stats, StreamInfo, StreamState, Target, MAX_VOLUME};
+use shmix_shared::msg::MAX_CHANNELS;
+use shmix_shared::{AudioParams, Direction};
+
+use crate::mixer::Counters;
+use crate::pipeline::GAIN_RAMP_MS;
+
+/// Length of the metering window (peaks are the largest sample of the last window).
+pub const METER_WINDOW_MS: u32 = 50;
+
+/// A linear volume and a mute flag, written by the control thread, read by the mix thread
+/// (Relaxed: each is one independent value; the mix thread picks them up on its next cycle).
+#[derive(Debug)]
+pub struct Volume {
+    bits: AtomicU32,
+    muted: AtomicBool,
+}
+
+impl Default for Volume {
+    fn default() -> Self {
+        Self { bits: AtomicU32::new(1.0f32.to_bits()), muted: AtomicBool::new(false) }
+    }
+}
+
+impl Volume {
+    /// The linear volume.
+    #[must_use]
+    pub fn volume(&self) -> f32 {
+        f32::from_bits(self.bits.load(Ordering::Relaxed))
+    }
+
+    /// Muted.
+    #[must_use]
+    pub fn muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    /// The gain to apply: 0 when muted, else the volume. RT: yes.
+    #[must_use]
+    pub fn gain(&self) -> f32 {
+        if self.muted() {
+            0.0
+        } else {
+            self.volume()
+        }
+    }
+
+    /// Sets the linear volume (clamped to `0..=MAX_VOLUME`).
+    pub fn set_volume(&self, v: f32) {
+        let v = if v.is_finite() { v.clamp(0.0, MAX_VOLUME) } else { 0.0 };
+        self.bits.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Sets the mute flag.
+    pub fn set_muted(&self, m: bool) {
+        self.muted.store(m, Ordering::Relaxed);
+    }
+}
+
+/// An f32 level written by the mix thread and read by the control thread.
+#[derive(Debug, Default)]
+pub struct Level(AtomicU32);
+
+impl Level {
+    /// Stores a level. RT: yes.
+    pub fn set(&self, v: f32) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The level.
+    #[must_use]
+    pub fn get(&self) -> f32 {
+        let v = f32::from_bits(self.0.load(Ordering::Relaxed));
+        if v.is_finite() {
+            v.max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One stream's shared figures. Built on the control thread with the stream; the mix thread
+/// holds a clone of the `Arc` inside the `Stream`.
+#[derive(Debug, Default)]
+pub struct StreamCtl {
+    /// Volume and mute (control -> mix).
+    pub volume: Volume,
+    /// Peak of the last metering window, after the stream's gain (mix -> control).
+    pub peak: Level,
+    /// `StreamState` code (mix -> control).
+    pub state: AtomicU32,
+    /// Frames between the client and the speaker at the last cycle (mix -> control).
+    pub latency_frames: AtomicU32,
+    /// Underruns / overruns (mix -> control).
+    pub xruns: AtomicU64,
+    /// The plugin's copy counter as read from its shared memory (untrusted; display only).
+    pub copied_frames: AtomicU64,
+    /// The plugin's zero-copy counter as read from its shared memory (untrusted; display only).
+    pub zero_copy_frames: AtomicU64,
+}
+
+/// The device's shared figures.
+#[derive(Debug)]
+pub struct DeviceCtl {
+    /// Playback mix volume and mute (control -> mix).
+    pub master: Volume,
+    /// Capture path volume and mute (control -> mix).
+    pub capture: Volume,
+    /// Peak per device channel of the last metering window, after the master volume.
+    pub peaks: [Level; MAX_CHANNELS as usize],
+    /// Device channels.
+    pub channels: u32,
+    /// Frames per metering window.
+    pub window_frames: u32,
+    /// Frames of a gain ramp.
+    pub ramp_frames: u32,
+    /// The mix thread's kernel thread id (0 until it runs), for its CPU time.
+    pub mix_tid: AtomicI32,
+}
+
+impl DeviceCtl {
+    /// For a device of `channels` at `rate`.
+    #[must_use]
+    pub fn new(channels: u32, rate: u32) -> Self {
+        Self {
+            master: Volume::default(),
+            capture: Volume::default(),
+            peaks: std::array::from_fn(|_| Level::default()),
+            channels: channels.min(MAX_CHANNELS),
+            window_frames: (u64::from(rate) * u64::from(METER_WINDOW_MS) / 1000).max(1) as u32,
+            ramp_frames: (u64::from(rate) * u64::from(GAIN_RAMP_MS) / 1000) as u32,
+            mix_tid: AtomicI32::new(0),
+        }
+    }
+
+    /// Called once by the mix thread before its loop: records its thread id.
+    pub fn note_mix_thread(&self) {
+        self.mix_tid.store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+    }
+
+    /// CPU time the mix thread has used (ns), from `/proc/self/task/TID/schedstat`.
+    #[must_use]
+    pub fn mix_cpu_ns(&self) -> u64 {
+        let tid = self.mix_tid.load(Ordering::Relaxed);
+        if tid <= 0 {
+            return 0;
+        }
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+/// What the control thread knows about a stream.
+#[derive(Debug)]
+struct Entry {
+    id: u32,
+    pid: u32,
+    name: String,
+    direction: Direction,
+    params: AudioParams,
+    ctl: Arc<StreamCtl>,
+}
+
+/// Figures the server supplies for `Stats`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFigures<'a> {
+    /// The playback device's parameters.
+    pub device: AudioParams,
+    /// Connected clients.
+    pub clients: u32,
+    /// The mix thread's counters.
+    pub counters: &'a Counters,
+}
+
+/// The control thread's registry of streams, the volume memory and the device's shared state.
+#[derive(Debug)]
+pub struct Control {
+    device: Arc<DeviceCtl>,
+    streams: Vec<Entry>,
+    /// Volume and mute per program name, for the daemon's lifetime.
+    memory: HashMap<String, (f32, bool)>,
+    /// Copy counters of streams that are gone.
+    retired_copied: u64,
+    retired_zero_copy: u64,
+    started: Instant,
+}
+
+impl Control {
+    /// The registry for a device whose shared state is `device`.
+    #[must_use]
+    pub fn new(device: Arc<DeviceCtl>) -> Self {
+        Self {
+            device,
+            streams: Vec::new(),
+            memory: HashMap::new(),
+            retired_copied: 0,
+            retired_zero_copy: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// The device's shared state.
+    #[must_use]
+    pub fn device(&self) -> &Arc<DeviceCtl> {
+        &self.device
+    }
+
+    /// Registers a new stream; returns its shared figures with the volume remembered for
+    /// `name` (if any) already set.
+    pub fn register(
+        &mut self,
+        id: u32,
+        pid: u32,
+        name: &str,
+        direction: Direction,
+        params: AudioParams,
+    ) -> Arc<StreamCtl> {
+        let ctl = Arc::new(StreamCtl::default());
+        if let Some(&(v, m)) = self.memory.get(name) {
+            ctl.volume.set_volume(v);
+            ctl.volume.set_muted(m);
+            log::info!("stream {id} ({name}): remembered volume {:.0}%{}", v * 100.0, if m { ", muted" } else { "" });
+        }
+        self.streams.push(Entry { id, pid, name: name.to_owned(), direction, params, ctl: Arc::clone(&ctl) });
+        ctl
+    }
+
+    /// Forgets a stream that left the mix.
+    pub fn unregister(&mut self, id: u32) {
+        if let Some(i) = self.streams.iter().position(|e| e.id == id) {
+            let e = self.streams.swap_remove(i);
+            self.retired_copied = self.retired_copied.saturating_add(e.ctl.copied_frames.load(Ordering::Relaxed));
+            self.retired_zero_copy =
+                self.retired_zero_copy.saturating_add(e.ctl.zero_copy_frames.load(Ordering::Relaxed));
+        }
+    }
+
+    fn list(&self) -> Vec<StreamInfo> {
+        let mut v: Vec<StreamInfo> = self
+            .streams
+            .iter()
+            .map(|e| {
+                let c = &e.ctl;
+                StreamInfo {
+                    id: e.id,
+                    pid: e.pid,
+                    name: e.name.clone(),
+                    direction: e.direction,
+                    params: e.params,
+                    state: StreamState::from_u32(c.state.load(Ordering::Relaxed)).unwrap_or(StreamState::Stopped),
+                    latency_frames: c.latency_frames.load(Ordering::Relaxed),
+                    xruns: c.xruns.load(Ordering::Relaxed),
+                    volume: c.volume.volume(),
+                    muted: c.volume.muted(),
+                    peak: c.peak.get(),
+                    copied_frames: c.copied_frames.load(Ordering::Relaxed),
+                    zero_copy_frames: c.zero_copy_frames.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    fn stats(&self, f: &ServerFigures<'_>) -> Stats {
+        let c = f.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let live_copied: u64 = self.streams.iter().map(|e| e.ctl.copied_frames.load(Ordering::Relaxed)).sum();
+        let live_zero: u64 = self.streams.iter().map(|e| e.ctl.zero_copy_frames.load(Ordering::Relaxed)).sum();
+        let d = &self.device;
+        Stats {
+            device: f.device,
+            clients: f.clients,
+            streams: self.streams.len() as u32,
+            uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            cycles: g(&c.cycles),
+            frames_mixed: g(&c.frames_mixed),
+            fastpath_frames: g(&c.fastpath_frames),
+            device_xruns: g(&c.device_xruns),
+            device_suspends: g(&c.device_suspends),
+            stream_underruns: g(&c.stream_underruns),
+            wakeups_sent: g(&c.wakeups_sent),
+            wakeups_skipped: g(&c.wakeups_skipped),
+            copied_frames: self.retired_copied.saturating_add(live_copied),
+            zero_copy_frames: self.retired_zero_copy.saturating_add(live_zero),
+            mix_cpu_ns: d.mix_cpu_ns(),
+            master_volume: d.master.volume(),
+            master_muted: d.master.muted(),
+            capture_volume: d.capture.volume(),
+            capture_muted: d.capture.muted(),
+            peaks: d.peaks[..d.channels as usize].iter().map(Level::get).collect(),
+        }
+    }
+
+    fn volume_of(&self, t: Target) -> Option<(&Volume, Option<&str>)> {
+        match t {
+            Target::Master => Some((&self.device.master, None)),
+            Target::Capture => Some((&self.device.capture, None)),
+            Target::Stream(id) => {
+                self.streams.iter().find(|e| e.id == id).map(|e| (&e.ctl.volume, Some(e.name.as_str())))
+            }
+        }
+    }
+
+    /// Answers one request. Returns the reply and, when something changed, what (for the
+    /// subscribers). `Subscribe` is handled by the server (it owns the connections).
+    pub fn handle(&mut self, req: Request, f: &ServerFigures<'_>) -> (Reply, Option<Target>) {
+        let (target, change): (Target, &dyn Fn(&Volume)) = match req {
+            Request::List => return (Reply::Streams(self.list()), None),
+            Request::Stats => return (Reply::Stats(Box::new(self.stats(f))), None),
+            Request::Subscribe => return (Reply::Subscribed, None),
+            Request::SetVolume { target, volume } => (target, &move |v: &Volume| v.set_volume(volume)),
+            Request::SetMute { target, op } => (target, &move |v: &Volume| {
+                v.set_muted(match op {
+                    MuteOp::On => true,
+                    MuteOp::Off => false,
+                    MuteOp::Toggle => !v.muted(),
+                });
+            }),
+        };
+        let Some((vol, name)) = self.volume_of(target) else {
+            let Target::Stream(id) = target else { unreachable!("master and capture always exist") };
+            return (Reply::Error { errno: libc::ENOENT as u32, reason: format!("no stream {id}") }, None);
+        };
+        let before = (vol.volume(), vol.muted());
+        change(vol);
+        let after = (vol.volume(), vol.muted());
+        let name = name.map(str::to_owned);
+        if let Some(name) = name {
+            // Volume memory: the next stream of this program starts at this level.
+            self.memory.insert(name, after);
+        }
+        let reply = Reply::Volume { target, volume: after.0, muted: after.1 };
+        (reply, (before != after).then_some(target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmix_shared::SampleFormat;
+
+    fn params() -> AudioParams {
+        AudioParams { format: SampleFormat::S16Le, rate: 48000, channels: 2, period_frames: 256, buffer_frames: 1024 }
+    }
+
+    #[test]
+    fn volume_is_remembered_per_program() {
+        let mut c = Control::new(Arc::new(DeviceCtl::new(2, 48000)));
+        let counters = Counters::default();
+        let f = ServerFigures { device: params(), clients: 1, counters: &counters };
+        let s = c.register(1, 10, "aplay", Direction::Playback, params());
+        let (r, ch) = c.handle(Request::SetVolume { target: Target::Stream(1), volume: 0.25 }, &f);
+        assert_eq!(r, Reply::Volume { target: Target::Stream(1), volume: 0.25, muted: false });
+        assert_eq!(ch, Some(Target::Stream(1)));
+        assert_eq!(s.volume.gain(), 0.25);
+        c.unregister(1);
+        let s2 = c.register(2, 11, "aplay", Direction::Playback, params());
+        assert_eq!(s2.volume.volume(), 0.25);
+        let other = c.register(3, 12, "mpv", Direction::Playback, params());
+        assert_eq!(other.volume.volume(), 1.0);
+        let (r, _) = c.handle(Request::SetMute { target: Target::Stream(9), op: MuteOp::On }, &f);
+        assert!(matches!(r, Reply::Error { .. }));
+        let (_, ch) = c.handle(Request::SetMute { target: Target::Master, op: MuteOp::Toggle }, &f);
+        assert_eq!(ch, Some(Target::Master));
+        assert_eq!(c.device().master.gain(), 0.0);
+        let (_, ch) = c.handle(Request::SetMute { target: Target::Master, op: MuteOp::On }, &f);
+        assert_eq!(ch, None, "no change, no event");
+    }
+}

@@ -1,0 +1,259 @@
+//! The ALSA control plugin `ctl.shmix` (type `shmix`), minus its FFI (in `ctl_ffi.rs`): four
+//! mixer elements, `Master Playback Volume`/`Switch` (the daemon's playback mix) and
+//! `Capture Volume`/`Switch` (its capture path), read and written over a control connection
+//! (`shmix_shared::control`). A second, subscribed connection delivers the daemon's `Changed`
+//! events; its socket is the control's poll descriptor, so a running alsamixer redraws when
+//! `shmixctl` (or anyone) changes a volume.
+//! Runs in the host program at its calls into alsa-lib's ctl API. RT: no.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::time::TimeVal;
+use shmix_shared::control::{self, MuteOp, Reply, Request, Target};
+use shmix_shared::socket as wire;
+use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
+
+use crate::Errno;
+
+/// The elements, in `elem_list` order; the key of each is its index.
+pub const ELEMENTS: [&str; 4] =
+    ["Master Playback Volume", "Master Playback Switch", "Capture Volume", "Capture Switch"];
+
+/// The integer range of the volume elements: a linear amplitude factor times this (as
+/// PulseAudio's ctl plugin uses `PA_VOLUME_NORM`), so `50%` in amixer is exactly half amplitude.
+pub const VOLUME_MAX: i64 = 65536;
+
+/// Socket send/receive timeout: a hung daemon makes calls fail, never hang the program.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an element is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An integer volume `0..=VOLUME_MAX`.
+    Volume,
+    /// A boolean switch: 1 = sound on (not muted).
+    Switch,
+}
+
+/// An element's target and kind, from its key.
+#[must_use]
+pub fn element(key: usize) -> Option<(Target, Kind)> {
+    Some(match key {
+        0 => (Target::Master, Kind::Volume),
+        1 => (Target::Master, Kind::Switch),
+        2 => (Target::Capture, Kind::Volume),
+        3 => (Target::Capture, Kind::Switch),
+        _ => return None,
+    })
+}
+
+/// Linear volume -> element value.
+#[must_use]
+pub fn to_raw(v: f32) -> i64 {
+    (f64::from(v) * VOLUME_MAX as f64).round() as i64
+}
+
+/// Element value -> linear volume (clamped to the range).
+#[must_use]
+pub fn from_raw(raw: i64) -> f32 {
+    (raw.clamp(0, VOLUME_MAX) as f64 / VOLUME_MAX as f64) as f32
+}
+
+/// Connects and shakes hands as a control connection.
+fn connect(path: &Path) -> Result<OwnedFd, String> {
+    let e = |what: &str, err: nix::errno::Errno| format!("cannot reach shmixd at {}: {what}: {err}", path.display());
+    let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|x| e("socket", x))?;
+    let tv = TimeVal::new(TIMEOUT.as_secs() as _, 0);
+    socket::setsockopt(&sock, sockopt::SendTimeout, &tv).map_err(|x| e("SO_SNDTIMEO", x))?;
+    socket::setsockopt(&sock, sockopt::ReceiveTimeout, &tv).map_err(|x| e("SO_RCVTIMEO", x))?;
+    let addr = UnixAddr::new(path).map_err(|x| e("address", x))?;
+    socket::connect(sock.as_raw_fd(), &addr)
+        .map_err(|x| e("connect", x) + ". Is shmixd running? (see README: Troubleshooting)")?;
+    let hello = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: crate::conn::program_name() };
+    wire::send(sock.as_fd(), &hello, &[]).map_err(|x| format!("handshake with {}: {x}", path.display()))?;
+    let pkt = wire::recv(sock.as_fd()).map_err(|x| format!("handshake with {}: {x}", path.display()))?;
+    match SocketMsg::decode(&pkt.bytes) {
+        Ok(SocketMsg::Welcome { version, .. }) if version == PROTOCOL_VERSION => Ok(sock),
+        Ok(SocketMsg::Refused { reason, .. }) => Err(format!("shmixd at {} refused: {reason}", path.display())),
+        Ok(other) => Err(format!("shmixd at {}: unexpected answer {other:?}", path.display())),
+        Err(x) => Err(format!("shmixd at {}: bad answer: {x}", path.display())),
+    }
+}
+
+/// One open `ctl.shmix`.
+#[derive(Debug)]
+pub struct Ctl {
+    /// Requests and replies.
+    req: OwnedFd,
+    /// Subscribed: `Changed` events only; the poll descriptor.
+    events: OwnedFd,
+    /// Elements changed and not yet reported (bit = key).
+    pending: u32,
+    /// The event socket hung up (the daemon is gone).
+    gone: bool,
+}
+
+impl Ctl {
+    /// Opens both connections to the daemon at `path`.
+    ///
+    /// # Errors
+    /// A user-facing message (the daemon is not there or refuses).
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let req = connect(path)?;
+        let events = connect(path)?;
+        control::send_packet(events.as_fd(), &Request::Subscribe.encode()).map_err(|x| format!("subscribe: {x}"))?;
+        match control::recv_packet(events.as_fd()).map(|b| Reply::decode(&b)) {
+            Ok(Ok(Reply::Subscribed)) => {}
+            other => return Err(format!("subscribe: unexpected answer {other:?}")),
+        }
+        nix::fcntl::fcntl(&events, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|x| format!("O_NONBLOCK: {x}"))?;
+        Ok(Self { req, events, pending: 0, gone: false })
+    }
+
+    /// The descriptor to poll for events.
+    #[must_use]
+    pub fn poll_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
+    fn call(&self, r: Request) -> Result<Reply, Errno> {
+        control::send_packet(self.req.as_fd(), &r.encode())
+            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let b = control::recv_packet(self.req.as_fd()).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        if b.is_empty() {
+            return Err(Errno(libc::ENODEV));
+        }
+        match Reply::decode(&b) {
+            Ok(Reply::Error { errno, .. }) => Err(Errno(i32::try_from(errno).unwrap_or(libc::EIO).max(1))),
+            Ok(r) => Ok(r),
+            Err(_) => Err(Errno(libc::EPROTO)),
+        }
+    }
+
+    /// The volume and mute of `t` now.
+    fn state(&self, t: Target) -> Result<(f32, bool), Errno> {
+        match self.call(Request::Stats)? {
+            Reply::Stats(s) => Ok(match t {
+                Target::Capture => (s.capture_volume, s.capture_muted),
+                _ => (s.master_volume, s.master_muted),
+            }),
+            _ => Err(Errno(libc::EPROTO)),
+        }
+    }
+
+    /// The element's value.
+    ///
+    /// # Errors
+    /// Unknown key, or the daemon cannot be asked.
+    pub fn read(&self, key: usize) -> Result<i64, Errno> {
+        let (t, kind) = element(key).ok_or(Errno(libc::EINVAL))?;
+        let (v, muted) = self.state(t)?;
+        Ok(match kind {
+            Kind::Volume => to_raw(v),
+            Kind::Switch => i64::from(!muted),
+        })
+    }
+
+    /// Sets the element's value; returns whether it changed (alsa-lib's 1 / 0).
+    ///
+    /// # Errors
+    /// Unknown key, a value out of range, or the daemon cannot be asked.
+    pub fn write(&self, key: usize, value: i64) -> Result<bool, Errno> {
+        let (t, kind) = element(key).ok_or(Errno(libc::EINVAL))?;
+        let (v, muted) = self.state(t)?;
+        match kind {
+            Kind::Volume => {
+                if !(0..=VOLUME_MAX).contains(&value) {
+                    return Err(Errno(libc::EINVAL));
+                }
+                if to_raw(v) == value {
+                    return Ok(false);
+                }
+                self.call(Request::SetVolume { target: t, volume: from_raw(value) })?;
+            }
+            Kind::Switch => {
+                let mute = value == 0;
+                if mute == muted {
+                    return Ok(false);
+                }
+                self.call(Request::SetMute { target: t, op: if mute { MuteOp::On } else { MuteOp::Off } })?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads every event the daemon sent into `pending`.
+    fn drain_events(&mut self) {
+        loop {
+            match control::recv_packet(self.events.as_fd()) {
+                Ok(b) if b.is_empty() => {
+                    self.gone = true;
+                    return;
+                }
+                Ok(b) => {
+                    if let Ok(Reply::Changed { target }) = Reply::decode(&b) {
+                        self.pending |= match target {
+                            Target::Master => 0b0011,
+                            Target::Capture => 0b1100,
+                            Target::Stream(_) => 0,
+                        };
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The next changed element (its key), if any.
+    pub fn next_event(&mut self) -> Option<usize> {
+        self.drain_events();
+        if self.pending == 0 {
+            return None;
+        }
+        let key = self.pending.trailing_zeros() as usize;
+        self.pending &= !(1 << key);
+        Some(key)
+    }
+
+    /// `poll` revents for the application: POLLIN while an event is pending or readable,
+    /// POLLERR once the daemon is gone.
+    #[must_use]
+    pub fn revents(&mut self, polled: i16) -> u16 {
+        if polled & libc::POLLIN != 0 {
+            self.drain_events();
+        }
+        if self.gone || polled & (libc::POLLHUP | libc::POLLERR) != 0 && polled & libc::POLLIN == 0 {
+            return libc::POLLERR as u16;
+        }
+        if self.pending != 0 {
+            libc::POLLIN as u16
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_map_linearly() {
+        assert_eq!(to_raw(0.5), 32768);
+        assert_eq!(from_raw(32768), 0.5);
+        assert_eq!(to_raw(1.0), VOLUME_MAX);
+        assert_eq!(from_raw(-5), 0.0);
+        assert_eq!(from_raw(1 << 20), 1.0);
+        assert_eq!(element(1), Some((Target::Master, Kind::Switch)));
+        assert_eq!(element(4), None);
+    }
+}
