@@ -106,6 +106,7 @@ grep -h "soak churn error" "$W"/churn*.out | sort | uniq -c | head -20 || true
 grep -q "^soak ref ok" "$W/ref.out" || FAIL=1
 "$W/soak_client" check "$W/card.raw" "$((SECONDS_TO_RUN + 2))" || FAIL=1
 grep " | cycles " "$W/shmixd.log" | tail -1 | sed 's/^/soak: daemon stats at exit: /'
+grep -m1 "mix thread" "$W/shmixd.log" | sed 's/^/soak: /' || true
 echo "soak: ran ${ELAPSED} s with $CLIENTS churning clients + 1 reference"
 echo "soak: daemon RSS before $RSS0 kB, peak $RSS_MAX kB, after $RSS1 kB; open fds before $FDS0, peak $FDS_MAX, after $FDS1"
 if [ "$FDS1" -ne "$FDS0" ]; then echo "soak: FAIL: the daemon's open fds did not return to $FDS0"; FAIL=1; fi

@@ -33,6 +33,10 @@ pub struct Counters {
     pub device_xruns: AtomicU64,
     /// Device suspends (-ESTRPIPE) recovered.
     pub device_suspends: AtomicU64,
+    /// Times the device vanished (-ENODEV) and the streams were put to wait.
+    pub device_lost: AtomicU64,
+    /// Times a vanished device was reopened and the streams played on.
+    pub device_reopened: AtomicU64,
     /// Stream underruns (a running stream ran dry).
     pub stream_underruns: AtomicU64,
     /// Client eventfd writes (the client was asleep).
@@ -499,6 +503,10 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Longest a muted stream waits when no device period comes (idle, suspended or vanished
+/// device): the mix thread's wait ends by then and unmutes it.
+pub const MUTE_MAX_MS: i32 = 5;
+
 /// The mix state: stream slots and preallocated buffers for one device.
 #[derive(Debug)]
 pub struct MixCore {
@@ -697,6 +705,20 @@ impl MixCore {
         }
     }
 
+    /// True when some stream is muted (the wait must then end within [`MUTE_MAX_MS`]).
+    #[must_use]
+    pub fn any_muted(&self) -> bool {
+        self.streams.iter().any(|s| s.muted)
+    }
+
+    /// Ends every stream's mute (a new device period, or [`MUTE_MAX_MS`] passed without one:
+    /// an idle, suspended or vanished device must not hold a client's records).
+    pub fn unmute_all(&mut self) {
+        for s in &mut self.streams {
+            s.muted = false;
+        }
+    }
+
     /// Handles every stream's queued control records (after picking up volume changes, so a
     /// stream that starts now starts at its gain).
     pub fn process_records(&mut self) {
@@ -710,9 +732,7 @@ impl MixCore {
     /// active streams into `out`, device format. Returns the frames written.
     pub fn mix(&mut self, out: &mut [u8], now_ns: u64) -> usize {
         // A new period: muted streams are heard again (their records are taken this cycle).
-        for s in &mut self.streams {
-            s.muted = false;
-        }
+        self.unmute_all();
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];

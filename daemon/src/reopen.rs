@@ -87,6 +87,19 @@ pub struct Reopener {
     stop_efd: OwnedFd,
 }
 
+/// "S16_LE 48000 Hz 2 ch [3, 4], period 256, buffer 1024".
+fn describe(p: AudioParams, chmap: ChannelMap) -> String {
+    format!(
+        "{} {} Hz {} ch {:?}, period {}, buffer {}",
+        p.format,
+        p.rate,
+        p.channels,
+        chmap.positions(),
+        p.period_frames,
+        p.buffer_frames
+    )
+}
+
 fn eventfd() -> anyhow::Result<OwnedFd> {
     let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?;
     Ok(OwnedFd::from(e))
@@ -194,11 +207,9 @@ impl Reopener {
                     return true;
                 }
                 Ok(dev) => format!(
-                    "it came back as {:?} {:?}, not the {:?} {:?} its streams were set up for",
-                    dev.params(),
-                    dev.chmap().positions(),
-                    self.params,
-                    self.chmap.positions()
+                    "it came back as {}, not the {} its streams were set up for",
+                    describe(dev.params(), dev.chmap()),
+                    describe(self.params, self.chmap)
                 ),
                 Err(e) => e.to_string(),
             };

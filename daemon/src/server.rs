@@ -390,8 +390,8 @@ impl Server {
         let c = &self.counters;
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
-            "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} stream underruns {} \
-             wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
+            "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} lost {} reopened {} \
+             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -399,6 +399,8 @@ impl Server {
             g(&c.fastpath_frames),
             g(&c.device_xruns),
             g(&c.device_suspends),
+            g(&c.device_lost),
+            g(&c.device_reopened),
             g(&c.stream_underruns),
             g(&c.wakeups_sent),
             g(&c.wakeups_skipped),

@@ -379,6 +379,38 @@ fn disconnect_makes_aplay_fail_with_enodev() {
 }
 
 #[test]
+fn xrun_storm_gives_an_underrun_every_time() {
+    // An xrun every 300 ms while 3 s of data play through a 100 ms buffer (each xrun drops what
+    // is buffered): aplay reports each and goes on; the card starts with the data.
+    let rig = Rig::new("format S16_LE playback_file \"{dir}/rec.raw\" xrun_every_ms 300");
+    let data = Fmt::S16.noise(3.0, 0x5eed_000b);
+    std::fs::write(rig.path("in.wav"), wav(Fmt::S16, &data)).unwrap();
+    let (out, _) = rig.run("aplay", &["-D", "card", "--buffer-time=100000", "in.wav"]);
+    assert!(out.status.success(), "aplay failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let n = stderr.matches("underrun").count();
+    assert!(n >= 5, "{n} underruns reported for an xrun every 300 ms of about 3 s: {stderr}");
+    let rec = std::fs::read(rig.path("rec.raw")).unwrap();
+    let (_, body) = trim_silence(&rec, 4);
+    assert!(body.len() < data.len() && data.starts_with(&body[..4 * 1000]), "the card did not start with the data");
+}
+
+#[test]
+fn gone_file_refuses_open_until_removed() {
+    let rig = Rig::new("format S16_LE playback_file \"{dir}/rec.raw\" gone_file \"{dir}/gone\"");
+    let data = Fmt::S16.noise(0.5, 0x5eed_000c);
+    std::fs::write(rig.path("in.wav"), wav(Fmt::S16, &data)).unwrap();
+    std::fs::write(rig.path("gone"), b"").unwrap();
+    let (out, _) = rig.run("aplay", &["-D", "card", "in.wav"]);
+    assert!(!out.status.success(), "aplay opened an unplugged card: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such device"), "{}", describe(&out));
+    std::fs::remove_file(rig.path("gone")).unwrap();
+    let (out, _) = rig.run("aplay", &["-D", "card", "in.wav"]);
+    assert!(out.status.success(), "aplay failed on the plugged-in card: {}", describe(&out));
+    assert_recorded_exactly(&std::fs::read(rig.path("rec.raw")).unwrap(), &data, 4);
+}
+
+#[test]
 fn plugin_file_is_found() {
     assert!(Path::new(&plugin_path()).is_file());
 }
