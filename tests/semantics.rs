@@ -676,3 +676,92 @@ fn c_delay_holds_while_the_daemon_stalls() {
         assert!(b.sound_at >= a.len && b.sound_at - a.len <= 1024, "lost more than the device buffer: {p:?}");
     }
 }
+
+// ----- 7. snd_pcm_reset ---------------------------------------------------------------------
+
+/// `pcm_semantics reset S1 S2 running|prepared [mmap]`: S1's queued frames are discarded at the
+/// reset (never played), positions restart (avail = buffer, delay 0, checked in C), and S2
+/// written afterwards plays completely, bit-exact, right after what S1 had played.
+fn reset_playback(seed: u32, running: bool, mmap: bool) {
+    let rig = Rig::new(Card::default(), &[]);
+    let first = stereo_noise(seed, 1.0);
+    let second = stereo_noise(seed + 1, 0.5);
+    let (r1, r2) = (rig.path("first.raw"), rig.path("second.raw"));
+    write_raw(&r1, &first);
+    write_raw(&r2, &second);
+    let mut args = vec!["reset", r1.to_str().unwrap(), r2.to_str().unwrap()];
+    args.push(if running { "running" } else { "prepared" });
+    if mmap {
+        args.push("mmap");
+    }
+    let check = if running { "reset_running" } else { "reset_prepared" };
+    let rep = run_c(&rig, &args, &[check, "reset_again", "reset_drain"]);
+    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
+    assert_eq!(w2, second.len() / CH);
+    let both: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
+    let p = pieces(&rig.recording_s16(), &both, "reset");
+    let n1 = first.len() / CH;
+    eprintln!("reset {args:?}: wrote {w1} frames of the first sound, recording pieces {p:?}");
+    let last = p.last().unwrap_or_else(|| panic!("nothing played"));
+    assert_eq!((last.sound_at, last.len), (n1, w2), "the sound written after the reset is not complete: {p:?}");
+    if running {
+        // A prefix of S1 (it ran 400 ms), then all of S2: the reset discarded the queue, of
+        // which at most the device's buffer (1024) may have played (as for a drop).
+        assert_eq!(p.len(), 2, "expected a prefix of the first sound and all of the second, got {p:?}");
+        assert_eq!(p[0].sound_at, 0, "{p:?}");
+        assert!(p[0].len > 0, "nothing of the first sound played before the reset: {p:?}");
+        assert!(
+            p[0].len + 2048 <= w1,
+            "{} of {w1} frames written before the reset played: it did not discard the queue",
+            p[0].len
+        );
+    } else {
+        // Never started: nothing of S1 may play.
+        assert_eq!(p.len(), 1, "frames written before the reset played: {p:?}");
+    }
+}
+
+#[test]
+fn c_reset_while_running_discards_the_queue() {
+    reset_playback(701, true, false);
+}
+
+#[test]
+fn c_reset_while_running_discards_the_queue_mmap() {
+    reset_playback(703, true, true);
+}
+
+#[test]
+fn c_reset_while_prepared_discards_what_was_written() {
+    reset_playback(705, false, false);
+}
+
+#[test]
+fn c_reset_capture_discards_the_unread_frames() {
+    let n = 5 * RATE as usize;
+    let source = interleave(&[noise(711, n, 30000), noise(712, n, 30000)]);
+    let bytes: Vec<u8> = source.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // The reset stops and restarts the daemon side of the stream; with it the only recorder,
+    // the daemon would close the card in between and the virtual card's capture file would
+    // start over. Keep the card running so that the source's frame numbers are a timeline.
+    let rig = Rig::with_capture(Card::default(), &["--keep-capture-open"], Some(&bytes));
+    let (pre, post) = (rig.path("pre.raw"), rig.path("post.raw"));
+    let rep = run_c(&rig, &["reset_capture", pre.to_str().unwrap(), post.to_str().unwrap()], &["reset_capture"]);
+    let unread = rep.number("unread_before_reset");
+    let read = |p: &Path| -> Vec<i16> {
+        std::fs::read(p).unwrap().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    };
+    let (a, b) = (read(&pre), read(&post));
+    let ra = crate::capture::run_of(&a, &source, CH, "before the reset");
+    let rb = crate::capture::run_of(&b, &source, CH, "after the reset");
+    eprintln!("reset capture: {unread} frames unread at the reset; before {ra:?}, after {rb:?}");
+    // What was read before ends where the recording ends (nothing after it was silent).
+    assert_eq!(ra.rec_start + ra.frames, a.len() / CH, "silence inside the capture before the reset: {ra:?}");
+    let end_a = ra.src_start + ra.frames;
+    // The frames unread at the reset are never read: the next frame read after it is at least
+    // that far behind the last one read before. And nothing repeats.
+    let gap = rb.src_start.checked_sub(end_a).unwrap_or_else(|| panic!("frames read twice: {ra:?} {rb:?}"));
+    assert!(gap >= unread, "only {gap} frames skipped, but {unread} were unread at the reset: they were delivered");
+    // ...and not much more (the reset takes about a daemon period; a loaded machine more).
+    assert!(gap <= unread + RATE as usize / 2, "{gap} frames skipped at the reset ({unread} unread then)");
+}
