@@ -131,7 +131,9 @@ fn starving_client_gets_an_xrun_and_the_other_stays_bit_exact() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Once its sound is on the card it runs (a fixed sleep assumed aplay starts within 1 s).
+    rig.wait_for_sound(2, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     // Stop feeding for 0.7 s: the daemon plays silence for it and reports an xrun.
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(starving.id() as i32, libc::SIGSTOP) };
@@ -168,7 +170,9 @@ fn killed_client_is_freed_and_others_stay_bit_exact() {
     let start = Instant::now();
     let mut good = aplay(&rig, &[], &wl).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut victim = aplay(&rig, &["--mmap"], &wr).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Killed while it streams: its sound is on the card (not a fixed 1 s after the spawn).
+    rig.wait_for_sound(2, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     victim.kill().unwrap();
     victim.wait().unwrap();
     finish(&mut good, start, Duration::from_secs(30)).assert_ok("steady aplay");
@@ -188,7 +192,8 @@ fn daemon_death_fails_the_client(sig: i32) {
     write_wav(&wav, 2, RATE, &interleave(&[noise(41, n, 20000), noise(42, n, 20000)]));
     let start = Instant::now();
     let mut a = aplay(&rig, &[], &wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     rig.signal_daemon(sig);
     let r = finish(&mut a, start, Duration::from_secs(10));
@@ -210,7 +215,8 @@ fn daemon_sigterm_is_clean_and_clients_get_an_error() {
     write_wav(&wav, 2, RATE, &interleave(&[noise(51, n, 20000), noise(52, n, 20000)]));
     let start = Instant::now();
     let mut a = aplay(&rig, &[], &wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let st = rig.signal_daemon(libc::SIGTERM);
     let daemon_took = t.elapsed();
