@@ -694,3 +694,53 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
     assert!(rate < 3000.0, "the mix thread cycled {rate:.0} times a second under the flood");
     assert!(cpu < 0.5, "the daemon used {:.0} % of a core under the flood", cpu * 100.0);
 }
+
+/// A stream muted for waking the mix thread is heard again within a few milliseconds even when
+/// no device period comes (the card is gone): two records in a row while the card is unplugged
+/// are both answered at once.
+#[test]
+fn records_are_answered_while_the_card_is_gone() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let rig = Rig::new(card, &[]);
+    let c = Raw::connect(&rig);
+    let params = c.params();
+    let layout =
+        shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
+    let (fd, shm) = StreamShm::create(layout, "gone").unwrap();
+    let (client_wake, daemon_wake) = (crate::hostile::eventfd(), crate::hostile::eventfd());
+    let msg = SocketMsg::CreateStream {
+        params,
+        msg_records: DEFAULT_MSG_RECORDS,
+        memfd_bytes: layout.total_bytes,
+        chmap: shmix_shared::ChannelMap::standard(params.channels),
+        quality: shmix_shared::ResampleQuality::Default,
+    };
+    socket::send(c.sock.as_fd(), &msg, &[fd.as_raw_fd(), client_wake.as_raw_fd(), daemon_wake.as_raw_fd()]).unwrap();
+    assert!(matches!(c.answer(), Some(SocketMsg::StreamReady { .. })));
+    std::fs::write(&marker, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !rig.daemon_log().contains("vanished") {
+        assert!(Instant::now() < deadline, "the card did not vanish:\n{}", rig.daemon_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut c2d, mut d2c) = (RingEnd::default(), RingEnd::default());
+    let one = 1u64.to_ne_bytes();
+    for seq in 1..=3u32 {
+        let t = Instant::now();
+        assert!(shm.push_record(Ring::ClientToDaemon, &mut c2d, Record::Pause { seq }).unwrap());
+        // SAFETY: write(2) of 8 bytes to our eventfd.
+        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        loop {
+            if let Some(Ok(Record::Stopped { seq: s, .. })) = shm.pop_record(Ring::DaemonToClient, &mut d2c).unwrap() {
+                assert_eq!(s, seq);
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_millis(500), "Pause {seq} unanswered while the card is gone");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        eprintln!("card gone: Pause {seq} answered in {:?}", t.elapsed());
+    }
+    drop((fd, shm, c));
+}

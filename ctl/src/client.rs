@@ -32,6 +32,10 @@ impl Client {
     /// The daemon is not there, refuses, or answers nonsense.
     pub fn connect(path: &Path) -> anyhow::Result<Self> {
         let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
+        // A daemon that hangs makes shmixctl fail after 5 s, never hang.
+        let tv = nix::sys::time::TimeVal::new(5, 0);
+        socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv).context("SO_RCVTIMEO")?;
+        socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv).context("SO_SNDTIMEO")?;
         let addr = UnixAddr::new(path)?;
         socket::connect(fd.as_raw_fd(), &addr)
             .with_context(|| format!("cannot reach shmixd at {} (is it running?)", path.display()))?;

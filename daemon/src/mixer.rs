@@ -18,7 +18,7 @@ use shmix_shared::{Direction, Record, SampleFormat, Violation};
 
 use crate::control::{DeviceCtl, StreamCtl};
 use crate::convert::{self, DecodeFn, EncodeFn};
-use crate::pipeline::{peak_of, Gain, Pipeline, RecordPipe, Taken};
+use crate::pipeline::{channel_peaks, Gain, Pipeline, RecordPipe, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -503,6 +503,10 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Longest a muted stream waits when no device period comes (idle, suspended or vanished
+/// device): the mix thread's wait ends by then and unmutes it.
+pub const MUTE_MAX_MS: i32 = 5;
+
 /// The mix state: stream slots and preallocated buffers for one device.
 #[derive(Debug)]
 pub struct MixCore {
@@ -595,12 +599,8 @@ impl MixCore {
     /// meter and publishes the window when it is full. RT: yes.
     fn meter_run(&mut self, samples: usize, frames: usize) {
         let ch = (self.channels as usize).min(self.meter.len());
-        if samples > 0 && ch > 0 {
-            for f in self.bus[..samples].chunks_exact(self.channels as usize) {
-                for (m, x) in self.meter[..ch].iter_mut().zip(f) {
-                    *m = m.max(x.abs());
-                }
-            }
+        if samples > 0 && ch == self.channels as usize {
+            channel_peaks(&self.bus[..samples], &mut self.meter[..ch]);
         }
         self.meter_frames += frames as u32;
         if self.meter_frames >= self.dctl.window_frames {
@@ -701,6 +701,20 @@ impl MixCore {
         }
     }
 
+    /// True when some stream is muted (the wait must then end within [`MUTE_MAX_MS`]).
+    #[must_use]
+    pub fn any_muted(&self) -> bool {
+        self.streams.iter().any(|s| s.muted)
+    }
+
+    /// Ends every stream's mute (a new device period, or [`MUTE_MAX_MS`] passed without one:
+    /// an idle, suspended or vanished device must not hold a client's records).
+    pub fn unmute_all(&mut self) {
+        for s in &mut self.streams {
+            s.muted = false;
+        }
+    }
+
     /// Handles every stream's queued control records (after picking up volume changes, so a
     /// stream that starts now starts at its gain).
     pub fn process_records(&mut self) {
@@ -714,9 +728,7 @@ impl MixCore {
     /// active streams into `out`, device format. Returns the frames written.
     pub fn mix(&mut self, out: &mut [u8], now_ns: u64) -> usize {
         // A new period: muted streams are heard again (their records are taken this cycle).
-        for s in &mut self.streams {
-            s.muted = false;
-        }
+        self.unmute_all();
         let fb = self.frame_bytes;
         let frames = (out.len() / fb).min(self.max_frames);
         let out = &mut out[..frames * fb];
@@ -745,9 +757,17 @@ impl MixCore {
                 }
                 convert::silence(self.format, &mut out[bytes..]);
                 // Metering: the device's bytes back to f32 (the bus is free on this path).
-                (self.decode)(&out[..bytes], &mut self.bus[..k * self.channels as usize]);
-                metered = k * self.channels as usize;
-                s.pipe.note_peak(peak_of(&self.bus[..metered]));
+                let n = k * self.channels as usize;
+                (self.decode)(&out[..bytes], &mut self.bus[..n]);
+                let ch = (self.channels as usize).min(self.meter.len());
+                let mut run = [0.0f32; shmix_shared::msg::MAX_CHANNELS as usize];
+                if ch == self.channels as usize {
+                    channel_peaks(&self.bus[..n], &mut run[..ch]);
+                }
+                for (m, r) in self.meter.iter_mut().zip(&run[..ch]) {
+                    *m = m.max(*r);
+                }
+                s.pipe.note_peak(run[..ch].iter().fold(0.0, |a: f32, &b| a.max(b)));
                 let t = Taken { consumed: k as u32, emitted: k, short: k < frames, tail_done: k == fill };
                 finish(s, t, now_ns, device_pos, counters);
             }

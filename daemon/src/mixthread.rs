@@ -16,7 +16,7 @@ use crate::audit;
 use shmix_shared::Direction;
 
 use crate::device::{AlsaError, Device};
-use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS};
+use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
 use crate::reopen;
 
 /// Poll descriptors reserved for the playback device (the capture device's follow them; unused
@@ -254,6 +254,10 @@ impl MixThread {
         } else {
             -1
         };
+        // A muted stream (it woke us this period already) is heard again within MUTE_MAX_MS even
+        // when no device period comes.
+        let muted = self.core.any_muted();
+        let timeout = if muted && !(0..=MUTE_MAX_MS).contains(&timeout) { MUTE_MAX_MS } else { timeout };
         // SAFETY: `pfds` holds at least `nfds` initialised entries and outlives the call.
         let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), nfds as libc::nfds_t, timeout) };
         if r < 0 {
@@ -261,6 +265,9 @@ impl MixThread {
             return Ok(None);
         }
         counters.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if r == 0 && muted {
+            self.core.unmute_all();
+        }
 
         let pfds = &self.pfds;
         self.core.after_wake(|i| pfds[dn + 2 + i].revents != 0);

@@ -450,10 +450,61 @@ pub struct Pipeline {
     peak: f32,
 }
 
+/// Lanes of the peak kernels: independent accumulators (no dependency chain), so the loops
+/// vectorise.
+const PEAK_LANES: usize = 16;
+
+/// `max` without NaN handling (one `maxss`/`maxps`; a NaN sample is simply not a peak).
+#[inline(always)]
+fn fmax(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
 /// Largest absolute sample of `x`. RT: yes.
 #[must_use]
 pub fn peak_of(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    let mut acc = [0.0f32; PEAK_LANES];
+    let mut blocks = x.chunks_exact(PEAK_LANES);
+    for b in &mut blocks {
+        for (a, v) in acc.iter_mut().zip(b) {
+            *a = fmax(*a, v.abs());
+        }
+    }
+    let tail = blocks.remainder().iter().fold(0.0f32, |m, v| fmax(m, v.abs()));
+    acc.iter().fold(tail, |m, &v| fmax(m, v))
+}
+
+/// Folds the largest absolute sample per channel of interleaved `x` (`peaks.len()` channels)
+/// into `peaks`. RT: yes.
+pub fn channel_peaks(x: &[f32], peaks: &mut [f32]) {
+    let ch = peaks.len();
+    if ch == 0 {
+        return;
+    }
+    let mut frames = x.chunks_exact(ch);
+    if PEAK_LANES.is_multiple_of(ch) {
+        // Whole frames per block: lane j always holds channel j % ch.
+        let mut acc = [0.0f32; PEAK_LANES];
+        let mut blocks = x.chunks_exact(PEAK_LANES);
+        for b in &mut blocks {
+            for (a, v) in acc.iter_mut().zip(b) {
+                *a = fmax(*a, v.abs());
+            }
+        }
+        for (j, &a) in acc.iter().enumerate() {
+            peaks[j % ch] = fmax(peaks[j % ch], a);
+        }
+        frames = blocks.remainder().chunks_exact(ch);
+    }
+    for f in frames {
+        for (p, v) in peaks.iter_mut().zip(f) {
+            *p = fmax(*p, v.abs());
+        }
+    }
 }
 
 /// Which way a stage converts.
@@ -561,7 +612,7 @@ impl Pipeline {
 
     /// Folds `p` into the stream's peak (the fast path meters the device's bytes). RT: yes.
     pub fn note_peak(&mut self, p: f32) {
-        self.peak = self.peak.max(p);
+        self.peak = fmax(self.peak, p);
     }
 
     /// Sets the gain without a ramp (before the stream first plays). RT: yes.
@@ -712,7 +763,7 @@ impl Pipeline {
             if k > 0 {
                 self.load(shm, read_count, k);
                 self.remap.add(&self.dec, bus, k, &mut self.gain);
-                self.peak = self.peak.max(peak_of(&self.dec[..k * sc]) * self.gain.level());
+                self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
             }
             self.out_total += k as u64;
             return Taken { consumed: k as u32, emitted: k, short: k < n, tail_done: k == fill };
@@ -763,7 +814,7 @@ impl Pipeline {
             }
             let src = &self.rs_out[self.rs_pos * sc..(self.rs_pos + m) * sc];
             self.remap.add(src, &mut bus[produced * dc..], m, &mut self.gain);
-            self.peak = self.peak.max(peak_of(src) * self.gain.level());
+            self.peak = fmax(self.peak, peak_of(src) * self.gain.level());
             self.rs_pos += m;
             produced += m;
             self.out_total += m as u64;
@@ -930,7 +981,7 @@ impl RecordPipe {
         if self.passthrough && self.gain.is_unity() {
             // Metering only: the bytes go out unchanged.
             (self.decode)(&src[..k * self.dev_frame_bytes], &mut self.dec[..k * dc]);
-            self.peak = self.peak.max(peak_of(&self.dec[..k * dc]));
+            self.peak = fmax(self.peak, peak_of(&self.dec[..k * dc]));
             return &src[..k * self.dev_frame_bytes];
         }
         if self.resampler.is_none() {
@@ -938,7 +989,7 @@ impl RecordPipe {
             let dst = &mut self.pend[..k * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, k, &mut self.gain);
-            self.peak = self.peak.max(peak_of(dst));
+            self.peak = fmax(self.peak, peak_of(dst));
             (self.encode)(&self.pend[..k * sc], &mut self.out[..k * self.frame_bytes]);
             return &self.out[..k * self.frame_bytes];
         }
@@ -951,7 +1002,7 @@ impl RecordPipe {
             let dst = &mut self.pend[self.pend_len * sc..(self.pend_len + m) * sc];
             dst.fill(0.0);
             self.remap.add(&self.dec, dst, m, &mut self.gain);
-            self.peak = self.peak.max(peak_of(dst));
+            self.peak = fmax(self.peak, peak_of(dst));
             self.pend_len += m;
             i += m;
             if self.pend_len == self.period {
@@ -979,6 +1030,25 @@ impl RecordPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_kernels_match_a_plain_loop() {
+        for ch in [1usize, 2, 3, 4, 6, 8] {
+            for frames in [0usize, 1, 7, 8, 33, 1024] {
+                let x: Vec<f32> = (0..frames * ch).map(|i| ((i * 7919) % 1001) as f32 / 1000.0 - 0.5).collect();
+                let mut want = vec![0.0f32; ch];
+                for f in x.chunks_exact(ch) {
+                    for (w, v) in want.iter_mut().zip(f) {
+                        *w = w.max(v.abs());
+                    }
+                }
+                let mut got = vec![0.0f32; ch];
+                channel_peaks(&x, &mut got);
+                assert_eq!(got, want, "{ch} ch, {frames} frames");
+                assert_eq!(peak_of(&x), want.iter().fold(0.0f32, |a, &b| a.max(b)));
+            }
+        }
+    }
     use chmap::*;
 
     fn map(p: &[Position]) -> ChannelMap {

@@ -33,6 +33,9 @@ enum Op {
     Mix { frames: u8 },
     /// Publish timing.
     Timing { queued: u16 },
+    /// The wait: recheck before sleeping, then the stream's eventfd fired (or not), or a timeout
+    /// that ends the mutes.
+    Wait { fired: bool, timeout: bool },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -142,6 +145,18 @@ fuzz_target!(|inp: Input| {
                 }
             }
             Op::Timing { queued } => core.publish_timing(u32::from(queued), 2),
+            Op::Wait { fired, timeout } => {
+                let _ = core.prepare_sleep();
+                core.after_wake(|_| fired);
+                if timeout {
+                    core.unmute_all();
+                }
+                core.process_records();
+                // A stream that woke us is muted until the next period or the timeout.
+                if fired && !core.streams().is_empty() {
+                    assert!(core.any_muted());
+                }
+            }
         }
     }
     let _ = core.prepare_sleep();

@@ -4,6 +4,7 @@
 //! every field and length (the daemon decodes requests from any local program).
 //! Runs in the daemon (control thread), `shmixctl` and the ctl plugin. RT: no.
 
+use crate::codec::{put_f32, put_str, put_u32, put_u64, Reader};
 use crate::error::DecodeError;
 use crate::format::SampleFormat;
 use crate::msg::{AudioParams, Direction, MAX_CHANNELS, MAX_NAME_BYTES, MAX_REASON_BYTES};
@@ -227,49 +228,7 @@ const REP_CHANGED: u32 = 0x184;
 const REP_SUBSCRIBED: u32 = 0x185;
 const REP_ERROR: u32 = 0x186;
 
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
 impl Reader<'_> {
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let (head, rest) = self.buf.split_first_chunk::<4>().ok_or(DecodeError::Truncated(field))?;
-        self.buf = rest;
-        Ok(u32::from_le_bytes(*head))
-    }
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let (head, rest) = self.buf.split_first_chunk::<8>().ok_or(DecodeError::Truncated(field))?;
-        self.buf = rest;
-        Ok(u64::from_le_bytes(*head))
-    }
-    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
-        match self.u32(field)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(DecodeError::BadField(field, u64::from(v))),
-        }
-    }
-    /// A finite float in `lo..=hi`.
-    fn f32(&mut self, field: &'static str, lo: f32, hi: f32) -> Result<f32, DecodeError> {
-        let bits = self.u32(field)?;
-        let v = f32::from_bits(bits);
-        if !v.is_finite() || v < lo || v > hi {
-            return Err(DecodeError::BadField(field, u64::from(bits)));
-        }
-        Ok(v)
-    }
-    fn string(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
-        let len = self.u32(field)? as usize;
-        if len > max {
-            return Err(DecodeError::BadField(field, len as u64));
-        }
-        if self.buf.len() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let (s, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| DecodeError::BadField(field, len as u64))
-    }
     fn target(&mut self) -> Result<Target, DecodeError> {
         let kind = self.u32("target kind")?;
         let id = self.u32("target id")?;
@@ -291,7 +250,7 @@ impl Reader<'_> {
     }
     /// Parameters as listed: only the format and the ranges are checked (the daemon accepted
     /// them; a listing never fails on a stream the daemon serves).
-    fn params(&mut self) -> Result<AudioParams, DecodeError> {
+    fn listed_params(&mut self) -> Result<AudioParams, DecodeError> {
         let code = self.u32("format")?;
         let format = SampleFormat::from_code(code).ok_or(DecodeError::BadField("format", u64::from(code)))?;
         let p = AudioParams {
@@ -306,34 +265,6 @@ impl Reader<'_> {
         }
         Ok(p)
     }
-    fn end(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes(self.buf.len()))
-        }
-    }
-}
-
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_f32(out: &mut Vec<u8>, v: f32) {
-    put_u32(out, v.to_bits());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str, max: usize) {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    put_u32(out, end as u32);
-    out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
 fn put_target(out: &mut Vec<u8>, t: Target) {
@@ -510,7 +441,7 @@ impl Reply {
                     let id = r.u32("id")?;
                     let pid = r.u32("pid")?;
                     let direction = r.direction()?;
-                    let params = r.params()?;
+                    let params = r.listed_params()?;
                     let st = r.u32("state")?;
                     let state = StreamState::from_u32(st).ok_or(DecodeError::BadField("state", u64::from(st)))?;
                     list.push(StreamInfo {
@@ -532,7 +463,7 @@ impl Reply {
                 Self::Streams(list)
             }
             REP_STATS => {
-                let device = r.params()?;
+                let device = r.listed_params()?;
                 let clients = r.u32("clients")?;
                 let streams = r.u32("streams")?;
                 let mut v = [0u64; 12];

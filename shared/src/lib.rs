@@ -8,6 +8,8 @@ pub mod wake;
 #[cfg(not(loom))]
 pub mod chmap;
 #[cfg(not(loom))]
+mod codec;
+#[cfg(not(loom))]
 pub mod control;
 #[cfg(not(loom))]
 pub mod cursor;

@@ -4,6 +4,7 @@
 //! messages no (names are `String`).
 
 use crate::chmap::{ChannelMap, Position, ResampleQuality};
+use crate::codec::{put_str, Reader};
 use crate::error::DecodeError;
 use crate::format::SampleFormat;
 
@@ -160,42 +161,7 @@ const TAG_DESTROYED: u32 = 6;
 const TAG_REFUSED: u32 = 7;
 const TAG_CONTROL_HELLO: u32 = 8;
 
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
 impl Reader<'_> {
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let (head, rest) = self.buf.split_first_chunk::<4>().ok_or(DecodeError::Truncated(field))?;
-        self.buf = rest;
-        Ok(u32::from_le_bytes(*head))
-    }
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let (head, rest) = self.buf.split_first_chunk::<8>().ok_or(DecodeError::Truncated(field))?;
-        self.buf = rest;
-        Ok(u64::from_le_bytes(*head))
-    }
-    fn string(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
-        let len = self.u32(field)? as usize;
-        if len > max {
-            return Err(DecodeError::BadField(field, len as u64));
-        }
-        if self.buf.len() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let (s, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| DecodeError::BadField(field, len as u64))
-    }
-    fn bytes_padded<const N: usize>(&mut self, field: &'static str, len: usize) -> Result<[u8; N], DecodeError> {
-        if len > N || self.buf.len() < len {
-            return Err(DecodeError::Truncated(field));
-        }
-        let mut out = [0u8; N];
-        out[..len].copy_from_slice(&self.buf[..len]);
-        self.buf = &self.buf[len..];
-        Ok(out)
-    }
     fn params(&mut self) -> Result<AudioParams, DecodeError> {
         let code = self.u32("format")?;
         let format = SampleFormat::from_code(code).ok_or(DecodeError::BadField("format", u64::from(code)))?;
@@ -208,16 +174,6 @@ impl Reader<'_> {
         }
         .check()
     }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str, max: usize) {
-    // Truncate at a char boundary so the peer's UTF-8 check passes.
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&(end as u32).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
 fn put_params(out: &mut Vec<u8>, p: &AudioParams) {
@@ -317,9 +273,7 @@ impl SocketMsg {
             TAG_REFUSED => Self::Refused { errno: r.u32("errno")?, reason: r.string("reason", MAX_REASON_BYTES)? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
-        if !r.buf.is_empty() {
-            return Err(DecodeError::TrailingBytes(r.buf.len()));
-        }
+        r.end()?;
         Ok(msg)
     }
 }
