@@ -26,6 +26,13 @@ use crate::Errno;
 pub const STOP_WAIT: Duration = Duration::from_secs(1);
 /// Margin added to a drain's expected duration.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// While the daemon says the device is gone (`DEVICE_WAITING`), a drain's deadline moves on with
+/// the clock (that time does not count), for at most this long in all: a card replugged within
+/// it plays the drain's end; one gone for longer ends the drain with ETIMEDOUT as before (a
+/// program at its end does not hang for good; a dead daemon ends it at once anyway).
+pub const DRAIN_GONE_MAX: Duration = Duration::from_secs(60);
+/// Longest single wait of a drain: how often it looks at the daemon's device-waiting flag.
+const DRAIN_RECHECK: Duration = Duration::from_millis(200);
 
 /// Frame counters, reported at close under `SHMIX_DEBUG=1`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -678,6 +685,10 @@ impl Pcm {
             let expect = Duration::from_nanos(queued.saturating_mul(1_000_000_000) / rate);
             (seq, Instant::now() + expect + DRAIN_MARGIN)
         };
+        let mut deadline = deadline;
+        let mut last_look = Instant::now();
+        let mut was_waiting = false;
+        let mut extended = Duration::ZERO;
         let mut sock_revents = 0i16;
         loop {
             let fds = {
@@ -704,7 +715,16 @@ impl Pcm {
                     p.sync_readiness();
                     return Err(Errno(libc::EAGAIN));
                 }
-                if Instant::now() >= deadline {
+                // Time the device was gone (at either end of the last wait) does not count.
+                let waiting = s.shm.device_waiting();
+                let now = Instant::now();
+                if waiting || was_waiting {
+                    let add = (now - last_look).min(DRAIN_GONE_MAX.saturating_sub(extended));
+                    deadline += add;
+                    extended += add;
+                }
+                (last_look, was_waiting) = (now, waiting);
+                if now >= deadline {
                     crate::user_error("drain timed out: shmixd did not report the stream drained");
                     p.sync_readiness();
                     return Err(Errno(libc::ETIMEDOUT));
@@ -715,7 +735,7 @@ impl Pcm {
                 p.poll_fds()
             };
             // Unlocked: another thread may drop (abort) meanwhile; it writes client_wake.
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now()).min(DRAIN_RECHECK);
             sock_revents = poll_two(fds, left)[1];
         }
     }
