@@ -761,8 +761,10 @@ impl Pcm {
         let start = if self.boundary == 0 {
             appl_ptr
         } else {
-            let ours = own % self.boundary;
-            let diff = (appl_ptr % self.boundary + self.boundary - ours) % self.boundary;
+            // Both below the boundary in practice (it is near 2^62): conditional subtractions
+            // instead of three 64-bit divisions per callback.
+            let ours = wrap(own, self.boundary);
+            let diff = wrap(wrap(appl_ptr, self.boundary) + (self.boundary - ours), self.boundary);
             if diff <= self.boundary / 2 {
                 own + diff
             } else {
@@ -907,7 +909,7 @@ impl Pcm {
             return Err(Errno(libc::EPIPE));
         }
         let hw = if self.capture { s.write_total } else { s.read_total };
-        let hw = if self.boundary == 0 { hw } else { hw % self.boundary };
+        let hw = if self.boundary == 0 { hw } else { wrap(hw, self.boundary) };
         if let Some(s) = self.stream.as_mut() {
             s.reported_hw = hw;
         }
@@ -1252,6 +1254,19 @@ impl Pcm {
 
 /// `poll` on two descriptors for POLLIN, at most `left`; returns each one's revents (EINTR and
 /// timeouts return zeros).
+/// `x % boundary` (`boundary > 0`) without a division when `x` is below twice the boundary,
+/// which the callers' values are (counts since prepare, sums of two wrapped values).
+#[inline]
+fn wrap(x: u64, boundary: u64) -> u64 {
+    if x < boundary {
+        x
+    } else if x - boundary < boundary {
+        x - boundary
+    } else {
+        x % boundary
+    }
+}
+
 fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
     let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -1266,6 +1281,17 @@ fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap_is_modulo() {
+        for b in [1u64, 2, 3, 1024, 1 << 62, u64::MAX / 2 + 1, u64::MAX] {
+            for x in
+                [0u64, 1, 2, b - 1, b, b.wrapping_add(1), b.wrapping_mul(2).wrapping_sub(1), u64::MAX - 1, u64::MAX]
+            {
+                assert_eq!(wrap(x, b), x % b, "x {x} b {b}");
+            }
+        }
+    }
 
     #[test]
     fn delay_counts_queue_and_elapsed_and_never_goes_negative() {
