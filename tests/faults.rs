@@ -186,7 +186,8 @@ fn vanished_card_comes_back_and_clients_play_on() {
     let (wb, sb) = side_wav(&rig, "b.wav", 1.0, 62, false);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wa);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     let gone_at = Instant::now();
@@ -233,7 +234,8 @@ fn sigterm_while_the_card_is_gone_exits_at_once() {
     let (wav, _) = noise_wav(&rig, "noise.wav", 5.0, 71);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(700));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     // Gone for 2.5 s: aplay's blocking write keeps waiting (alsa-lib's poll timeouts just loop).
@@ -288,7 +290,8 @@ fn sigstopped_client_does_not_delay_the_others() {
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wa);
     let mut b = spawn_aplay(&rig, &[], &wb);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 1, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(b.id() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(1500));
@@ -318,7 +321,8 @@ fn killed_daemon_restarts_on_the_same_socket() {
     let (wav, _) = noise_wav(&rig, "long.wav", 10.0, 91);
     let start = Instant::now();
     let mut old = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     rig.signal_daemon(libc::SIGKILL);
     assert!(rig.sock.exists(), "the killed daemon's socket file is gone: the stale-socket case is not tested");
@@ -410,7 +414,8 @@ fn card_back_with_another_setup_is_not_used() {
     let (wav, sound) = noise_wav(&rig, "noise.wav", 3.0, 101);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(800));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     // alsa-lib rereads a config file at the next open when its inode or mtime (in whole

@@ -99,6 +99,12 @@ struct Stream {
     last_delay: Option<(i64, u64)>,
     /// The PCM's copy counters when this stream was created (the stream publishes its share).
     counters_base: Counters,
+    /// The last position `pointer` returned (alsa-lib's `hw_ptr` equals it until a
+    /// `snd_pcm_reset` zeroes it behind our back).
+    reported_hw: u64,
+    /// Playback reset while running: the daemon side was stopped and the queue discarded;
+    /// `Start` goes out with the first frames written afterwards (or at resume / drain).
+    restart_pending: bool,
 }
 
 /// One PCM handle's state. Lives behind a mutex in `ioplug.rs`.
@@ -350,6 +356,8 @@ impl Pcm {
             xrun: false,
             started_ns: 0,
             last_delay: None,
+            reported_hw: 0,
+            restart_pending: false,
             counters_base: self.counters,
         });
         Ok(())
@@ -480,6 +488,7 @@ impl Pcm {
         self.push(|seq| Record::Start { seq })?;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         s.daemon_active = true;
+        s.restart_pending = false;
         s.phase = Phase::Running;
         s.started_ns = now_ns();
         s.last_delay = None;
@@ -494,6 +503,7 @@ impl Pcm {
         let Some(s) = self.stream.as_mut() else { return };
         let had_drain = s.drain_pending.take().is_some();
         s.phase = Phase::Setup;
+        s.restart_pending = false;
         if s.daemon_active && s.stop_pending.is_none() && self.dead.is_none() {
             match self.push(|seq| Record::Stop { seq }) {
                 Ok(seq) => {
@@ -519,7 +529,12 @@ impl Pcm {
     pub fn pause(&mut self, enable: bool) -> Result<(), Errno> {
         self.refresh();
         self.check_alive()?;
-        if enable {
+        if self.stream.as_ref().is_some_and(|s| s.restart_pending) {
+            // Reset while paused: the daemon side is stopped; resuming starts it again.
+            if !enable {
+                return self.start();
+            }
+        } else if enable {
             self.push(|seq| Record::Pause { seq })?;
         } else {
             self.push(|seq| Record::Resume { seq })?;
@@ -538,6 +553,20 @@ impl Pcm {
     pub fn prepare(&mut self) -> Result<(), Errno> {
         self.refresh();
         self.check_alive()?;
+        self.stop_and_wait()?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        Self::zero_positions(s);
+        s.phase = Phase::Prepared;
+        s.drain_pending = None;
+        s.drained = false;
+        s.xrun = false;
+        self.sync_readiness();
+        Ok(())
+    }
+
+    /// Stops the daemon side if it may run and waits (bounded by [`STOP_WAIT`]) for its
+    /// `Stopped`: afterwards it does not touch the audio cursors (PROTOCOL.md).
+    fn stop_and_wait(&mut self) -> Result<(), Errno> {
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
         if s.daemon_active {
             self.stop();
@@ -553,20 +582,63 @@ impl Pcm {
             self.refresh();
             self.check_alive()?;
         }
-        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-        // The daemon side is STOPPED: it does not touch the audio cursors (PROTOCOL.md).
+        Ok(())
+    }
+
+    /// Both audio cursors and our counts back to 0 (the daemon side must be STOPPED).
+    fn zero_positions(s: &mut Stream) {
         s.shm.audio_write().pos.store(0, Ordering::Release);
         s.shm.audio_read().pos.store(0, Ordering::Release);
         s.write_total = 0;
         s.read_total = 0;
         s.peer_seen = 0;
-        s.phase = Phase::Prepared;
-        s.drain_pending = None;
-        s.drained = false;
-        s.xrun = false;
+        s.reported_hw = 0;
         s.last_delay = None;
+        s.restart_pending = false;
+    }
+
+    /// `snd_pcm_reset` detection. alsa-lib's ioplug reset sets `appl_ptr`, `hw_ptr` and its
+    /// private `last_hw` to 0 without calling the plugin (pcm_ioplug.c, snd_pcm_ioplug_reset),
+    /// so every callback that can see both pointers calls this first: both 0 while we had
+    /// reported progress or hold frames means a reset. Like hardware, a reset discards what is
+    /// queued (playback: the daemon drops it; capture: the unread frames go) and positions
+    /// restart from alsa-lib's zeros. The daemon side is stopped (a bounded wait for `Stopped`,
+    /// about one daemon period) and started again: capture at once, playback with the first
+    /// frames written afterwards (so a program that resets and then writes never meets an
+    /// empty running stream; a paused one starts at resume). Returns whether it was a reset.
+    ///
+    /// # Errors
+    /// Dead daemon, or no `Stopped` within [`STOP_WAIT`].
+    pub fn check_reset(&mut self, appl_ptr: u64, hw_ptr: u64) -> Result<bool, Errno> {
+        let capture = self.capture;
+        let boundary = self.boundary;
+        let Some(s) = self.stream.as_ref() else { return Ok(false) };
+        if appl_ptr != 0 || hw_ptr != 0 || s.xrun || s.drain_pending.is_some() {
+            return Ok(false);
+        }
+        if !matches!(s.phase, Phase::Prepared | Phase::Running | Phase::Paused) {
+            return Ok(false);
+        }
+        let own = if capture { s.read_total } else { s.write_total };
+        let own = if boundary == 0 { own } else { own % boundary };
+        if s.reported_hw == 0 && own == 0 {
+            return Ok(false); // nothing happened since prepare (or the last reset)
+        }
+        let phase = s.phase;
+        self.stop_and_wait()?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        Self::zero_positions(s);
+        s.phase = phase;
+        // Timing snapshots from before the reset describe the old positions.
+        s.started_ns = now_ns();
+        match phase {
+            Phase::Running if capture => self.start()?,
+            Phase::Running | Phase::Paused => s.restart_pending = true,
+            _ => {}
+        }
+        self.debug_line(format_args!("snd_pcm_reset detected: queue discarded, positions restart at 0"));
         self.sync_readiness();
-        Ok(())
+        Ok(true)
     }
 
     /// drain: `Drain{seq}` (starting first if never started), then waits for `Drained`, bounded
@@ -598,6 +670,7 @@ impl Pcm {
                         p.push(|seq| Record::Start { seq })?;
                         let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
                         s.daemon_active = true;
+                        s.restart_pending = false;
                         s.started_ns = now_ns();
                     }
                     let seq = p.push(|seq| Record::Drain { seq })?;
@@ -688,8 +761,10 @@ impl Pcm {
         let start = if self.boundary == 0 {
             appl_ptr
         } else {
-            let ours = own % self.boundary;
-            let diff = (appl_ptr % self.boundary + self.boundary - ours) % self.boundary;
+            // Both below the boundary in practice (it is near 2^62): conditional subtractions
+            // instead of three 64-bit divisions per callback.
+            let ours = wrap(own, self.boundary);
+            let diff = wrap(wrap(appl_ptr, self.boundary) + (self.boundary - ours), self.boundary);
             if diff <= self.boundary / 2 {
                 own + diff
             } else {
@@ -750,6 +825,9 @@ impl Pcm {
             s.write_total = end;
             // Publish: pairs with the daemon's Acquire load of audio_write.
             s.shm.audio_write().pos.store(end as u32, Ordering::Release);
+        }
+        if s.restart_pending && s.phase == Phase::Running {
+            self.start()?; // the first frames after a reset while running
         }
         self.sync_readiness();
         Ok(frames)
@@ -831,7 +909,11 @@ impl Pcm {
             return Err(Errno(libc::EPIPE));
         }
         let hw = if self.capture { s.write_total } else { s.read_total };
-        Ok(if self.boundary == 0 { hw } else { hw % self.boundary })
+        let hw = if self.boundary == 0 { hw } else { wrap(hw, self.boundary) };
+        if let Some(s) = self.stream.as_mut() {
+            s.reported_hw = hw;
+        }
+        Ok(hw)
     }
 
     /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when
@@ -1172,6 +1254,19 @@ impl Pcm {
 
 /// `poll` on two descriptors for POLLIN, at most `left`; returns each one's revents (EINTR and
 /// timeouts return zeros).
+/// `x % boundary` (`boundary > 0`) without a division when `x` is below twice the boundary,
+/// which the callers' values are (counts since prepare, sums of two wrapped values).
+#[inline]
+fn wrap(x: u64, boundary: u64) -> u64 {
+    if x < boundary {
+        x
+    } else if x - boundary < boundary {
+        x - boundary
+    } else {
+        x % boundary
+    }
+}
+
 fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
     let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -1186,6 +1281,17 @@ fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap_is_modulo() {
+        for b in [1u64, 2, 3, 1024, 1 << 62, u64::MAX / 2 + 1, u64::MAX] {
+            for x in
+                [0u64, 1, 2, b - 1, b, b.wrapping_add(1), b.wrapping_mul(2).wrapping_sub(1), u64::MAX - 1, u64::MAX]
+            {
+                assert_eq!(wrap(x, b), x % b, "x {x} b {b}");
+            }
+        }
+    }
 
     #[test]
     fn delay_counts_queue_and_elapsed_and_never_goes_negative() {

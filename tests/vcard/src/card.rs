@@ -597,7 +597,7 @@ impl Card {
         Ok(self.wrapped(self.hw_frames))
     }
 
-    /// The `poll_revents` callback: clears the timerfd, says whether the application may
+    /// The `poll_revents` callback: says whether the application may
     /// proceed (avail >= avail_min, or an xrun/fault it must notice), re-arms the timer.
     /// A suspended card is [`Readiness::Error`] (and stays readable) until it is resumed.
     ///
@@ -605,7 +605,8 @@ impl Card {
     /// `ENODEV` once the card is gone.
     pub fn poll_ready(&mut self, now_ns: u64, view: IoView) -> Result<Readiness, Errno> {
         self.check_gone(now_ns)?;
-        self.timer.clear();
+        // No read of the expiration: `arm` below leaves it pending (ready) or sets a future
+        // deadline, which discards it (one timerfd_settime per period and no read).
         if self.asleep.is_none() && self.suspend_due(now_ns, view) {
             self.fall_asleep(now_ns, view);
         }
@@ -685,7 +686,7 @@ impl Card {
         if let Some(f) = self.ms_after_first_start(self.cfg.disconnect_at_ms) {
             t = t.min(f);
         }
-        self.timer.arm_at(t);
+        self.timer.arm_at(t, now_ns);
     }
 
     /// Raw bytes of frames `[pos, pos + n)` of the ring, `n` not crossing its end.
