@@ -344,7 +344,9 @@ impl MixThread {
             let due = !self.capture_lost || now_ns() >= self.capture_retry_ns;
             if due && self.events.slots() > 0 {
                 self.capture_requested = true;
-                self.emit(Event::OpenCapture { retry: self.capture_lost });
+                // While the card is gone a failure is expected (the recorders wait): quietly.
+                let retry = self.capture_lost || (self.device.is_none() && self.reopen.is_some());
+                self.emit(Event::OpenCapture { retry });
             }
         } else if !want && !self.keep_capture_open && self.capture.is_some() && self.events.slots() > 0 {
             self.release_capture();
