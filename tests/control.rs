@@ -494,3 +494,23 @@ fn bad_control_requests_disconnect_only_that_client() {
     ctl_ok(&rig, &["volume", "master", "50%"]);
     assert_eq!(ctl_json(&rig, &["stats", "--json"])["master"]["volume"], 0.5);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_shmixctl_quietly() {
+    let rig = Rig::new(Card::default(), &[]);
+    // stdout is a pipe whose reader is already gone: every write meets EPIPE (Rust ignores
+    // SIGPIPE), as when `shmixctl list | head -1` has read its line.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    for args in [&["stats", "--json"][..], &["list"], &["volume", "master", "100%"]] {
+        let start = Instant::now();
+        let mut c = shmixctl(&rig, args)
+            .stdout(writer.try_clone().expect("pipe writer"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shmixctl");
+        let r = finish(&mut c, start, Duration::from_secs(10));
+        r.assert_ok(&format!("shmixctl {} into a closed pipe", args.join(" ")));
+        assert!(!r.stderr.contains("panicked"), "shmixctl {args:?} panicked: {}", r.stderr);
+    }
+}

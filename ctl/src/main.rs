@@ -290,8 +290,8 @@ fn stats_text(s: &Stats) -> String {
     )
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    out(&format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -301,17 +301,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::List => {
             let Reply::Streams(list) = c.call(Request::List)? else { bail!("unexpected reply to List") };
             if cli.json {
-                print_json(&json!({ "streams": list.iter().map(stream_json).collect::<Vec<_>>() }));
+                print_json(&json!({ "streams": list.iter().map(stream_json).collect::<Vec<_>>() }))?;
             } else {
-                print!("{}", list_text(&list));
+                out(&list_text(&list))?;
             }
         }
         Cmd::Stats => {
             let Reply::Stats(s) = c.call(Request::Stats)? else { bail!("unexpected reply to Stats") };
             if cli.json {
-                print_json(&stats_json(&s));
+                print_json(&stats_json(&s))?;
             } else {
-                print!("{}", stats_text(&s));
+                out(&stats_text(&s))?;
             }
         }
         Cmd::Volume { id, level } => {
@@ -347,11 +347,22 @@ fn print_change(r: Reply, as_json: bool) -> anyhow::Result<()> {
         if let (Value::Object(m), Value::Object(vol)) = (&mut v, volume_json(volume, muted)) {
             m.extend(vol);
         }
-        print_json(&v);
+        print_json(&v)?;
     } else {
-        println!("{}: {}", target_name(target), volume_text(volume, muted));
+        out(&format!("{}: {}\n", target_name(target), volume_text(volume, muted)))?;
     }
     Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`shmixctl list | head -1`) ends the program
+/// quietly, as for other command-line tools, instead of the panic `print!` would raise.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
 }
 
 fn main() -> ExitCode {
