@@ -495,8 +495,19 @@ pub fn channel_peaks(x: &[f32], peaks: &mut [f32]) {
                 *a = fmax(*a, v.abs());
             }
         }
-        for (j, &a) in acc.iter().enumerate() {
-            peaks[j % ch] = fmax(peaks[j % ch], a);
+        // Lane j holds channel j % ch, and ch divides the (power of two) lane count: halve
+        // the lanes until ch are left (lanes j and j + w/2 hold the same channel). A per-lane
+        // `j % ch` was a division each, most of a 64-frame period's scan.
+        let mut w = PEAK_LANES;
+        while w > ch {
+            w /= 2;
+            let (lo, hi) = acc.split_at_mut(w);
+            for (a, &b) in lo.iter_mut().zip(&hi[..w]) {
+                *a = fmax(*a, b);
+            }
+        }
+        for (p, &a) in peaks.iter_mut().zip(&acc[..ch]) {
+            *p = fmax(*p, a);
         }
         frames = blocks.remainder().chunks_exact(ch);
     }

@@ -26,6 +26,13 @@ use crate::Errno;
 pub const STOP_WAIT: Duration = Duration::from_secs(1);
 /// Margin added to a drain's expected duration.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// While the daemon says the device is gone (`DEVICE_WAITING`), a drain's deadline moves on with
+/// the clock (that time does not count), for at most this long in all: a card replugged within
+/// it plays the drain's end; one gone for longer ends the drain with ETIMEDOUT as before (a
+/// program at its end does not hang for good; a dead daemon ends it at once anyway).
+pub const DRAIN_GONE_MAX: Duration = Duration::from_secs(60);
+/// Longest single wait of a drain: how often it looks at the daemon's device-waiting flag.
+const DRAIN_RECHECK: Duration = Duration::from_millis(200);
 
 /// Frame counters, reported at close under `SHMIX_DEBUG=1`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -684,6 +691,10 @@ impl Pcm {
             let expect = Duration::from_nanos(queued.saturating_mul(1_000_000_000) / rate);
             (seq, Instant::now() + expect + DRAIN_MARGIN)
         };
+        let mut deadline = deadline;
+        let mut last_look = Instant::now();
+        let mut was_waiting = false;
+        let mut extended = Duration::ZERO;
         let mut sock_revents = 0i16;
         loop {
             let fds = {
@@ -710,7 +721,16 @@ impl Pcm {
                     p.sync_readiness();
                     return Err(Errno(libc::EAGAIN));
                 }
-                if Instant::now() >= deadline {
+                // Time the device was gone (at either end of the last wait) does not count.
+                let waiting = s.shm.device_waiting();
+                let now = Instant::now();
+                if waiting || was_waiting {
+                    let add = (now - last_look).min(DRAIN_GONE_MAX.saturating_sub(extended));
+                    deadline += add;
+                    extended += add;
+                }
+                (last_look, was_waiting) = (now, waiting);
+                if now >= deadline {
                     crate::user_error("drain timed out: shmixd did not report the stream drained");
                     p.sync_readiness();
                     return Err(Errno(libc::ETIMEDOUT));
@@ -721,7 +741,7 @@ impl Pcm {
                 p.poll_fds()
             };
             // Unlocked: another thread may drop (abort) meanwhile; it writes client_wake.
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now()).min(DRAIN_RECHECK);
             sock_revents = poll_two(fds, left)[1];
         }
     }
@@ -747,8 +767,10 @@ impl Pcm {
         let start = if self.boundary == 0 {
             appl_ptr
         } else {
-            let ours = own % self.boundary;
-            let diff = (appl_ptr % self.boundary + self.boundary - ours) % self.boundary;
+            // Both below the boundary in practice (it is near 2^62): conditional subtractions
+            // instead of three 64-bit divisions per callback.
+            let ours = wrap(own, self.boundary);
+            let diff = wrap(wrap(appl_ptr, self.boundary) + (self.boundary - ours), self.boundary);
             if diff <= self.boundary / 2 {
                 own + diff
             } else {
@@ -893,7 +915,7 @@ impl Pcm {
             return Err(Errno(libc::EPIPE));
         }
         let hw = if self.capture { s.write_total } else { s.read_total };
-        let hw = if self.boundary == 0 { hw } else { hw % self.boundary };
+        let hw = if self.boundary == 0 { hw } else { wrap(hw, self.boundary) };
         if let Some(s) = self.stream.as_mut() {
             s.reported_hw = hw;
         }
@@ -1247,6 +1269,19 @@ impl Pcm {
 
 /// `poll` on two descriptors for POLLIN, at most `left`; returns each one's revents (EINTR and
 /// timeouts return zeros).
+/// `x % boundary` (`boundary > 0`) without a division when `x` is below twice the boundary,
+/// which the callers' values are (counts since prepare, sums of two wrapped values).
+#[inline]
+fn wrap(x: u64, boundary: u64) -> u64 {
+    if x < boundary {
+        x
+    } else if x - boundary < boundary {
+        x - boundary
+    } else {
+        x % boundary
+    }
+}
+
 fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
     let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -1261,6 +1296,17 @@ fn poll_two(fds: [RawFd; 2], left: Duration) -> [i16; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrap_is_modulo() {
+        for b in [1u64, 2, 3, 1024, 1 << 62, u64::MAX / 2 + 1, u64::MAX] {
+            for x in
+                [0u64, 1, 2, b - 1, b, b.wrapping_add(1), b.wrapping_mul(2).wrapping_sub(1), u64::MAX - 1, u64::MAX]
+            {
+                assert_eq!(wrap(x, b), x % b, "x {x} b {b}");
+            }
+        }
+    }
 
     #[test]
     fn delay_counts_queue_and_elapsed_and_never_goes_negative() {
