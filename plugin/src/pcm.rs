@@ -102,6 +102,11 @@ struct Stream {
     /// The last position `pointer` returned (alsa-lib's `hw_ptr` equals it until a
     /// `snd_pcm_reset` zeroes it behind our back).
     reported_hw: u64,
+    /// The last timing snapshot read whole. `read_timing` gives up when the daemon is inside
+    /// its write on every try, which happens when the daemon thread is preempted there (a loaded
+    /// machine, no real-time priority): the last snapshot, extrapolated, is still right, while
+    /// falling back to the ring's fill would leave out the device's queue (up to its buffer).
+    last_snapshot: Option<(u32, u32, u64)>,
     /// Playback reset while running: the daemon side was stopped and the queue discarded;
     /// `Start` goes out with the first frames written afterwards (or at resume / drain).
     restart_pending: bool,
@@ -358,6 +363,7 @@ impl Pcm {
             last_delay: None,
             reported_hw: 0,
             restart_pending: false,
+            last_snapshot: None,
             counters_base: self.counters,
         });
         Ok(())
@@ -962,7 +968,7 @@ impl Pcm {
         if capture {
             // Frames captured but not yet read: those in the ring, those the device and the
             // resampler hold (queued), and those captured since the snapshot.
-            let snap = if running { s.shm.read_timing().filter(|&(_, _, ts)| ts >= s.started_ns) } else { None };
+            let snap = if running { Self::snapshot(s) } else { None };
             return Ok(snap.map_or(fill, |snap| {
                 capture_delay(
                     s.read_total as u32,
@@ -976,7 +982,7 @@ impl Pcm {
             }));
         }
         let from_snapshot = if running {
-            s.shm.read_timing().filter(|&(_, _, ts)| ts >= s.started_ns).and_then(|snap| {
+            Self::snapshot(s).and_then(|snap| {
                 raw_delay(
                     s.write_total as u32,
                     snap,
@@ -1001,6 +1007,15 @@ impl Pcm {
     }
 
     // ----- internals ----------------------------------------------------------------------
+
+    /// The daemon's timing snapshot of this run (taken since the last start): a fresh one, or
+    /// the last one read whole when the daemon is inside its write (see `last_snapshot`).
+    fn snapshot(s: &mut Stream) -> Option<(u32, u32, u64)> {
+        if let Some(snap) = s.shm.read_timing() {
+            s.last_snapshot = Some(snap);
+        }
+        s.last_snapshot.filter(|&(_, _, ts)| ts >= s.started_ns)
+    }
 
     /// Takes the daemon's records and its read position into private state. No syscall.
     fn refresh(&mut self) {
