@@ -276,21 +276,31 @@ fn amixer_and_shmixctl_round_trip() {
 #[test]
 fn shmixctl_changes_are_alsa_control_events() {
     let rig = Rig::new(Card::default(), &[]);
+    let events = rig.path("events.txt");
     let mut ev = rig
         .cmd("stdbuf")
         .args(["-oL", "amixer", "-D", "shmix", "events"])
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&events).expect("events file"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn amixer events");
-    std::thread::sleep(Duration::from_millis(500));
+    // amixer prints this once it has subscribed (a fixed 500 ms assumed it starts that fast).
+    wait_for_text(&events, "Ready to listen", Duration::from_secs(20));
     ctl_ok(&rig, &["volume", "master", "30%"]);
     ctl_ok(&rig, &["mute", "capture", "on"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the last event rather than a fixed time; the asserts below say what is missing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let has_value_event = |name: &str| {
+        let out = std::fs::read_to_string(&events).unwrap_or_default();
+        out.lines().any(|l| l.starts_with("event value:") && l.contains(&format!("'{name}'")))
+    };
+    while !has_value_event("Capture Switch") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(ev.id() as i32, libc::SIGINT) };
     let r = finish(&mut ev, Instant::now(), Duration::from_secs(10));
-    let out = r.stdout;
+    let out = std::fs::read_to_string(&events).unwrap_or_default();
     // `event add` lines come from the element list at start; value changes are `event value`.
     let value_event =
         |name: &str| out.lines().any(|l| l.starts_with("event value:") && l.contains(&format!("'{name}'")));

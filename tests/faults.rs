@@ -186,7 +186,8 @@ fn vanished_card_comes_back_and_clients_play_on() {
     let (wb, sb) = side_wav(&rig, "b.wav", 1.0, 62, false);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wa);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     let gone_at = Instant::now();
@@ -233,7 +234,8 @@ fn sigterm_while_the_card_is_gone_exits_at_once() {
     let (wav, _) = noise_wav(&rig, "noise.wav", 5.0, 71);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(700));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     // Gone for 2.5 s: aplay's blocking write keeps waiting (alsa-lib's poll timeouts just loop).
@@ -288,7 +290,8 @@ fn sigstopped_client_does_not_delay_the_others() {
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wa);
     let mut b = spawn_aplay(&rig, &[], &wb);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 1, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(b.id() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(1500));
@@ -318,7 +321,8 @@ fn killed_daemon_restarts_on_the_same_socket() {
     let (wav, _) = noise_wav(&rig, "long.wav", 10.0, 91);
     let start = Instant::now();
     let mut old = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     rig.signal_daemon(libc::SIGKILL);
     assert!(rig.sock.exists(), "the killed daemon's socket file is gone: the stale-socket case is not tested");
@@ -410,7 +414,8 @@ fn card_back_with_another_setup_is_not_used() {
     let (wav, sound) = noise_wav(&rig, "noise.wav", 3.0, 101);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
-    std::thread::sleep(Duration::from_millis(800));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
+    std::thread::sleep(Duration::from_millis(300));
     std::fs::write(&marker, b"").unwrap();
     wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
     // alsa-lib rereads a config file at the next open when its inode or mtime (in whole
@@ -440,4 +445,244 @@ fn card_back_with_another_setup_is_not_used() {
     eprintln!("wrong setup: {why}");
     let p = pieces_of(&rig.recording_s16(), &sound, 2, "through a wrong comeback");
     assert_in_order(&p, sound.len() / 2, device_buffer(&log), "through a wrong comeback");
+}
+
+/// `shmixctl --socket S stats --json`.
+fn stats_json(rig: &Rig) -> serde_json::Value {
+    let mut c = rig.cmd(artifacts_dir().join("shmixctl"));
+    c.arg("--socket").arg(&rig.sock).args(["stats", "--json"]);
+    let r = run(c, Duration::from_secs(10));
+    r.assert_ok("shmixctl stats --json");
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{}", r.stdout))
+}
+
+/// The (present, lost, reopened) device fields of `shmixctl stats --json`.
+fn device_state(rig: &Rig) -> (bool, u64, u64) {
+    let v = stats_json(rig);
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"));
+    (
+        v["device_present"].as_bool().unwrap_or_else(|| panic!("no device_present in {v}")),
+        n("device_lost"),
+        n("device_reopened"),
+    )
+}
+
+/// Checks that the pieces of a recording are stretches of its source in order: each starts at
+/// or after the previous one's end (nothing repeated or reordered) and skips at most `max_loss`
+/// frames of it. Returns the frames skipped in all.
+fn assert_ordered(p: &[Piece], max_loss: usize, what: &str) -> usize {
+    assert!(!p.is_empty(), "{what}: nothing recorded");
+    let mut lost = 0;
+    for w in p.windows(2) {
+        let end = w[0].sound_at + w[0].len;
+        assert!(w[1].sound_at >= end, "{what}: a stretch is repeated or out of order: {p:?}");
+        let gap = w[1].sound_at - end;
+        assert!(gap <= max_loss, "{what}: {gap} frames lost at one discontinuity (max {max_loss}): {p:?}");
+        lost += gap;
+    }
+    lost
+}
+
+/// The card is pulled out for about 2 s while `arecord -D shmix` records its capture side
+/// (`capture_file`, which the card continues where it was when it comes back:
+/// `capture_continue`) and `arecord -D shmix_monitor` records what `aplay -D shmix` plays. All
+/// three wait while it is gone and go on when it is back; all exit 0. The capture recording is
+/// the capture file in order (no stretch repeated, no garbage), at most the device's buffer
+/// skipped at the unplug; the monitor recording is the played sound in order, likewise; `shmixctl
+/// stats --json` says `device_present` false, `device_lost` 1 while the card is gone, and
+/// `device_present` true, `device_reopened` 1 after.
+#[test]
+fn recorders_wait_for_a_vanished_card_and_continue() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let n_cap = 10 * RATE as usize;
+    let cap_sound = interleave(&[noise(111, n_cap, 30000), noise(112, n_cap, 30000)]);
+    let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let card = Card {
+        extra: vec![format!("gone_file \"{}\"", marker.display()), "capture_continue true".into()],
+        ..Default::default()
+    };
+    let mut rig = Rig::with_capture(card, &[], Some(&cap_bytes));
+    let (wav, sound) = noise_wav(&rig, "noise.wav", 4.0, 113);
+    let cap_out = rig.path("capture.out");
+    let mon_out = rig.path("monitor.out");
+    let arecord = |dev: &str, out: &Path| {
+        let mut c = rig.cmd("arecord");
+        c.args(["-D", dev, "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "3"]).arg(out);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("spawn arecord")
+    };
+    let start = Instant::now();
+    let mut play = spawn_aplay(&rig, &[], &wav);
+    let mut cap = arecord("shmix", &cap_out);
+    let mut mon = arecord("shmix_monitor", &mon_out);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(device_state(&rig), (true, 0, 0));
+    std::fs::write(&marker, b"").unwrap();
+    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    let gone_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = device_state(&rig);
+    std::thread::sleep(Duration::from_millis(1000));
+    for (c, what) in [(&mut play, "aplay"), (&mut cap, "arecord"), (&mut mon, "arecord (monitor)")] {
+        assert!(c.try_wait().unwrap().is_none(), "{what} ended while the card was gone");
+    }
+    std::fs::remove_file(&marker).unwrap();
+    let gone_for = gone_at.elapsed().as_secs_f64();
+    let rc = finish(&mut cap, start, Duration::from_secs(30));
+    let rm = finish(&mut mon, start, Duration::from_secs(30));
+    let rp = finish(&mut play, start, Duration::from_secs(30));
+    rc.assert_ok("arecord -D shmix through the unplug");
+    rm.assert_ok("arecord -D shmix_monitor through the unplug");
+    rp.assert_ok("aplay through the unplug");
+    let after = device_state(&rig);
+    assert_eq!(during, (false, 1, 0), "shmixctl stats while the card was gone");
+    assert_eq!(after, (true, 1, 1), "shmixctl stats after the card came back");
+    let wall = rc.wall.as_secs_f64();
+    assert!(
+        wall >= 3.0 + gone_for - 0.5 && wall <= 3.0 + gone_for + 3.0,
+        "arecord took {wall:.3} s, gone {gone_for:.3} s"
+    );
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert!(log.contains("capture device 'card' is back"), "{log}");
+    assert_eq!((final_stat(&log, "capture-lost"), final_stat(&log, "capture-reopened")), (1, 1), "{log}");
+    let dev_buffer = device_buffer(&log);
+    let rec = std::fs::read(&cap_out).unwrap();
+    let rec: Vec<i16> = rec.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(rec.len(), 3 * RATE as usize * 2, "arecord -d 3 recorded {} samples", rec.len());
+    let pc = pieces_of(&rec, &cap_sound, 2, "capture through the unplug");
+    let lost_c = assert_ordered(&pc, dev_buffer, "capture through the unplug");
+    assert!(pc.len() <= 2, "more than one discontinuity in the capture: {pc:?}");
+    let recorded: usize = pc.iter().map(|p| p.len).sum();
+    assert!(
+        recorded + dev_buffer * 2 >= 3 * RATE as usize,
+        "only {recorded} frames of the capture file recorded: {pc:?}"
+    );
+    let mon = std::fs::read(&mon_out).unwrap();
+    let mon: Vec<i16> = mon.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    let pm = pieces_of(&mon, &sound, 2, "monitor through the unplug");
+    let lost_m = assert_ordered(&pm, dev_buffer, "monitor through the unplug");
+    eprintln!(
+        "recorders through an unplug of {gone_for:.2} s: capture pieces {pc:?} ({lost_c} frames skipped), monitor pieces \
+         {pm:?} ({lost_m} skipped); stats while gone {during:?}, after {after:?}"
+    );
+}
+
+/// aplay's end coincides with an outage: the card is pulled out as soon as `shmixctl list` shows
+/// aplay's stream draining (its last 500 ms buffer queued) and stays out for 2.5 s, longer than
+/// the drain's own bound (the queued audio plus 1 s). While the daemon says the device is gone
+/// (`DEVICE_WAITING` in the stream's timing flags) the plugin's drain does not count the time:
+/// it waits, the card comes back, the end plays. aplay exits 0 without a drain timeout, took
+/// about the sound plus the outage, and the whole sound is on the card in order with at most
+/// the device's buffer lost at the unplug.
+#[test]
+fn drain_waits_for_a_vanished_card() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::new(card, &[]);
+    let secs = 2.0;
+    let (wav, sound) = noise_wav(&rig, "noise.wav", secs, 121);
+    let start = Instant::now();
+    let mut a = spawn_aplay(&rig, &["-B", "500000"], &wav);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = rig.cmd(artifacts_dir().join("shmixctl"));
+        c.arg("--socket").arg(&rig.sock).args(["list", "--json"]);
+        let out = run(c, Duration::from_secs(10)).stdout;
+        if out.contains("\"draining\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "aplay's stream never showed draining: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drain_seen = start.elapsed().as_secs_f64();
+    std::fs::write(&marker, b"").unwrap();
+    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    let gone_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was gone");
+    std::fs::remove_file(&marker).unwrap();
+    let gone_for = gone_at.elapsed().as_secs_f64();
+    let r = finish(&mut a, start, Duration::from_secs(30));
+    r.assert_ok("aplay draining through an unplug");
+    assert!(!r.stderr.contains("timed out"), "the drain timed out: {}", r.stderr);
+    let wall = r.wall.as_secs_f64();
+    assert!(
+        wall >= secs + gone_for - 0.5 && wall <= secs + gone_for + 3.0,
+        "aplay took {wall:.3} s, gone {gone_for:.3} s"
+    );
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert_eq!((final_stat(&log, "lost"), final_stat(&log, "reopened")), (1, 1), "{log}");
+    let dev_buffer = device_buffer(&log);
+    let p = pieces_of(&rig.recording_s16(), &sound, 2, "drain through an unplug");
+    let lost = assert_in_order(&p, sound.len() / 2, dev_buffer, "drain through an unplug");
+    eprintln!(
+        "drain through an unplug of {gone_for:.2} s (draining seen at {drain_seen:.2} s): aplay took {wall:.3} s, pieces \
+         {p:?}, {lost} frames lost"
+    );
+}
+
+/// `--wait-for-device`: the card is absent when the daemon starts. Without the flag shmixd exits
+/// with an error; with it, it listens, `shmixctl stats` says `device_present` false, a player and
+/// a recorder that start meanwhile wait, and when the card appears it is opened and they go on:
+/// aplay exits 0 and the card has its sound bit-exact and contiguous; arecord exits 0 with the
+/// card's capture file from its start, contiguous.
+#[test]
+fn daemon_waits_for_an_absent_card() {
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("unplugged");
+    std::fs::write(&marker, b"").unwrap();
+    let n_cap = 5 * RATE as usize;
+    let cap_sound = interleave(&[noise(132, n_cap, 30000), noise(133, n_cap, 30000)]);
+    let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let mut rig = Rig::with_capture(card, &["--wait-for-device"], Some(&cap_bytes));
+    // The default is unchanged: a second daemon without the flag gives up.
+    let mut plain = rig.cmd(artifacts_dir().join("shmixd"));
+    plain.arg("--socket").arg(rig.path("other.sock")).args(["--device", "card"]);
+    let r = run(plain, Duration::from_secs(10));
+    assert!(!r.status.success(), "shmixd without --wait-for-device started on an absent card:\n{}", r.stderr);
+    assert!(r.stderr.contains("opening device 'card'"), "{}", r.stderr);
+
+    assert_eq!(device_state(&rig), (false, 0, 0), "stats while the card is absent");
+    let (wav, sound) = noise_wav(&rig, "noise.wav", 1.5, 131);
+    let start = Instant::now();
+    let mut a = spawn_aplay(&rig, &[], &wav);
+    let cap_out = rig.path("capture.out");
+    let mut c = rig.cmd("arecord");
+    c.args(["-D", "shmix", "-t", "raw", "-f", "S16_LE", "-r", "48000", "-c", "2", "-d", "1"]).arg(&cap_out);
+    let mut rec = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn arecord");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was absent");
+    assert!(rec.try_wait().unwrap().is_none(), "arecord ended while the card was absent");
+    std::fs::remove_file(&marker).unwrap();
+    let waited = start.elapsed().as_secs_f64();
+    let r = finish(&mut a, start, Duration::from_secs(30));
+    r.assert_ok("aplay started before the card appeared");
+    finish(&mut rec, start, Duration::from_secs(30)).assert_ok("arecord started before the card appeared");
+    let wall = r.wall.as_secs_f64();
+    assert!(wall >= waited + 1.5 - 0.3 && wall <= waited + 1.5 + 3.0, "aplay took {wall:.3} s, waited {waited:.3} s");
+    assert_eq!(device_state(&rig), (true, 0, 1), "stats after the card appeared");
+
+    let status = rig.signal_daemon(libc::SIGTERM);
+    let log = rig.daemon_log();
+    assert!(status.success(), "shmixd exited with {status}:\n{log}");
+    assert!(log.contains("is absent at startup") && log.contains("is back after"), "{log}");
+    let at = assert_contiguous(&rig.recording_s16(), &sound, 2, "played once the card appeared");
+    let got = std::fs::read(&cap_out).unwrap();
+    let got: Vec<i16> = got.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(got.len(), RATE as usize * 2, "arecord -d 1 recorded {} samples", got.len());
+    let pc = pieces_of(&got, &cap_sound, 2, "recorded once the card appeared");
+    assert!(pc.len() == 1 && pc[0].sound_at == 0, "not the capture file from its start: {pc:?}");
+    let back = log.lines().find(|l| l.contains("is back after")).unwrap_or_default();
+    eprintln!(
+        "absent at startup: aplay waited {waited:.2} s, took {wall:.3} s, sound contiguous from frame {at}; {back}"
+    );
 }

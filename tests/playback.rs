@@ -22,10 +22,11 @@ fn plays_bit_exact(extra: &[&str]) {
     write_wav(&wav, 2, RATE, &sound);
     let r = run(aplay(&rig, extra, &wav), Duration::from_secs(30));
     r.assert_ok("aplay");
-    // The card keeps real time: playing 3 s cannot take less than that, and only a buffer's
-    // worth of start-up and drain more.
+    // The card keeps real time: playing 3 s cannot take less than that. The upper bound only
+    // catches a stream that did not keep up: aplay's start-up (process, ALSA configuration,
+    // daemon connection) is not real-time work and takes whatever a loaded machine gives it.
     let wall = r.wall.as_secs_f64();
-    assert!(wall >= secs * 0.9 && wall <= secs * 1.1 + 0.5, "aplay took {wall:.3} s for {secs} s of audio");
+    assert!(wall >= secs * 0.9 && wall <= secs + 3.0, "aplay took {wall:.3} s for {secs} s of audio");
     let rec = rig.recording_s16();
     assert_contiguous(&rec, &sound, 2, "aplay");
 }
@@ -42,7 +43,10 @@ fn aplay_mmap_is_bit_exact() {
 
 #[test]
 fn aplay_small_periods_is_bit_exact() {
-    plays_bit_exact(&["--period-size=256", "--buffer-size=1024"]);
+    // Period 256 (5.3 ms) as in the test's name; the buffer (16 periods, 85 ms) leaves aplay, not
+    // a real-time program, room for scheduling delays: with 4 periods (21 ms) it underran now
+    // and then on the loaded 2-core CI machine.
+    plays_bit_exact(&["--period-size=256", "--buffer-size=4096"]);
 }
 
 #[test]
@@ -127,7 +131,9 @@ fn starving_client_gets_an_xrun_and_the_other_stays_bit_exact() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Once its sound is on the card it runs (a fixed sleep assumed aplay starts within 1 s).
+    rig.wait_for_sound(2, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     // Stop feeding for 0.7 s: the daemon plays silence for it and reports an xrun.
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(starving.id() as i32, libc::SIGSTOP) };
@@ -164,7 +170,9 @@ fn killed_client_is_freed_and_others_stay_bit_exact() {
     let start = Instant::now();
     let mut good = aplay(&rig, &[], &wl).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut victim = aplay(&rig, &["--mmap"], &wr).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Killed while it streams: its sound is on the card (not a fixed 1 s after the spawn).
+    rig.wait_for_sound(2, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     victim.kill().unwrap();
     victim.wait().unwrap();
     finish(&mut good, start, Duration::from_secs(30)).assert_ok("steady aplay");
@@ -184,7 +192,8 @@ fn daemon_death_fails_the_client(sig: i32) {
     write_wav(&wav, 2, RATE, &interleave(&[noise(41, n, 20000), noise(42, n, 20000)]));
     let start = Instant::now();
     let mut a = aplay(&rig, &[], &wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     rig.signal_daemon(sig);
     let r = finish(&mut a, start, Duration::from_secs(10));
@@ -206,7 +215,8 @@ fn daemon_sigterm_is_clean_and_clients_get_an_error() {
     write_wav(&wav, 2, RATE, &interleave(&[noise(51, n, 20000), noise(52, n, 20000)]));
     let start = Instant::now();
     let mut a = aplay(&rig, &[], &wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let st = rig.signal_daemon(libc::SIGTERM);
     let daemon_took = t.elapsed();

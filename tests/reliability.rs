@@ -73,7 +73,8 @@ fn next(x: &mut u64) -> u64 {
 fn racing_clients_never_disturb_another_stream() {
     let rig = Rig::new(Card::default(), &[]);
     let (mut good, start, sound) = reference(&rig, 301, 6);
-    std::thread::sleep(Duration::from_millis(300));
+    // The reference is streaming (its sound is on the card) before anything hostile starts.
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
     let stop = Arc::new(AtomicBool::new(false));
     let disconnects = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
@@ -226,7 +227,8 @@ fn a_thousand_idle_connections_do_not_disturb_a_stream() {
     raise_own_nofile(1200);
     let rig = Rig::new(Card::default(), &["--max-clients", "1100", "--handshake-timeout", "3"]);
     let (mut good, start, sound) = reference(&rig, 311, 7);
-    std::thread::sleep(Duration::from_millis(500));
+    // The reference is streaming (its sound is on the card) before anything hostile starts.
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
     let fds_before = daemon_fds(&rig);
     let t0 = Instant::now();
     let idle: Vec<OwnedFd> = (0..1000).map(|_| seqpacket(&rig.sock)).collect();
@@ -300,7 +302,8 @@ fn descriptor_exhaustion_is_logged_once_and_survived() {
     raise_own_nofile(400);
     let rig = Rig::new(Card::default(), &["--handshake-timeout", "2"]);
     let (mut good, start, sound) = reference(&rig, 321, 7);
-    std::thread::sleep(Duration::from_millis(500));
+    // The reference is streaming (its sound is on the card) before anything hostile starts.
+    rig.wait_for_sound(2, 0, Duration::from_secs(20));
     let pid = rig.daemon_pid();
     let limit = daemon_fds(&rig) as u64 + 20;
     let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };

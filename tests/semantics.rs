@@ -201,10 +201,12 @@ fn period_size(p: u64, buffer: u64, daemon_args: &[&str]) {
 }
 
 /// The plugin's minimum buffer is two device periods (512 frames at the default --period 256);
-/// keep the buffer a multiple of the period, and at least 2048 frames (43 ms): with 512 (11 ms)
-/// aplay itself underran now and then while the whole suite loaded the 2-core machine.
+/// keep the buffer a multiple of the period, and at least 8192 frames (171 ms): aplay is not a
+/// real-time program, and with 512 (11 ms), later 2048 (43 ms), it underran now and then while
+/// the whole suite loaded the 2-core machine (period 104 at load 9). The period under test, and
+/// so the transfer and wake-up pattern, stays P; only the slack for scheduling grows.
 fn buffer_for(p: u64) -> u64 {
-    p * 4u64.max(2048u64.div_ceil(p))
+    p * 4u64.max(8192u64.div_ceil(p))
 }
 
 #[test]
@@ -425,8 +427,10 @@ fn c_delay_matches_the_card_clock() {
 
 #[test]
 fn c_delay_matches_the_card_clock_mmap_period_64() {
-    // 32 periods: the sampling loop sleeps 3 ms between looks, which a loaded machine stretches.
-    delay_against_truth(452, &["64", "2048", "mmap"]);
+    // 128 periods (171 ms): the sampling loop sleeps 3 ms between looks, which a loaded machine
+    // stretches; with 32 (43 ms) the non-real-time client underran now and then. The bound is a
+    // device period + 1 ms whatever the buffer, and the period under test stays 64.
+    delay_against_truth(452, &["64", "8192", "mmap"]);
 }
 
 #[test]
@@ -603,7 +607,10 @@ fn open_close_cycles_leak_no_descriptor() {
 
 #[test]
 fn device_xrun_loses_at_most_the_device_buffer() {
-    let mut rig = Rig::new(Card { extra: vec!["xrun_at_ms 1000".into()], ..Default::default() }, &[]);
+    // The xrun comes 1.5 s after the card's first start; aplay's start-up is measured (the
+    // silence the card played before the sound), not assumed.
+    const XRUN_MS: usize = 1500;
+    let mut rig = Rig::new(Card { extra: vec![format!("xrun_at_ms {XRUN_MS}")], ..Default::default() }, &[]);
     let sound = stereo_noise(901, 3.0);
     let wav = rig.path("noise.wav");
     write_wav(&wav, 2, RATE, &sound);
@@ -631,13 +638,27 @@ fn device_xrun_loses_at_most_the_device_buffer() {
     // (never more than that buffer); after the restart (silence prefill) the stream continues
     // where the daemon had read to, up to the sound's end.
     assert!(!p.is_empty() && p[0].sound_at == 0, "{p:?}");
+    // The card's timeline: frame `rec` of the recording was played `rec / RATE` s after its start.
+    let xrun_frame = XRUN_MS * RATE as usize / 1000;
+    let slack = RATE as usize / 5; // 200 ms: the device buffer and the xrun's own timing
+    assert!(
+        p[0].rec_at + slack <= xrun_frame,
+        "aplay's sound began {} ms after the card started, too late for the xrun at {XRUN_MS} ms: {p:?}",
+        p[0].rec_at * 1000 / RATE as usize
+    );
     let last = p.last().unwrap();
     assert_eq!(last.sound_at + last.len, n, "the sound's end is missing: {p:?}");
     assert!(p.len() <= 2, "more than one discontinuity: {p:?}");
     if let [a, b] = p[..] {
         let lost = b.sound_at.checked_sub(a.len).unwrap_or_else(|| panic!("frames repeated: {p:?}"));
         assert!(lost <= dev_buffer, "lost {lost} frames, more than the device buffer {dev_buffer}: {p:?}");
-        assert!(a.len >= (0.8 * f64::from(RATE)) as usize, "bit-exact prefix only {} frames: {p:?}", a.len);
+        // What the card played before the xrun stays: the bit-exact prefix reaches to within
+        // 200 ms of the xrun on the card's timeline, wherever aplay's start put its beginning.
+        assert!(
+            a.rec_at + a.len + slack >= xrun_frame,
+            "the bit-exact prefix ends at card frame {}, more than 200 ms before the xrun at {xrun_frame}: {p:?}",
+            a.rec_at + a.len
+        );
         eprintln!("device xrun: prefix {} frames, lost {lost}, gap {} frames", a.len, b.rec_at - (a.rec_at + a.len));
     }
 }
@@ -661,8 +682,9 @@ fn c_delay_holds_while_the_daemon_stalls() {
     let sound = stereo_noise(1101, 1.5);
     let raw = rig.path("sound.raw");
     write_raw(&raw, &sound);
-    // The C program SIGSTOPs the daemon for 60 ms (less than its 85 ms buffer) and samples the
-    // delay meanwhile: nothing is consumed, so it must stay at least the buffer's fill.
+    // The C program SIGSTOPs the daemon for 60 ms (less than its 171 ms buffer, 8192 frames: with
+    // 4096 the non-real-time client itself underran now and then on the loaded machine) and
+    // samples the delay meanwhile: nothing is consumed, so it must stay at least the buffer's fill.
     let pid = rig.daemon_pid().to_string();
     let rep = run_c(&rig, &["stall", raw.to_str().unwrap(), &pid], &["stall_delay_holds", "stall_drain"]);
     eprintln!("stall: minimum delay {} frames", rep.value("stall_min_delay_frames"));
@@ -675,4 +697,93 @@ fn c_delay_holds_while_the_daemon_stalls() {
     if let [a, b] = p[..] {
         assert!(b.sound_at >= a.len && b.sound_at - a.len <= 1024, "lost more than the device buffer: {p:?}");
     }
+}
+
+// ----- 7. snd_pcm_reset ---------------------------------------------------------------------
+
+/// `pcm_semantics reset S1 S2 running|prepared [mmap]`: S1's queued frames are discarded at the
+/// reset (never played), positions restart (avail = buffer, delay 0, checked in C), and S2
+/// written afterwards plays completely, bit-exact, right after what S1 had played.
+fn reset_playback(seed: u32, running: bool, mmap: bool) {
+    let rig = Rig::new(Card::default(), &[]);
+    let first = stereo_noise(seed, 1.0);
+    let second = stereo_noise(seed + 1, 0.5);
+    let (r1, r2) = (rig.path("first.raw"), rig.path("second.raw"));
+    write_raw(&r1, &first);
+    write_raw(&r2, &second);
+    let mut args = vec!["reset", r1.to_str().unwrap(), r2.to_str().unwrap()];
+    args.push(if running { "running" } else { "prepared" });
+    if mmap {
+        args.push("mmap");
+    }
+    let check = if running { "reset_running" } else { "reset_prepared" };
+    let rep = run_c(&rig, &args, &[check, "reset_again", "reset_drain"]);
+    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
+    assert_eq!(w2, second.len() / CH);
+    let both: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
+    let p = pieces(&rig.recording_s16(), &both, "reset");
+    let n1 = first.len() / CH;
+    eprintln!("reset {args:?}: wrote {w1} frames of the first sound, recording pieces {p:?}");
+    let last = p.last().unwrap_or_else(|| panic!("nothing played"));
+    assert_eq!((last.sound_at, last.len), (n1, w2), "the sound written after the reset is not complete: {p:?}");
+    if running {
+        // A prefix of S1 (it ran 400 ms), then all of S2: the reset discarded the queue, of
+        // which at most the device's buffer (1024) may have played (as for a drop).
+        assert_eq!(p.len(), 2, "expected a prefix of the first sound and all of the second, got {p:?}");
+        assert_eq!(p[0].sound_at, 0, "{p:?}");
+        assert!(p[0].len > 0, "nothing of the first sound played before the reset: {p:?}");
+        assert!(
+            p[0].len + 2048 <= w1,
+            "{} of {w1} frames written before the reset played: it did not discard the queue",
+            p[0].len
+        );
+    } else {
+        // Never started: nothing of S1 may play.
+        assert_eq!(p.len(), 1, "frames written before the reset played: {p:?}");
+    }
+}
+
+#[test]
+fn c_reset_while_running_discards_the_queue() {
+    reset_playback(701, true, false);
+}
+
+#[test]
+fn c_reset_while_running_discards_the_queue_mmap() {
+    reset_playback(703, true, true);
+}
+
+#[test]
+fn c_reset_while_prepared_discards_what_was_written() {
+    reset_playback(705, false, false);
+}
+
+#[test]
+fn c_reset_capture_discards_the_unread_frames() {
+    let n = 5 * RATE as usize;
+    let source = interleave(&[noise(711, n, 30000), noise(712, n, 30000)]);
+    let bytes: Vec<u8> = source.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // The reset stops and restarts the daemon side of the stream; with it the only recorder,
+    // the daemon would close the card in between and the virtual card's capture file would
+    // start over. Keep the card running so that the source's frame numbers are a timeline.
+    let rig = Rig::with_capture(Card::default(), &["--keep-capture-open"], Some(&bytes));
+    let (pre, post) = (rig.path("pre.raw"), rig.path("post.raw"));
+    let rep = run_c(&rig, &["reset_capture", pre.to_str().unwrap(), post.to_str().unwrap()], &["reset_capture"]);
+    let unread = rep.number("unread_before_reset");
+    let read = |p: &Path| -> Vec<i16> {
+        std::fs::read(p).unwrap().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    };
+    let (a, b) = (read(&pre), read(&post));
+    let ra = crate::capture::run_of(&a, &source, CH, "before the reset");
+    let rb = crate::capture::run_of(&b, &source, CH, "after the reset");
+    eprintln!("reset capture: {unread} frames unread at the reset; before {ra:?}, after {rb:?}");
+    // What was read before ends where the recording ends (nothing after it was silent).
+    assert_eq!(ra.rec_start + ra.frames, a.len() / CH, "silence inside the capture before the reset: {ra:?}");
+    let end_a = ra.src_start + ra.frames;
+    // The frames unread at the reset are never read: the next frame read after it is at least
+    // that far behind the last one read before. And nothing repeats.
+    let gap = rb.src_start.checked_sub(end_a).unwrap_or_else(|| panic!("frames read twice: {ra:?} {rb:?}"));
+    assert!(gap >= unread, "only {gap} frames skipped, but {unread} were unread at the reset: they were delivered");
+    // ...and not much more (the reset takes about a daemon period; a loaded machine more).
+    assert!(gap <= unread + RATE as usize / 2, "{gap} frames skipped at the reset ({unread} unread then)");
 }

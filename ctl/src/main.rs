@@ -178,6 +178,9 @@ fn stats_json(s: &Stats) -> Value {
         "fastpath_frames": s.fastpath_frames,
         "device_xruns": s.device_xruns,
         "device_suspends": s.device_suspends,
+        "device_lost": s.device_lost,
+        "device_reopened": s.device_reopened,
+        "device_present": s.device_present,
         "stream_underruns": s.stream_underruns,
         "wakeups_sent": s.wakeups_sent,
         "wakeups_skipped": s.wakeups_skipped,
@@ -249,6 +252,7 @@ fn stats_text(s: &Stats) -> String {
          cycles           {}\n\
          frames mixed     {} (fast path {})\n\
          device xruns     {} (suspends {})\n\
+         device state     {} (lost {}, reopened {})\n\
          stream underruns {}\n\
          wakeups          sent {}, skipped {}\n\
          frames copied    {}\n\
@@ -270,6 +274,9 @@ fn stats_text(s: &Stats) -> String {
         s.fastpath_frames,
         s.device_xruns,
         s.device_suspends,
+        if s.device_present { "present" } else { "gone: clients wait for it" },
+        s.device_lost,
+        s.device_reopened,
         s.stream_underruns,
         s.wakeups_sent,
         s.wakeups_skipped,

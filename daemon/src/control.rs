@@ -306,6 +306,9 @@ impl Control {
             capture_volume: d.capture.volume(),
             capture_muted: d.capture.muted(),
             peaks: d.peaks[..d.channels as usize].iter().map(Level::get).collect(),
+            device_lost: g(&c.device_lost),
+            device_reopened: g(&c.device_reopened),
+            device_present: c.device_present.load(Ordering::Relaxed),
         }
     }
 

@@ -67,6 +67,12 @@ struct Cli {
     /// after the last capture stream stops)
     #[arg(long)]
     keep_capture_open: bool,
+    /// Start even when the device cannot be opened: listen, and keep clients waiting (their
+    /// streams hold still) until it appears. Until then the setup clients are converted for is
+    /// --format (default S16_LE), --rate (48000), --channels (2), --period and --periods, and the
+    /// device is used once it opens with exactly that (and the standard channel map)
+    #[arg(long)]
+    wait_for_device: bool,
     /// SCHED_FIFO priority for the mix thread
     #[arg(long, default_value_t = 20)]
     rt_priority: i32,
@@ -133,49 +139,85 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         period_frames: cli.period,
         periods: cli.periods,
     };
-    let dev = Device::open(&device_name, &req).with_context(|| format!("opening device '{device_name}'"))?;
-    let p = dev.params();
+    let dev = match Device::open(&device_name, &req) {
+        Ok(d) => Some(d),
+        Err(e) if cli.wait_for_device => {
+            log::warn!("device '{device_name}' cannot be opened ({e}); --wait-for-device: clients wait until it can");
+            None
+        }
+        Err(e) => return Err(anyhow!(e)).with_context(|| format!("opening device '{device_name}'")),
+    };
+    let (p, chmap) = match &dev {
+        Some(d) => (d.params(), d.chmap()),
+        None => {
+            let channels = cli.channels.unwrap_or(2);
+            if !(1..=shmix_shared::msg::MAX_CHANNELS).contains(&channels) {
+                return Err(anyhow!("--channels {channels} out of range"));
+            }
+            let p = shmix_shared::AudioParams {
+                format: cli.format.unwrap_or(SampleFormat::S16Le),
+                rate: cli.rate.unwrap_or(48000),
+                channels,
+                period_frames: cli.period,
+                buffer_frames: cli.period.saturating_mul(cli.periods),
+            };
+            (p, shmix_shared::chmap::ChannelMap::standard(channels))
+        }
+    };
     let quality = match cli.resample_quality {
         None | Some(ResampleQuality::Default) => DEFAULT_QUALITY,
         Some(q) => q,
     };
-    let spec = DeviceSpec { params: p, chmap: dev.chmap(), quality };
+    let spec = DeviceSpec { params: p, chmap, quality };
     // Probe the capture side once (opened for real when the first recorder starts): its
     // parameters are what capture streams are converted from. Later opens ask for exactly these.
-    let capture = match Device::open_capture(
-        &device_name,
-        &Request {
+    let capture = if dev.is_none() {
+        // Absent at startup: the capture side is assumed to match the playback side (opened,
+        // and checked against this, when the first recorder starts).
+        let creq = Request {
             format: Some(p.format),
             rate: Some(p.rate),
             channels: Some(p.channels),
             period_frames: p.period_frames,
             periods: cli.periods,
-        },
-    ) {
-        Ok(c) => {
-            let cp = c.params();
-            info!(
-                "capture side: {} {} Hz {} ch {:?}, period {} frames, buffer {} frames (opened while recording{})",
-                cp.format,
-                cp.rate,
-                cp.channels,
-                c.chmap().positions(),
-                cp.period_frames,
-                cp.buffer_frames,
-                if cli.keep_capture_open { ", then kept open" } else { "" }
-            );
-            let creq = Request {
-                format: Some(cp.format),
-                rate: Some(cp.rate),
-                channels: Some(cp.channels),
-                period_frames: cp.period_frames,
+        };
+        Some((creq, spec))
+    } else {
+        match Device::open_capture(
+            &device_name,
+            &Request {
+                format: Some(p.format),
+                rate: Some(p.rate),
+                channels: Some(p.channels),
+                period_frames: p.period_frames,
                 periods: cli.periods,
-            };
-            Some((creq, DeviceSpec { params: cp, chmap: c.chmap(), quality }))
-        }
-        Err(e) => {
-            info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");
-            None
+            },
+        ) {
+            Ok(c) => {
+                let cp = c.params();
+                info!(
+                    "capture side: {} {} Hz {} ch {:?}, period {} frames, buffer {} frames (opened while recording{})",
+                    cp.format,
+                    cp.rate,
+                    cp.channels,
+                    c.chmap().positions(),
+                    cp.period_frames,
+                    cp.buffer_frames,
+                    if cli.keep_capture_open { ", then kept open" } else { "" }
+                );
+                let creq = Request {
+                    format: Some(cp.format),
+                    rate: Some(cp.rate),
+                    channels: Some(cp.channels),
+                    period_frames: cp.period_frames,
+                    periods: cli.periods,
+                };
+                Some((creq, DeviceSpec { params: cp, chmap: c.chmap(), quality }))
+            }
+            Err(e) => {
+                info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");
+                None
+            }
         }
     };
 
@@ -243,7 +285,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let ctl_efd = eventfd()?;
     // A card that vanishes is closed and reopened with this same request by its own thread,
     // while the clients wait.
-    let (reopen_end, reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    let (reopen_end, mut reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    if dev.is_none() {
+        reopener = reopener.absent_at_start();
+    }
     let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
         .keep_capture_open(cli.keep_capture_open)

@@ -37,6 +37,9 @@ pub struct Counters {
     pub device_lost: AtomicU64,
     /// Times a vanished device was reopened and the streams played on.
     pub device_reopened: AtomicU64,
+    /// The playback device is open (false while it is gone and the streams wait). Set by the
+    /// mix thread when it loses or gets back the device (and by startup).
+    pub device_present: std::sync::atomic::AtomicBool,
     /// Stream underruns (a running stream ran dry).
     pub stream_underruns: AtomicU64,
     /// Client eventfd writes (the client was asleep).
@@ -57,6 +60,10 @@ pub struct Counters {
     pub capture_overruns: AtomicU64,
     /// Capture device xruns (-EPIPE) recovered.
     pub capture_xruns: AtomicU64,
+    /// Times the capture device vanished (-ENODEV) while recorders ran (they waited).
+    pub capture_lost: AtomicU64,
+    /// Times a vanished capture device was reopened and the recorders went on.
+    pub capture_reopened: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
     /// Times a stream's wakeups were muted until the next device period (it woke the mix thread,
@@ -533,6 +540,9 @@ pub struct MixCore {
     meter: [f32; shmix_shared::msg::MAX_CHANNELS as usize],
     /// Frames in the current metering window.
     meter_frames: u32,
+    /// The playback device is gone and the streams wait for it (told to each stream's timing
+    /// flags, so its plugin waits longer in a drain).
+    device_waiting: bool,
 }
 
 impl MixCore {
@@ -555,6 +565,7 @@ impl MixCore {
             master: Gain::new(DeviceCtl::new(channels, 48000).ramp_frames as usize),
             meter: [0.0; shmix_shared::msg::MAX_CHANNELS as usize],
             meter_frames: 0,
+            device_waiting: false,
         }
     }
 
@@ -649,6 +660,7 @@ impl MixCore {
         {
             return Err(s);
         }
+        s.shm.set_device_waiting(self.device_waiting);
         self.streams.push(s);
         Ok(())
     }
@@ -888,6 +900,15 @@ impl MixCore {
                 }
                 State::Stopped | State::Paused => {}
             }
+        }
+    }
+
+    /// The playback device vanished (`true`) or is back: tells every stream (its timing flags).
+    /// RT: yes (one store per stream).
+    pub fn set_device_waiting(&mut self, waiting: bool) {
+        self.device_waiting = waiting;
+        for s in &self.streams {
+            s.shm.set_device_waiting(waiting);
         }
     }
 

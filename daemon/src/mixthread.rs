@@ -51,8 +51,13 @@ pub enum Event {
     /// every stream got `Fatal`.
     DeviceFailed(AlsaError),
     /// A capture stream started and the capture device is not open: open it (control thread:
-    /// opening can block and allocates) and send `Command::CaptureDevice`.
-    OpenCapture,
+    /// opening can block and allocates) and send `Command::CaptureDevice`. `retry`: the capture
+    /// device vanished and this is one of the periodic attempts to reopen it (a failure is
+    /// expected: not worth an error line).
+    OpenCapture {
+        /// A reopen attempt after the capture device vanished.
+        retry: bool,
+    },
     /// The last capture stream stopped (or the capture device failed): close it here.
     CaptureClosed(Box<Device>),
 }
@@ -87,6 +92,12 @@ pub struct MixThread {
     capture_failed: bool,
     /// `--keep-capture-open`.
     keep_capture_open: bool,
+    /// The capture device vanished (`ENODEV`) while recorders ran: they wait, and it is asked
+    /// for again every `capture_retry_ms` (100 ms doubling to 500 ms) until it opens.
+    capture_lost: bool,
+    /// CLOCK_MONOTONIC ns of the next reopen attempt while `capture_lost`.
+    capture_retry_ns: u64,
+    capture_retry_ms: u64,
 }
 
 /// Why the loop ended.
@@ -100,17 +111,20 @@ impl MixThread {
     #[must_use]
     pub fn new(
         core: MixCore,
-        device: Device,
+        device: Option<Device>,
         cmds: Consumer<Command>,
         events: Producer<Event>,
         cmd_efd: OwnedFd,
         ctl_efd: OwnedFd,
     ) -> Self {
-        let dev_nfds = device.poll_count().min(MAX_DEVICE_FDS);
+        let dev_nfds = device.as_ref().map_or(0, |d| d.poll_count().min(MAX_DEVICE_FDS));
+        let mut core = core;
+        core.set_device_waiting(device.is_none());
+        core.counters().device_present.store(device.is_some(), std::sync::atomic::Ordering::Relaxed);
         let empty = libc::pollfd { fd: -1, events: 0, revents: 0 };
         Self {
             core,
-            device: Some(Box::new(device)),
+            device: device.map(Box::new),
             reopen: None,
             cmds,
             events,
@@ -124,6 +138,9 @@ impl MixThread {
             capture_requested: false,
             capture_failed: false,
             keep_capture_open: false,
+            capture_lost: false,
+            capture_retry_ns: 0,
+            capture_retry_ms: 0,
         }
     }
 
@@ -210,7 +227,10 @@ impl MixThread {
         }
         self.dev_nfds = 0;
         self.suspended = false;
-        self.core.counters().device_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.core.set_device_waiting(true);
+        let counters = self.core.counters();
+        counters.device_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.device_present.store(false, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -219,7 +239,10 @@ impl MixThread {
         let Some(dev) = self.reopen.as_mut().and_then(reopen::MixEnd::take_found) else { return Ok(()) };
         self.dev_nfds = dev.poll_count().min(MAX_DEVICE_FDS);
         self.device = Some(dev);
-        self.core.counters().device_reopened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.core.set_device_waiting(false);
+        let counters = self.core.counters();
+        counters.device_reopened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.device_present.store(true, std::sync::atomic::Ordering::Relaxed);
         self.start_device()
     }
 
@@ -253,6 +276,11 @@ impl MixThread {
             10
         } else {
             -1
+        };
+        // A vanished capture device is asked for again when its retry is due.
+        let timeout = match self.capture_retry_due_ms() {
+            Some(ms) if timeout < 0 || ms < timeout => ms,
+            _ => timeout,
         };
         // A muted stream (it woke us this period already) is heard again within MUTE_MAX_MS even
         // when no device period comes.
@@ -303,21 +331,49 @@ impl MixThread {
         Ok(None)
     }
 
-    /// Asks for the capture device when a capture stream runs and it is not open; hands it
-    /// back to be closed when none runs (unless `--keep-capture-open`).
+    /// Asks for the capture device when a capture stream runs and it is not open (after it
+    /// vanished: when the retry is due); hands it back to be closed when none runs (unless
+    /// `--keep-capture-open`).
     fn manage_capture(&mut self) {
         let want = self.core.wants_capture();
         if !want {
             self.capture_failed = false;
+            self.capture_lost = false;
         }
         if want && self.capture.is_none() && !self.capture_requested && !self.capture_failed {
-            if self.events.slots() > 0 {
+            let due = !self.capture_lost || now_ns() >= self.capture_retry_ns;
+            if due && self.events.slots() > 0 {
                 self.capture_requested = true;
-                self.emit(Event::OpenCapture);
+                // While the card is gone a failure is expected (the recorders wait): quietly.
+                let retry = self.capture_lost || (self.device.is_none() && self.reopen.is_some());
+                self.emit(Event::OpenCapture { retry });
             }
         } else if !want && !self.keep_capture_open && self.capture.is_some() && self.events.slots() > 0 {
             self.release_capture();
         }
+    }
+
+    /// Milliseconds until the next reopen attempt of a vanished capture device (at least 1),
+    /// when one is to be made.
+    fn capture_retry_due_ms(&self) -> Option<i32> {
+        if !self.capture_lost || self.capture.is_some() || self.capture_requested {
+            return None;
+        }
+        let left = self.capture_retry_ns.saturating_sub(now_ns()) / 1_000_000;
+        Some(i32::try_from(left).unwrap_or(i32::MAX).max(1))
+    }
+
+    /// The capture device vanished (`ENODEV`): closes it (on the control thread) and lets the
+    /// recorders wait; it is reopened when a retry succeeds. RT: yes.
+    fn lose_capture(&mut self) {
+        if !self.capture_lost {
+            self.capture_lost = true;
+            self.capture_retry_ms = 50;
+            self.core.counters().capture_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.capture_retry_ms = (self.capture_retry_ms * 2).min(500);
+        self.capture_retry_ns = now_ns() + self.capture_retry_ms * 1_000_000;
+        self.release_capture();
     }
 
     /// Sends the capture device back to the control thread to be closed.
@@ -331,6 +387,12 @@ impl MixThread {
     /// Installs a capture device from the control thread and starts it.
     fn install_capture(&mut self, dev: Option<Box<Device>>) {
         self.capture_requested = false;
+        if dev.is_none() && (self.capture_lost || (self.device.is_none() && self.reopen.is_some())) {
+            // Still gone, or the card is (its playback side vanished, or was absent at startup
+            // with --wait-for-device): the recorders wait, try again later.
+            self.lose_capture();
+            return;
+        }
         let Some(mut dev) = dev else {
             self.capture_failed = true;
             self.core.fatal_dir(Direction::Capture, libc::ENODEV);
@@ -341,6 +403,17 @@ impl MixThread {
         let ok = dev.restart_capture().and_then(|()| dev.poll_fill(&mut self.pfds[dn..dn + n]));
         self.capture = Some(dev);
         self.cap_nfds = n;
+        match &ok {
+            Err(e) if e.errno == libc::ENODEV && self.capture_lost => {
+                self.lose_capture();
+                return;
+            }
+            Ok(()) if self.capture_lost => {
+                self.capture_lost = false;
+                self.core.counters().capture_reopened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if ok.is_err() {
             self.capture_failed = true;
             self.core.fatal_dir(Direction::Capture, libc::EIO);
@@ -406,6 +479,11 @@ impl MixThread {
         if let Err(e) = r {
             if e.errno == libc::ESTRPIPE {
                 self.suspended = true;
+                return;
+            }
+            if e.errno == libc::ENODEV && self.reopen.is_some() {
+                // Unplugged: the recorders wait for it to come back.
+                self.lose_capture();
                 return;
             }
             self.capture_failed = true;

@@ -85,6 +85,8 @@ pub struct Reopener {
     lost_efd: OwnedFd,
     found_efd: OwnedFd,
     stop_efd: OwnedFd,
+    /// `--wait-for-device` and the device did not open at startup: wait for it first.
+    absent: bool,
 }
 
 /// "S16_LE 48000 Hz 2 ch [3, 4], period 256, buffer 1024".
@@ -134,6 +136,7 @@ pub fn link(
         lost_efd,
         found_efd,
         stop_efd,
+        absent: false,
     };
     Ok((mix, re, stop))
 }
@@ -155,8 +158,19 @@ impl Reopener {
         fds[0].revents().is_some_and(|r| !r.is_empty())
     }
 
+    /// The device could not be opened at startup (`--wait-for-device`): [`Reopener::run`]
+    /// starts by retrying to open it, as after a loss (the mix thread starts without one).
+    #[must_use]
+    pub fn absent_at_start(mut self) -> Self {
+        self.absent = true;
+        self
+    }
+
     /// Serves until [`Stop::stop`].
     pub fn run(mut self) {
+        if self.absent && !self.bring_back() {
+            return;
+        }
         loop {
             if self.wait(None, true) {
                 return;
@@ -175,8 +189,9 @@ impl Reopener {
     fn bring_back(&mut self) -> bool {
         let since = Instant::now();
         warn!(
-            "device '{}' vanished: clients wait (their streams hold still); retrying to open it every {}-{} ms",
+            "device '{}' {}: clients wait (their streams hold still); retrying to open it every {}-{} ms",
             self.name,
+            if self.absent { "is absent at startup" } else { "vanished" },
             FIRST_RETRY.as_millis(),
             MAX_RETRY.as_millis()
         );
@@ -198,6 +213,7 @@ impl Reopener {
                         self.name,
                         since.elapsed().as_secs_f64()
                     );
+                    self.absent = false;
                     if let Err(rtrb::PushError::Full(dev)) = self.found.push(Box::new(dev)) {
                         // Cannot happen (one device is out at a time); close it and retry.
                         drop(dev);

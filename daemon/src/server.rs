@@ -391,7 +391,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} lost {} reopened {} \
-             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {}",
+             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -410,6 +410,8 @@ impl Server {
             g(&c.monitor_frames),
             g(&c.capture_overruns),
             g(&c.capture_xruns),
+            g(&c.capture_lost),
+            g(&c.capture_reopened),
         );
         if crate::audit::enabled() {
             s.push_str(&format!(" | rt allocations {}", crate::audit::rt_allocations()));
@@ -456,21 +458,42 @@ impl Server {
                         self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
                     }
                 }
-                Event::OpenCapture => {
-                    let dev = self.capture.as_ref().and_then(|(name, req, _)| match Device::open_capture(name, req) {
-                        Ok(d) => {
-                            let p = d.params();
-                            info!(
-                                "capture device '{name}' opened: {} {} Hz {} ch, period {} buffer {}",
-                                p.format, p.rate, p.channels, p.period_frames, p.buffer_frames
-                            );
-                            Some(Box::new(d))
-                        }
-                        Err(e) => {
-                            error!("opening the capture side of '{name}': {e}");
-                            None
-                        }
-                    });
+                Event::OpenCapture { retry } => {
+                    let dev =
+                        self.capture.as_ref().and_then(|(name, req, spec)| match Device::open_capture(name, req) {
+                            Ok(d) if d.params() != spec.params || d.chmap() != spec.chmap => {
+                                // Capture streams were converted for the probed setup.
+                                if !retry {
+                                    error!(
+                                    "the capture side of '{name}' opened with another setup than probed at startup \
+                                     ({:?}, not {:?})",
+                                    d.params(),
+                                    spec.params
+                                );
+                                }
+                                None
+                            }
+                            Ok(d) => {
+                                let p = d.params();
+                                info!(
+                                    "capture device '{name}' {}: {} {} Hz {} ch, period {} buffer {}",
+                                    if retry { "is back, reopened (recorders continue)" } else { "opened" },
+                                    p.format,
+                                    p.rate,
+                                    p.channels,
+                                    p.period_frames,
+                                    p.buffer_frames
+                                );
+                                Some(Box::new(d))
+                            }
+                            Err(e) => {
+                                // A vanished capture side is retried quietly (every 100-500 ms).
+                                if !retry {
+                                    error!("opening the capture side of '{name}': {e}");
+                                }
+                                None
+                            }
+                        });
                     self.send_cmd(Command::CaptureDevice(dev));
                 }
                 Event::CaptureClosed(d) => {

@@ -780,3 +780,31 @@ fn volume_mute_and_metering_do_not_allocate() {
     assert!(silent_periods > 100, "the scenario must mute the master for a while ({silent_periods})");
     while core.pop_any().is_some() {}
 }
+
+/// A vanished device (`set_device_waiting(true)`, what the mix thread does when it hands the
+/// device to the reopen thread) tells every stream through its timing flags, streams added
+/// meanwhile get the flag too, and the device's return clears it everywhere, all without
+/// allocating; a stream's timing snapshot is untouched by the flag.
+#[test]
+fn device_waiting_flag_reaches_every_stream_without_allocating() {
+    let mut rng = Rng(7);
+    let counters = Arc::new(Counters::default());
+    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let (a, sa) = make_stream(1, 1024, &mut rng);
+    let (b, sb) = make_stream(2, 1024, &mut rng);
+    core.add(sa).unwrap();
+    core.publish_timing(512, 1);
+    let timing = a.shm.read_timing();
+    let before = audit::thread_rt_allocations();
+    audit::set_in_rt(true);
+    core.set_device_waiting(true);
+    let added = core.add(sb).is_ok();
+    let waiting_both = a.shm.device_waiting() && b.shm.device_waiting();
+    core.set_device_waiting(false);
+    let waiting_any = a.shm.device_waiting() || b.shm.device_waiting();
+    audit::set_in_rt(false);
+    assert_eq!(audit::thread_rt_allocations() - before, 0, "the device-waiting flag allocated");
+    assert!(added && waiting_both && !waiting_any, "added {added}, waiting {waiting_both}, after {waiting_any}");
+    assert_eq!(a.shm.read_timing(), timing, "the flag changed the timing snapshot");
+    while core.pop_any().is_some() {}
+}

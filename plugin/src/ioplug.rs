@@ -128,9 +128,11 @@ unsafe extern "C" fn cb_stop(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
 unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_sframes_t {
     guard_frames(|| {
         // SAFETY: a field read of our live ioplug; alsa-lib holds the PCM lock, so it is stable.
-        let appl = unsafe { (*io).appl_ptr };
+        let (appl, hw) = unsafe { ((*io).appl_ptr, (*io).hw_ptr) };
         // SAFETY: as in `cb_start`.
-        lock(unsafe { plugin(io) })?.pointer(Some(appl)).map(|v| v as sys::snd_pcm_sframes_t)
+        let mut p = lock(unsafe { plugin(io) })?;
+        p.check_reset(appl, hw)?;
+        p.pointer(Some(appl)).map(|v| v as sys::snd_pcm_sframes_t)
     })
 }
 
@@ -648,10 +650,11 @@ unsafe fn transfer(
 ) -> Result<sys::snd_pcm_sframes_t, Errno> {
     // SAFETY: plain field reads of our ioplug (alsa-lib holds the PCM lock; it forwards appl_ptr
     // only after we return).
-    let (appl_ptr, channels, access, buffer_size) =
-        unsafe { ((*io).appl_ptr, (*io).channels as usize, (*io).access, (*io).buffer_size) };
+    let (appl_ptr, hw_ptr, channels, access, buffer_size) =
+        unsafe { ((*io).appl_ptr, (*io).hw_ptr, (*io).channels as usize, (*io).access, (*io).buffer_size) };
     // SAFETY: `io` is live.
     let mut p = lock(unsafe { plugin(io) })?;
+    p.check_reset(appl_ptr, hw_ptr)?;
     let capture = p.is_capture();
     let mmap = access == sys::SND_PCM_ACCESS_MMAP_INTERLEAVED;
     // Capture with MMAP access: alsa-lib's avail_update asks us to fill its mmap buffer from
@@ -909,8 +912,13 @@ unsafe fn poll_revents(
 }
 
 unsafe fn delay(io: *mut sys::snd_pcm_ioplug_t, delayp: *mut sys::snd_pcm_sframes_t) -> Result<c_int, Errno> {
+    // SAFETY: plain field reads of our live ioplug (alsa-lib holds the PCM lock).
+    let (appl, hw) = unsafe { ((*io).appl_ptr, (*io).hw_ptr) };
     // SAFETY: `io` is live.
-    let d = lock(unsafe { plugin(io) })?.delay()?;
+    let mut p = lock(unsafe { plugin(io) })?;
+    p.check_reset(appl, hw)?;
+    let d = p.delay()?;
+    drop(p);
     if delayp.is_null() {
         return Err(Errno(libc::EINVAL));
     }

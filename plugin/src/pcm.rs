@@ -26,6 +26,13 @@ use crate::Errno;
 pub const STOP_WAIT: Duration = Duration::from_secs(1);
 /// Margin added to a drain's expected duration.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// While the daemon says the device is gone (`DEVICE_WAITING`), a drain's deadline moves on with
+/// the clock (that time does not count), for at most this long in all: a card replugged within
+/// it plays the drain's end; one gone for longer ends the drain with ETIMEDOUT as before (a
+/// program at its end does not hang for good; a dead daemon ends it at once anyway).
+pub const DRAIN_GONE_MAX: Duration = Duration::from_secs(60);
+/// Longest single wait of a drain: how often it looks at the daemon's device-waiting flag.
+const DRAIN_RECHECK: Duration = Duration::from_millis(200);
 
 /// Frame counters, reported at close under `SHMIX_DEBUG=1`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +99,12 @@ struct Stream {
     last_delay: Option<(i64, u64)>,
     /// The PCM's copy counters when this stream was created (the stream publishes its share).
     counters_base: Counters,
+    /// The last position `pointer` returned (alsa-lib's `hw_ptr` equals it until a
+    /// `snd_pcm_reset` zeroes it behind our back).
+    reported_hw: u64,
+    /// Playback reset while running: the daemon side was stopped and the queue discarded;
+    /// `Start` goes out with the first frames written afterwards (or at resume / drain).
+    restart_pending: bool,
 }
 
 /// One PCM handle's state. Lives behind a mutex in `ioplug.rs`.
@@ -343,6 +356,8 @@ impl Pcm {
             xrun: false,
             started_ns: 0,
             last_delay: None,
+            reported_hw: 0,
+            restart_pending: false,
             counters_base: self.counters,
         });
         Ok(())
@@ -473,6 +488,7 @@ impl Pcm {
         self.push(|seq| Record::Start { seq })?;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         s.daemon_active = true;
+        s.restart_pending = false;
         s.phase = Phase::Running;
         s.started_ns = now_ns();
         s.last_delay = None;
@@ -487,6 +503,7 @@ impl Pcm {
         let Some(s) = self.stream.as_mut() else { return };
         let had_drain = s.drain_pending.take().is_some();
         s.phase = Phase::Setup;
+        s.restart_pending = false;
         if s.daemon_active && s.stop_pending.is_none() && self.dead.is_none() {
             match self.push(|seq| Record::Stop { seq }) {
                 Ok(seq) => {
@@ -512,7 +529,12 @@ impl Pcm {
     pub fn pause(&mut self, enable: bool) -> Result<(), Errno> {
         self.refresh();
         self.check_alive()?;
-        if enable {
+        if self.stream.as_ref().is_some_and(|s| s.restart_pending) {
+            // Reset while paused: the daemon side is stopped; resuming starts it again.
+            if !enable {
+                return self.start();
+            }
+        } else if enable {
             self.push(|seq| Record::Pause { seq })?;
         } else {
             self.push(|seq| Record::Resume { seq })?;
@@ -531,6 +553,20 @@ impl Pcm {
     pub fn prepare(&mut self) -> Result<(), Errno> {
         self.refresh();
         self.check_alive()?;
+        self.stop_and_wait()?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        Self::zero_positions(s);
+        s.phase = Phase::Prepared;
+        s.drain_pending = None;
+        s.drained = false;
+        s.xrun = false;
+        self.sync_readiness();
+        Ok(())
+    }
+
+    /// Stops the daemon side if it may run and waits (bounded by [`STOP_WAIT`]) for its
+    /// `Stopped`: afterwards it does not touch the audio cursors (PROTOCOL.md).
+    fn stop_and_wait(&mut self) -> Result<(), Errno> {
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
         if s.daemon_active {
             self.stop();
@@ -546,20 +582,63 @@ impl Pcm {
             self.refresh();
             self.check_alive()?;
         }
-        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-        // The daemon side is STOPPED: it does not touch the audio cursors (PROTOCOL.md).
+        Ok(())
+    }
+
+    /// Both audio cursors and our counts back to 0 (the daemon side must be STOPPED).
+    fn zero_positions(s: &mut Stream) {
         s.shm.audio_write().pos.store(0, Ordering::Release);
         s.shm.audio_read().pos.store(0, Ordering::Release);
         s.write_total = 0;
         s.read_total = 0;
         s.peer_seen = 0;
-        s.phase = Phase::Prepared;
-        s.drain_pending = None;
-        s.drained = false;
-        s.xrun = false;
+        s.reported_hw = 0;
         s.last_delay = None;
+        s.restart_pending = false;
+    }
+
+    /// `snd_pcm_reset` detection. alsa-lib's ioplug reset sets `appl_ptr`, `hw_ptr` and its
+    /// private `last_hw` to 0 without calling the plugin (pcm_ioplug.c, snd_pcm_ioplug_reset),
+    /// so every callback that can see both pointers calls this first: both 0 while we had
+    /// reported progress or hold frames means a reset. Like hardware, a reset discards what is
+    /// queued (playback: the daemon drops it; capture: the unread frames go) and positions
+    /// restart from alsa-lib's zeros. The daemon side is stopped (a bounded wait for `Stopped`,
+    /// about one daemon period) and started again: capture at once, playback with the first
+    /// frames written afterwards (so a program that resets and then writes never meets an
+    /// empty running stream; a paused one starts at resume). Returns whether it was a reset.
+    ///
+    /// # Errors
+    /// Dead daemon, or no `Stopped` within [`STOP_WAIT`].
+    pub fn check_reset(&mut self, appl_ptr: u64, hw_ptr: u64) -> Result<bool, Errno> {
+        let capture = self.capture;
+        let boundary = self.boundary;
+        let Some(s) = self.stream.as_ref() else { return Ok(false) };
+        if appl_ptr != 0 || hw_ptr != 0 || s.xrun || s.drain_pending.is_some() {
+            return Ok(false);
+        }
+        if !matches!(s.phase, Phase::Prepared | Phase::Running | Phase::Paused) {
+            return Ok(false);
+        }
+        let own = if capture { s.read_total } else { s.write_total };
+        let own = if boundary == 0 { own } else { own % boundary };
+        if s.reported_hw == 0 && own == 0 {
+            return Ok(false); // nothing happened since prepare (or the last reset)
+        }
+        let phase = s.phase;
+        self.stop_and_wait()?;
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        Self::zero_positions(s);
+        s.phase = phase;
+        // Timing snapshots from before the reset describe the old positions.
+        s.started_ns = now_ns();
+        match phase {
+            Phase::Running if capture => self.start()?,
+            Phase::Running | Phase::Paused => s.restart_pending = true,
+            _ => {}
+        }
+        self.debug_line(format_args!("snd_pcm_reset detected: queue discarded, positions restart at 0"));
         self.sync_readiness();
-        Ok(())
+        Ok(true)
     }
 
     /// drain: `Drain{seq}` (starting first if never started), then waits for `Drained`, bounded
@@ -591,6 +670,7 @@ impl Pcm {
                         p.push(|seq| Record::Start { seq })?;
                         let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
                         s.daemon_active = true;
+                        s.restart_pending = false;
                         s.started_ns = now_ns();
                     }
                     let seq = p.push(|seq| Record::Drain { seq })?;
@@ -605,6 +685,10 @@ impl Pcm {
             let expect = Duration::from_nanos(queued.saturating_mul(1_000_000_000) / rate);
             (seq, Instant::now() + expect + DRAIN_MARGIN)
         };
+        let mut deadline = deadline;
+        let mut last_look = Instant::now();
+        let mut was_waiting = false;
+        let mut extended = Duration::ZERO;
         let mut sock_revents = 0i16;
         loop {
             let fds = {
@@ -631,7 +715,16 @@ impl Pcm {
                     p.sync_readiness();
                     return Err(Errno(libc::EAGAIN));
                 }
-                if Instant::now() >= deadline {
+                // Time the device was gone (at either end of the last wait) does not count.
+                let waiting = s.shm.device_waiting();
+                let now = Instant::now();
+                if waiting || was_waiting {
+                    let add = (now - last_look).min(DRAIN_GONE_MAX.saturating_sub(extended));
+                    deadline += add;
+                    extended += add;
+                }
+                (last_look, was_waiting) = (now, waiting);
+                if now >= deadline {
                     crate::user_error("drain timed out: shmixd did not report the stream drained");
                     p.sync_readiness();
                     return Err(Errno(libc::ETIMEDOUT));
@@ -642,7 +735,7 @@ impl Pcm {
                 p.poll_fds()
             };
             // Unlocked: another thread may drop (abort) meanwhile; it writes client_wake.
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now()).min(DRAIN_RECHECK);
             sock_revents = poll_two(fds, left)[1];
         }
     }
@@ -733,6 +826,9 @@ impl Pcm {
             // Publish: pairs with the daemon's Acquire load of audio_write.
             s.shm.audio_write().pos.store(end as u32, Ordering::Release);
         }
+        if s.restart_pending && s.phase == Phase::Running {
+            self.start()?; // the first frames after a reset while running
+        }
         self.sync_readiness();
         Ok(frames)
     }
@@ -813,7 +909,11 @@ impl Pcm {
             return Err(Errno(libc::EPIPE));
         }
         let hw = if self.capture { s.write_total } else { s.read_total };
-        Ok(if self.boundary == 0 { hw } else { wrap(hw, self.boundary) })
+        let hw = if self.boundary == 0 { hw } else { wrap(hw, self.boundary) };
+        if let Some(s) = self.stream.as_mut() {
+            s.reported_hw = hw;
+        }
+        Ok(hw)
     }
 
     /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when

@@ -181,6 +181,12 @@ pub struct Stats {
     pub capture_muted: bool,
     /// Peak per device channel over the last metering window (after the master volume).
     pub peaks: Vec<f32>,
+    /// Times the playback device vanished (`ENODEV`) and the clients were put to wait.
+    pub device_lost: u64,
+    /// Times a vanished (or, with `--wait-for-device`, absent) device was opened again.
+    pub device_reopened: u64,
+    /// The playback device is open now (false while the clients wait for it).
+    pub device_present: bool,
 }
 
 /// Daemon -> client.
@@ -402,6 +408,9 @@ impl Reply {
                 for &p in &s.peaks[..n] {
                     put_f32(&mut out, p);
                 }
+                put_u64(&mut out, s.device_lost);
+                put_u64(&mut out, s.device_reopened);
+                put_u32(&mut out, u32::from(s.device_present));
             }
             Self::Volume { target, volume, muted } => {
                 put_u32(&mut out, REP_VOLUME);
@@ -482,6 +491,9 @@ impl Reply {
                 for _ in 0..n {
                     peaks.push(r.f32("peak", 0.0, MAX_PEAK)?);
                 }
+                let device_lost = r.u64("device_lost")?;
+                let device_reopened = r.u64("device_reopened")?;
+                let device_present = r.bool("device_present")?;
                 let [uptime_ns, cycles, frames_mixed, fastpath_frames, device_xruns, device_suspends, stream_underruns, wakeups_sent, wakeups_skipped, copied_frames, zero_copy_frames, mix_cpu_ns] =
                     v;
                 Self::Stats(Box::new(Stats {
@@ -505,6 +517,9 @@ impl Reply {
                     capture_volume,
                     capture_muted,
                     peaks,
+                    device_lost,
+                    device_reopened,
+                    device_present,
                 }))
             }
             REP_VOLUME => {
@@ -648,6 +663,9 @@ mod tests {
             capture_volume: 1.0,
             capture_muted: true,
             peaks: vec![0.5, 0.125],
+            device_lost: 13,
+            device_reopened: 12,
+            device_present: false,
         };
         for r in [
             Reply::Streams(vec![info(1), info(2)]),

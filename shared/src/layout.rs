@@ -64,6 +64,10 @@ pub struct ClientLine {
     pub zero_copy_frames: AtomicU64,
 }
 
+/// `Timing::flags` bit: the device vanished and the daemon waits for it to come back (the
+/// stream holds still; nothing is lost). A client may wait longer than its own deadlines then.
+pub const DEVICE_WAITING: u32 = 1;
+
 /// The daemon's timing snapshot, under a seqlock (odd `seq`: being written).
 #[derive(Debug)]
 #[repr(C, align(64))]
@@ -74,8 +78,9 @@ pub struct Timing {
     pub pos: AtomicU32,
     /// Frames that had left the ring but not yet reached the speaker at `ts_ns` (device delay).
     pub queued_frames: AtomicU32,
-    /// Padding, kept zero.
-    pub reserved: AtomicU32,
+    /// Daemon state bits, written at any time outside the seqlock (Release / Acquire):
+    /// [`DEVICE_WAITING`]. Zero from older daemons.
+    pub flags: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the snapshot.
     pub ts_ns: AtomicU64,
 }

@@ -353,6 +353,20 @@ impl StreamShm {
         t.seq.store((seq | 1).wrapping_add(1), Ordering::Release);
     }
 
+    /// Daemon: says whether the device is gone and the stream waits for it
+    /// ([`crate::layout::DEVICE_WAITING`]; outside the seqlock). RT: yes.
+    pub fn set_device_waiting(&self, waiting: bool) {
+        let flags = if waiting { crate::layout::DEVICE_WAITING } else { 0 };
+        self.timing().flags.store(flags, Ordering::Release);
+    }
+
+    /// Client: the daemon says the device is gone and it waits for it to come back. Untrusted
+    /// (a hint that lengthens the client's own waits, never a memory access).
+    #[must_use]
+    pub fn device_waiting(&self) -> bool {
+        self.timing().flags.load(Ordering::Acquire) & crate::layout::DEVICE_WAITING != 0
+    }
+
     /// Client: reads the timing snapshot `(pos, queued_frames, ts_ns)`; `None` if the daemon was
     /// writing it on every one of a few tries (or never wrote one).
     #[must_use]
@@ -454,5 +468,11 @@ mod tests {
         assert_eq!(c.read_timing(), None);
         d.publish_timing(7, 256, 123_456);
         assert_eq!(c.read_timing(), Some((7, 256, 123_456)));
+        assert!(!c.device_waiting());
+        d.set_device_waiting(true);
+        assert!(c.device_waiting());
+        assert_eq!(c.read_timing(), Some((7, 256, 123_456)));
+        d.set_device_waiting(false);
+        assert!(!c.device_waiting());
     }
 }

@@ -175,6 +175,22 @@ ctl.shmix {{
         b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
     }
 
+    /// Synchronises on an observable event instead of a fixed sleep: waits (up to `limit`)
+    /// until the card has played a non-zero sample on `channel` (of `channels`), that is, until
+    /// the client whose sound is on that channel is really streaming. Panics after `limit`.
+    pub fn wait_for_sound(&self, channels: usize, channel: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let b = std::fs::read(&self.rec).unwrap_or_default();
+            let step = 2 * channels;
+            if b.chunks_exact(step).any(|f| f[2 * channel] != 0 || f[2 * channel + 1] != 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "channel {channel} stayed silent on the card for {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A WAV path inside this rig's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -370,6 +386,20 @@ pub struct Piece {
     pub rec_at: usize,
     pub sound_at: usize,
     pub len: usize,
+}
+
+/// Waits (up to `limit`) until the file at `path` contains `needle`; returns its contents.
+/// Panics after `limit`. For programs whose output marks an event (a start-up line).
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{} never contained {needle:?} within {limit:?}:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Splits the recording into pieces of `sound`: every frame of the recording is either silence

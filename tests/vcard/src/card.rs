@@ -182,6 +182,19 @@ pub struct Card {
 
 const ENODEV: Errno = Errno(libc::ENODEV);
 
+/// `capture_continue`: where the last capture card closed on each `capture_file` (frames).
+static CAPTURE_POSITIONS: std::sync::Mutex<Vec<(std::path::PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        if let Some(path) = self.continue_path() {
+            let mut all = CAPTURE_POSITIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.retain(|(p, _)| *p != path);
+            all.push((path, self.capture_pos_frames));
+        }
+    }
+}
+
 impl Card {
     /// A stopped card; `playback_file`/`capture_file` are already open (or `None`).
     pub fn new(
@@ -220,6 +233,24 @@ impl Card {
             asleep: None,
             clock_file: None,
         }
+        .continued()
+    }
+
+    /// `capture_continue`: starts where the last card on the same capture file stopped.
+    fn continued(mut self) -> Self {
+        if let Some(path) = self.continue_path() {
+            let all = CAPTURE_POSITIONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, pos)) = all.iter().find(|(p, _)| *p == path) {
+                self.capture_pos_frames = *pos;
+            }
+        }
+        self
+    }
+
+    /// `capture_continue` on a capture card with a `capture_file`: that file's path.
+    fn continue_path(&self) -> Option<std::path::PathBuf> {
+        let on = self.cfg.capture_continue && self.dir == Direction::Capture && !self.cfg.loopback;
+        self.cfg.capture_file.clone().filter(|_| on)
     }
 
     /// Adds the `clock_file` (see [`Config::clock_file`]).

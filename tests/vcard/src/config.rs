@@ -92,6 +92,10 @@ pub struct Config {
     /// started (as it is appended, silence while nothing new has been played), instead of
     /// `capture_file`. Default false.
     pub loopback: bool,
+    /// `capture_continue`: a capture card opened on a `capture_file` goes on where the last one
+    /// on the same file (in this process) was closed, as a microphone's signal goes on while it
+    /// is unplugged and plugged in again. Default false: each open starts at the file's start.
+    pub capture_continue: bool,
     /// `period_min` in frames, default 16.
     pub period_min_frames: u32,
     /// `buffer_max` in frames, default 65536.
@@ -128,6 +132,7 @@ impl Default for Config {
             playback_file: None,
             capture_file: None,
             loopback: false,
+            capture_continue: false,
             period_min_frames: 16,
             buffer_max_frames: 65_536,
             skew_ppm: 0.0,
@@ -258,6 +263,7 @@ impl Config {
                 "playback_file" => c.playback_file = Some(string(k, &v)?.into()),
                 "capture_file" => c.capture_file = Some(string(k, &v)?.into()),
                 "loopback" => c.loopback = boolean(k, &v)?,
+                "capture_continue" => c.capture_continue = boolean(k, &v)?,
                 "period_min" => c.period_min_frames = int_in(k, &v, 1, 1 << 20)? as u32,
                 "buffer_max" => c.buffer_max_frames = int_in(k, &v, 2, 1 << 22)? as u32,
                 "skew_ppm" => c.skew_ppm = real_in(k, &v, -100_000.0, 100_000.0)?,
