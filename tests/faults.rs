@@ -169,6 +169,47 @@ fn wait_for_log(rig: &Rig, needle: &str, count: usize, limit: Duration) {
     }
 }
 
+/// The card's plug: a `gone_file` marker in a temp dir of its own; while the file exists the card
+/// is gone (open and the running device fail with ENODEV).
+struct Plug {
+    _dir: tempfile::TempDir,
+    marker: PathBuf,
+}
+
+impl Plug {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("unplugged");
+        Self { _dir: dir, marker }
+    }
+
+    /// The vcard key that ties the card to this plug.
+    fn key(&self) -> String {
+        format!("gone_file \"{}\"", self.marker.display())
+    }
+
+    /// A default card on this plug.
+    fn card(&self) -> Card {
+        Card { extra: vec![self.key()], ..Default::default() }
+    }
+
+    /// Pulls the card.
+    fn pull(&self) {
+        std::fs::write(&self.marker, b"").unwrap();
+    }
+
+    /// Pulls the card and waits until the daemon has logged that it vanished.
+    fn pull_and_wait(&self, rig: &Rig) {
+        self.pull();
+        wait_for_log(rig, "vanished", 1, Duration::from_secs(2));
+    }
+
+    /// Puts the card back.
+    fn put_back(&self) {
+        std::fs::remove_file(&self.marker).unwrap();
+    }
+}
+
 /// The card is pulled out for 2 s in the middle of a 4 s sound (its `gone_file` appears), and a
 /// second client starts while it is gone. The daemon keeps both clients connected: their streams
 /// hold still (aplay just waits in its blocking write), it retries opening the card, reopens it
@@ -178,9 +219,8 @@ fn wait_for_log(rig: &Rig, needle: &str, count: usize, limit: Duration) {
 /// contiguous (it waited in its ring).
 #[test]
 fn vanished_card_comes_back_and_clients_play_on() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let plug = Plug::new();
+    let card = plug.card();
     let mut rig = Rig::new(card, &[]);
     let (wa, sa) = side_wav(&rig, "a.wav", 4.0, 61, true);
     let (wb, sb) = side_wav(&rig, "b.wav", 1.0, 62, false);
@@ -188,15 +228,14 @@ fn vanished_card_comes_back_and_clients_play_on() {
     let mut a = spawn_aplay(&rig, &[], &wa);
     rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&marker, b"").unwrap();
-    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    plug.pull_and_wait(&rig);
     let gone_at = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let mut b = spawn_aplay(&rig, &["--mmap"], &wb);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(a.try_wait().unwrap().is_none(), "the first aplay ended while the card was gone");
     assert!(b.try_wait().unwrap().is_none(), "the second aplay ended while the card was gone");
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     let gone_for = gone_at.elapsed();
     let ra = finish(&mut a, start, Duration::from_secs(30));
     let rb = finish(&mut b, start, Duration::from_secs(30));
@@ -227,17 +266,15 @@ fn vanished_card_comes_back_and_clients_play_on() {
 /// the client fails within a second.
 #[test]
 fn sigterm_while_the_card_is_gone_exits_at_once() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let plug = Plug::new();
+    let card = plug.card();
     let mut rig = Rig::new(card, &[]);
     let (wav, _) = noise_wav(&rig, "noise.wav", 5.0, 71);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
     rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&marker, b"").unwrap();
-    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    plug.pull_and_wait(&rig);
     // Gone for 2.5 s: aplay's blocking write keeps waiting (alsa-lib's poll timeouts just loop).
     std::thread::sleep(Duration::from_millis(2500));
     assert!(a.try_wait().unwrap().is_none(), "aplay gave up while the card was gone");
@@ -364,20 +401,19 @@ fn probe_value(line: &str, key: &str) -> i64 {
 /// drains; the card has its sound in order with at most the device's buffer lost at the unplug.
 #[test]
 fn clients_hold_still_while_the_card_is_gone() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let plug = Plug::new();
+    let card = plug.card();
     let mut rig = Rig::new(card, &[]);
     let exe = compile_c(&rig, "wait_probe");
     let secs = 3.0;
     let start = Instant::now();
     let mut cmd = rig.cmd(&exe);
-    cmd.arg(secs.to_string()).arg(&marker).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(secs.to_string()).arg(&plug.marker).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn wait_probe");
     std::thread::sleep(Duration::from_millis(1000));
-    std::fs::write(&marker, b"").unwrap();
+    plug.pull();
     std::thread::sleep(Duration::from_millis(2000));
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     let r = finish(&mut child, start, Duration::from_secs(30));
     r.assert_ok("wait_probe");
     let line =
@@ -407,17 +443,15 @@ fn clients_hold_still_while_the_card_is_gone() {
 /// card comes back as before (config restored), it is reopened and the client plays on.
 #[test]
 fn card_back_with_another_setup_is_not_used() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let plug = Plug::new();
+    let card = plug.card();
     let mut rig = Rig::new(card, &[]);
     let (wav, sound) = noise_wav(&rig, "noise.wav", 3.0, 101);
     let start = Instant::now();
     let mut a = spawn_aplay(&rig, &[], &wav);
     rig.wait_for_sound(2, 0, Duration::from_secs(20)); // streaming, not merely spawned
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&marker, b"").unwrap();
-    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    plug.pull_and_wait(&rig);
     // alsa-lib rereads a config file at the next open when its inode or mtime (in whole
     // seconds) changed: replace it by a new file.
     let conf = std::fs::read_to_string(&rig.conf).unwrap();
@@ -428,7 +462,7 @@ fn card_back_with_another_setup_is_not_used() {
         std::fs::rename(&tmp, &rig.conf).unwrap();
     };
     replace_conf(&conf.replace("rate 48000", "rate 44100"));
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     wait_for_log(&rig, "it came back as", 1, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(700));
     assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card had the wrong setup");
@@ -493,15 +527,11 @@ fn assert_ordered(p: &[Piece], max_loss: usize, what: &str) -> usize {
 /// `device_present` true, `device_reopened` 1 after.
 #[test]
 fn recorders_wait_for_a_vanished_card_and_continue() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
+    let plug = Plug::new();
     let n_cap = 10 * RATE as usize;
     let cap_sound = interleave(&[noise(111, n_cap, 30000), noise(112, n_cap, 30000)]);
     let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let card = Card {
-        extra: vec![format!("gone_file \"{}\"", marker.display()), "capture_continue true".into()],
-        ..Default::default()
-    };
+    let card = Card { extra: vec![plug.key(), "capture_continue true".into()], ..Default::default() };
     let mut rig = Rig::with_capture(card, &[], Some(&cap_bytes));
     let (wav, sound) = noise_wav(&rig, "noise.wav", 4.0, 113);
     let cap_out = rig.path("capture.out");
@@ -518,8 +548,7 @@ fn recorders_wait_for_a_vanished_card_and_continue() {
     let mut mon = arecord("shmix_monitor", &mon_out);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(device_state(&rig), (true, 0, 0));
-    std::fs::write(&marker, b"").unwrap();
-    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    plug.pull_and_wait(&rig);
     let gone_at = Instant::now();
     std::thread::sleep(Duration::from_millis(1000));
     let during = device_state(&rig);
@@ -527,7 +556,7 @@ fn recorders_wait_for_a_vanished_card_and_continue() {
     for (c, what) in [(&mut play, "aplay"), (&mut cap, "arecord"), (&mut mon, "arecord (monitor)")] {
         assert!(c.try_wait().unwrap().is_none(), "{what} ended while the card was gone");
     }
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     let gone_for = gone_at.elapsed().as_secs_f64();
     let rc = finish(&mut cap, start, Duration::from_secs(30));
     let rm = finish(&mut mon, start, Duration::from_secs(30));
@@ -580,9 +609,8 @@ fn recorders_wait_for_a_vanished_card_and_continue() {
 /// the device's buffer lost at the unplug.
 #[test]
 fn drain_waits_for_a_vanished_card() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
+    let plug = Plug::new();
+    let card = plug.card();
     let mut rig = Rig::new(card, &[]);
     let secs = 2.0;
     let (wav, sound) = noise_wav(&rig, "noise.wav", secs, 121);
@@ -600,12 +628,11 @@ fn drain_waits_for_a_vanished_card() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let drain_seen = start.elapsed().as_secs_f64();
-    std::fs::write(&marker, b"").unwrap();
-    wait_for_log(&rig, "vanished", 1, Duration::from_secs(2));
+    plug.pull_and_wait(&rig);
     let gone_at = Instant::now();
     std::thread::sleep(Duration::from_millis(2500));
     assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was gone");
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     let gone_for = gone_at.elapsed().as_secs_f64();
     let r = finish(&mut a, start, Duration::from_secs(30));
     r.assert_ok("aplay draining through an unplug");
@@ -636,14 +663,12 @@ fn drain_waits_for_a_vanished_card() {
 /// card's capture file from its start, contiguous.
 #[test]
 fn daemon_waits_for_an_absent_card() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
-    let marker = marker_dir.path().join("unplugged");
-    std::fs::write(&marker, b"").unwrap();
+    let plug = Plug::new();
+    plug.pull();
     let n_cap = 5 * RATE as usize;
     let cap_sound = interleave(&[noise(132, n_cap, 30000), noise(133, n_cap, 30000)]);
     let cap_bytes: Vec<u8> = cap_sound.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
-    let mut rig = Rig::with_capture(card, &["--wait-for-device"], Some(&cap_bytes));
+    let mut rig = Rig::with_capture(plug.card(), &["--wait-for-device"], Some(&cap_bytes));
     // The default is unchanged: a second daemon without the flag gives up.
     let mut plain = rig.cmd(artifacts_dir().join("shmixd"));
     plain.arg("--socket").arg(rig.path("other.sock")).args(["--device", "card"]);
@@ -662,7 +687,7 @@ fn daemon_waits_for_an_absent_card() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(a.try_wait().unwrap().is_none(), "aplay ended while the card was absent");
     assert!(rec.try_wait().unwrap().is_none(), "arecord ended while the card was absent");
-    std::fs::remove_file(&marker).unwrap();
+    plug.put_back();
     let waited = start.elapsed().as_secs_f64();
     let r = finish(&mut a, start, Duration::from_secs(30));
     r.assert_ok("aplay started before the card appeared");
