@@ -6,10 +6,8 @@
 //! `scripts/compat-figures.sh` collects for the README's table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
-use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
 
 use crate::common::analysis::*;
 use crate::common::*;
@@ -54,58 +52,22 @@ struct Measured {
 }
 
 /// Runs `cmd` to the end (at most `limit`), measuring its CPU (wait4) and the daemon's.
-#[allow(clippy::zombie_processes)] // reaped by wait4 (std's Child cannot report rusage)
-fn measure(rig: &Rig, mut cmd: Command, limit: Duration) -> Measured {
+fn measure(rig: &Rig, cmd: Command, limit: Duration) -> Measured {
     let dpid = rig.daemon_pid();
     let d0 = proc_cpu_ns(dpid);
-    let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status = 0;
+    // The program's CPU at its first tick after 0.5 s (start-up), with the time of that sample.
     let mut early: Option<(f64, Duration)> = None;
-    loop {
-        // SAFETY: wait4 on our own child with valid out pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
+    let (run, ru) = run_rusage(cmd, limit, |pid, elapsed| {
+        if early.is_none() && elapsed >= Duration::from_millis(500) {
+            early = proc_ticks(pid).map(|t| (ticks_to_secs(t), elapsed));
         }
-        if early.is_none() && start.elapsed() >= Duration::from_millis(500) {
-            early = proc_ticks(pid).map(|t| (ticks_to_secs(t), start.elapsed()));
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("program did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let wall = start.elapsed();
+    });
+    let wall = run.wall;
     let daemon_cpu = proc_cpu_ns(dpid).saturating_sub(d0) as f64 / 1e9;
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+    let cpu = cpu_secs(&ru);
     let steady_share = match early {
         Some((c0, t0)) if wall > t0 + Duration::from_millis(300) => (cpu - c0).max(0.0) / (wall - t0).as_secs_f64(),
         _ => cpu / wall.as_secs_f64(),
-    };
-    let run = Run {
-        status: ExitStatus::from_raw(status),
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        wall,
     };
     Measured { run, cpu, steady_share, daemon_cpu }
 }

@@ -88,10 +88,11 @@ impl Raw {
     }
 
     fn create(&self, memfd: RawFd, memfd_bytes: u64) {
-        self.create_with(self.params(), memfd, memfd_bytes);
+        let _ = self.create_with(self.params(), memfd, memfd_bytes);
     }
 
-    pub(crate) fn create_with(&self, params: AudioParams, memfd: RawFd, memfd_bytes: u64) {
+    /// Sends `CreateStream` for `memfd`; returns its (client_wake, daemon_wake) eventfds.
+    pub(crate) fn create_with(&self, params: AudioParams, memfd: RawFd, memfd_bytes: u64) -> (OwnedFd, OwnedFd) {
         let (a, b) = (eventfd(), eventfd());
         let msg = SocketMsg::CreateStream {
             params,
@@ -101,13 +102,23 @@ impl Raw {
             quality: ResampleQuality::Default,
         };
         socket::send(self.sock.as_fd(), &msg, &[memfd, a.as_raw_fd(), b.as_raw_fd()]).unwrap();
+        (a, b)
+    }
+
+    /// A valid stream of `params`, ready: its memfd, mapping, and (client_wake, daemon_wake).
+    pub(crate) fn ready_stream(&self, params: AudioParams, name: &str) -> (OwnedFd, StreamShm, OwnedFd, OwnedFd) {
+        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
+        let (fd, shm) = StreamShm::create(layout, name).unwrap();
+        let (client_wake, daemon_wake) = self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
+        assert!(matches!(self.answer(), Some(SocketMsg::StreamReady { .. })), "valid stream refused");
+        (fd, shm, client_wake, daemon_wake)
     }
 
     /// Asks for a stream of `params` on a fresh memfd; the daemon's answer and the mapping.
     pub(crate) fn try_stream(&self, params: AudioParams) -> (Option<SocketMsg>, OwnedFd, StreamShm) {
         let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
         let (fd, shm) = StreamShm::create(layout, "hostile").unwrap();
-        self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
+        let _ = self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
         (self.answer(), fd, shm)
     }
 

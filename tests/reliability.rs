@@ -630,21 +630,7 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
             let c = RawAt::connect(&sock, Direction::Playback).expect("connect");
             let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
-            let layout =
-                shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS)
-                    .unwrap();
-            let (fd, shm) = StreamShm::create(layout, "flood").unwrap();
-            let (client_wake, daemon_wake) = (crate::hostile::eventfd(), crate::hostile::eventfd());
-            let msg = SocketMsg::CreateStream {
-                params,
-                msg_records: DEFAULT_MSG_RECORDS,
-                memfd_bytes: layout.total_bytes,
-                chmap: shmix_shared::ChannelMap::standard(params.channels),
-                quality: shmix_shared::ResampleQuality::Default,
-            };
-            let fds = [fd.as_raw_fd(), client_wake.as_raw_fd(), daemon_wake.as_raw_fd()];
-            socket::send(c.0.sock.as_fd(), &msg, &fds).unwrap();
-            assert!(matches!(c.0.answer(), Some(SocketMsg::StreamReady { .. })));
+            let (fd, shm, _client_wake, daemon_wake) = c.0.ready_stream(params, "flood");
             let mut end = RingEnd::default();
             let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 0 });
             let one = 1u64.to_ne_bytes();
@@ -705,20 +691,7 @@ fn records_are_answered_while_the_card_is_gone() {
     let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
     let rig = Rig::new(card, &[]);
     let c = Raw::connect(&rig);
-    let params = c.params();
-    let layout =
-        shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
-    let (fd, shm) = StreamShm::create(layout, "gone").unwrap();
-    let (client_wake, daemon_wake) = (crate::hostile::eventfd(), crate::hostile::eventfd());
-    let msg = SocketMsg::CreateStream {
-        params,
-        msg_records: DEFAULT_MSG_RECORDS,
-        memfd_bytes: layout.total_bytes,
-        chmap: shmix_shared::ChannelMap::standard(params.channels),
-        quality: shmix_shared::ResampleQuality::Default,
-    };
-    socket::send(c.sock.as_fd(), &msg, &[fd.as_raw_fd(), client_wake.as_raw_fd(), daemon_wake.as_raw_fd()]).unwrap();
-    assert!(matches!(c.answer(), Some(SocketMsg::StreamReady { .. })));
+    let (fd, shm, _client_wake, daemon_wake) = c.ready_stream(c.params(), "gone");
     std::fs::write(&marker, b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while !rig.daemon_log().contains("vanished") {

@@ -3,9 +3,8 @@
 //! sizes, delay/pause/drop/drain/abort/status/wait from a C program on alsa-lib's API, no
 //! descriptor leaks over many open/close cycles, and the daemon's recovery from a device xrun.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -106,62 +105,13 @@ fn counters_mmap_copies_no_frame() {
 
 // ----- 2. non-blocking programs: bit-exact, and they sleep ---------------------------------
 
-/// Runs `cmd` to the end (at most `limit`) and returns its output with its rusage (wait4).
-#[allow(clippy::zombie_processes)] // reaped by wait4 (std's Child cannot report rusage)
-fn run_rusage(mut cmd: Command, limit: Duration) -> (Run, libc::rusage) {
-    let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status = 0;
-    loop {
-        // SAFETY: wait4 on our own child with valid out pointers.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("program did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let wall = start.elapsed();
-    let run = Run {
-        status: ExitStatus::from_raw(status),
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        wall,
-    };
-    (run, ru)
-}
-
-fn cpu_secs(ru: &libc::rusage) -> f64 {
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 fn nonblocking(extra: &[&str]) {
     let rig = Rig::new(Card::default(), &[]);
     let secs = 2.0;
     let sound = stereo_noise(201, secs);
     let wav = rig.path("noise.wav");
     write_wav(&wav, 2, RATE, &sound);
-    let (r, ru) = run_rusage(aplay(&rig, extra, &wav), Duration::from_secs(30));
+    let (r, ru) = run_rusage(aplay(&rig, extra, &wav), Duration::from_secs(30), |_, _| {});
     r.assert_ok("aplay -N");
     let wall = r.wall.as_secs_f64();
     let cpu = cpu_secs(&ru);

@@ -268,6 +268,63 @@ pub fn run(mut cmd: Command, limit: Duration) -> Run {
     finish(&mut child, start, limit)
 }
 
+/// Runs `cmd` to the end (at most `limit`, else it is killed and the test fails) with its output
+/// collected, and returns it with the program's rusage (all threads, from wait4: std's `Child`
+/// cannot report it). `tick(pid, elapsed)` is called every 5 ms while it runs.
+#[allow(clippy::zombie_processes)] // reaped by wait4
+pub fn run_rusage(
+    mut cmd: Command,
+    limit: Duration,
+    mut tick: impl FnMut(libc::pid_t, Duration),
+) -> (Run, libc::rusage) {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    loop {
+        // SAFETY: wait4 on our own child with valid out pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            break;
+        }
+        tick(pid, start.elapsed());
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("program did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = start.elapsed();
+    let run = Run {
+        status: ExitStatus::from_raw(status),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        wall,
+    };
+    (run, ru)
+}
+
+/// User plus system CPU seconds of a rusage.
+pub fn cpu_secs(ru: &libc::rusage) -> f64 {
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Waits for a spawned child (stdout/stderr piped) at most `limit` and collects its output.
 pub fn finish(child: &mut Child, start: Instant, limit: Duration) -> Run {
     let mut out = child.stdout.take();
