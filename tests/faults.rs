@@ -178,7 +178,7 @@ struct Plug {
 
 impl Plug {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch_dir("shmix-plug-");
         let marker = dir.path().join("unplugged");
         Self { _dir: dir, marker }
     }

@@ -530,7 +530,7 @@ fn fake_daemon(listen: &OwnedFd, lie: Lie) {
 /// sequences.
 #[test]
 fn the_plugin_survives_a_lying_daemon() {
-    let dir = tempfile::Builder::new().prefix("shmix-fake-").tempdir().unwrap();
+    let dir = scratch_dir("shmix-fake-");
     let art = artifacts_dir();
     let sock = dir.path().join("fake.sock");
     let conf = dir.path().join("asound.conf");
@@ -686,7 +686,7 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
 /// are both answered at once.
 #[test]
 fn records_are_answered_while_the_card_is_gone() {
-    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker_dir = scratch_dir("shmix-plug-");
     let marker = marker_dir.path().join("unplugged");
     let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
     let rig = Rig::new(card, &[]);

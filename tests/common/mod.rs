@@ -42,6 +42,38 @@ impl Default for Card {
     }
 }
 
+/// Where rigs keep their files: `SHMIX_TEST_DIR` if set, else `/dev/shm` when it is a writable
+/// directory, else the system temp dir. The virtual card writes its recording from inside the
+/// daemon's mix thread; on a disk file system that write sometimes waits for a journal commit
+/// (tens of ms on a busy virtual disk: measured as zeros in the recording of bit-exact tests
+/// while another process wrote to the disk), which the card then plays as an underrun and a
+/// test would blame on shmix. A tmpfs write never waits for the disk.
+pub fn scratch_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHMIX_TEST_DIR") {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    // Writable, and not mounted noexec (tests run the C programs they compile from there).
+    // SAFETY: access(2) and statvfs(2) on a NUL-terminated path, `st` a valid out pointer.
+    let usable = shm.is_dir()
+        && unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            libc::access(c"/dev/shm".as_ptr(), libc::W_OK | libc::X_OK) == 0
+                && libc::statvfs(c"/dev/shm".as_ptr(), &mut st) == 0
+                && st.f_flag & libc::ST_NOEXEC == 0
+        };
+    if usable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// A fresh private directory under [`scratch_root`], removed when dropped.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir_in(scratch_root()).expect("tempdir")
+}
+
 /// A private ALSA setup with a virtual card, and a daemon on it.
 #[derive(Debug)]
 pub struct Rig {
@@ -64,7 +96,7 @@ impl Rig {
     /// format, written to `capture.raw` in the rig's dir; silence after its end).
     pub fn with_capture(mut card: Card, daemon_args: &[&str], capture: Option<&[u8]>) -> Self {
         let art = artifacts_dir();
-        let dir = tempfile::Builder::new().prefix("shmix-test-").tempdir().expect("tempdir");
+        let dir = scratch_dir("shmix-test-");
         let conf = dir.path().join("asound.conf");
         let sock = dir.path().join("shmix.sock");
         let rec = dir.path().join("card.raw");
@@ -206,6 +238,14 @@ impl Drop for Rig {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        if std::thread::panicking() {
+            // A failed test shows what the daemon saw (its stats lines count device xruns and
+            // stream underruns: whether a gap was the machine's or a client's).
+            let log = self.daemon_log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- last {} lines of the daemon's log ---\n{}", tail.len(), tail.join("\n"));
         }
     }
 }
@@ -426,10 +466,11 @@ pub fn assert_contiguous(recorded: &[i16], expected: &[i16], frame: usize, what:
     );
     if let Some(i) = (0..expected.len()).find(|&i| recorded[start + i] != expected[i]) {
         panic!(
-            "{what}: first difference at frame {} of the sound (recorded {:?}, expected {:?}; sound starts at frame {start_frame})",
+            "{what}: first difference at frame {} of the sound (recorded {:?}, expected {:?}; sound starts at frame {start_frame}); {}",
             i / frame,
             &recorded[start + i..(start + i + 8).min(recorded.len())],
-            &expected[i..(i + 8).min(expected.len())]
+            &expected[i..(i + 8).min(expected.len())],
+            describe_gap(recorded, expected, frame, start + i - i % frame, i - i % frame)
         );
     }
     if let Some(i) = recorded[end..].iter().position(|s| *s != 0) {
@@ -437,6 +478,26 @@ pub fn assert_contiguous(recorded: &[i16], expected: &[i16], frame: usize, what:
     }
     start_frame
 }
+/// For a failure message: what the recording holds from frame `rec_at` on where `expected`
+/// (from `sound_at`) was due: how many silent frames, and where the sound picks up again.
+fn describe_gap(recorded: &[i16], expected: &[i16], frame: usize, rec_at: usize, sound_at: usize) -> String {
+    let silent = recorded[rec_at..].chunks_exact(frame).take_while(|f| f.iter().all(|s| *s == 0)).count();
+    let next = rec_at + silent * frame;
+    let Some(probe) = recorded.get(next..next + 4 * frame) else {
+        return format!("{silent} silent frames to the end of the recording");
+    };
+    let found =
+        expected.chunks_exact(frame).enumerate().map(|(k, _)| k * frame).find(|&k| expected[k..].starts_with(probe));
+    match found {
+        Some(k) => format!(
+            "{silent} silent frames, then the sound goes on at its frame {} ({} frames skipped)",
+            k / frame,
+            (k as i64 - sound_at as i64) / frame as i64
+        ),
+        None => format!("{silent} silent frames, then something that is not in the sound"),
+    }
+}
+
 /// One stretch of the recording that equals `sound[sound_at..sound_at + len]` (frames).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {

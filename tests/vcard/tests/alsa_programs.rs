@@ -35,7 +35,11 @@ impl Rig {
     /// `card_body` goes inside `pcm.card { type shmix_vcard ... }`; `{dir}` is replaced by the
     /// temp dir's path.
     fn new(card_body: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // tmpfs when there is one: the card writes its recording from the playing thread, and a
+        // disk write that waits for a journal commit would be heard as an underrun.
+        let shm = Path::new("/dev/shm");
+        let root = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let dir = tempfile::Builder::new().prefix("shmix-vcard-").tempdir_in(root).expect("tempdir");
         let body = card_body.replace("{dir}", dir.path().to_str().expect("utf-8 temp path"));
         let conf = format!(
             "pcm_type.shmix_vcard {{ lib \"{}\" }}\npcm.card {{\n type shmix_vcard\n {body}\n}}\n",
