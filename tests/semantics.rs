@@ -314,6 +314,20 @@ pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rat
         })
         .collect();
     let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    // The worst samples, for a failure's story (when in the run, what was written and said).
+    let mut worst: Vec<usize> = (0..errs.len()).collect();
+    worst.sort_by(|&a, &b| errs[b].abs().total_cmp(&errs[a].abs()));
+    for &i in worst.iter().take(3) {
+        let (t0, t1, w, d) = samples[i];
+        eprintln!(
+            "sample {i} of {}: {:.1} ms after the first, written {w}, delay {d}, truth {:.1}..{:.1}, error {:+.1}",
+            samples.len(),
+            (t0 - samples[0].0) as f64 / 1e6,
+            truth(t1, w),
+            truth(t0, w),
+            errs[i]
+        );
+    }
     let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
     abs.sort_by(f64::total_cmp);
     let pct = |q: f64| abs[((abs.len() - 1) as f64 * q) as usize];

@@ -163,7 +163,12 @@ pub fn raw_delay(
 ) -> Option<i64> {
     let (pos, queued, ts) = snapshot;
     let fill = write.wrapping_sub(pos);
-    if fill > buffer {
+    // The daemon publishes its read position before the snapshot (the same cycle, after the
+    // device commit): in between we may see the new position and fill the space it freed, so
+    // an honest snapshot can be up to one daemon cycle (less than a buffer) behind a full ring.
+    // The formula still holds then: frames taken since the snapshot went to the device queue,
+    // not to the speaker. (Refusing it fell back to the ring fill, one device buffer short.)
+    if fill > buffer.saturating_mul(2) {
         return None;
     }
     let elapsed_frames =
@@ -1322,6 +1327,11 @@ mod tests {
         assert_eq!(raw_delay(2000, (1000, 441, 1_000_000), 11_000_000, 44100, 4096, false), Some(1000));
         // A snapshot beyond our write position is ignored.
         assert_eq!(raw_delay(5, (10, 0, 0), 0, 48000, 4096, false), None);
+        // A snapshot taken just before the daemon's last take, the ring refilled since: the
+        // frames taken since are in the device queue, still counted.
+        assert_eq!(raw_delay(4096 + 256, (0, 1024, 1_000_000), 1_000_000, 48000, 4096, false), Some(4096 + 256 + 1024));
+        // More than two buffers behind our writes is not a snapshot of this ring.
+        assert_eq!(raw_delay(8193, (0, 0, 0), 0, 48000, 4096, false), None);
     }
 
     #[test]
