@@ -328,6 +328,77 @@ fn speaker_test(channels: u32, speaker: u32, extra: &[&str]) {
     }
 }
 
+/// speaker-test's own generators (`-t sine`, `-t pink`; about 5 s on one speaker) are
+/// deterministic whatever the buffer: the same command straight into a second virtual card is
+/// the reference. Through shmix the named speaker's channel is that reference bit-exact (over
+/// the length both played: speaker-test's length follows its buffer choice), the other silent.
+fn speaker_test_generator(kind: &[&str], speaker: u32) {
+    let rig = Rig::new(Card::default(), &[]);
+    let name = format!("speaker-test -c 2 -s {speaker} -t {}", kind.join(" "));
+    let bare_rec = rig.path("bare.raw");
+    let bare_conf = rig.path("bare.conf");
+    std::fs::write(
+        &bare_conf,
+        format!(
+            "pcm_type.shmix_vcard {{ lib \"{}\" }}\npcm.bare {{ type shmix_vcard format S16_LE rate {RATE} channels 2 \
+             playback_file \"{}\" }}\n",
+            artifacts_dir().join("libasound_module_pcm_shmix_vcard.so").display(),
+            bare_rec.display()
+        ),
+    )
+    .unwrap();
+    let args = |dev: &str| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["-D", dev, "-c", "2", "-s", &speaker.to_string(), "-l", "1", "-t"].map(String::from).into();
+        a.extend(kind.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut bare = Command::new("speaker-test");
+    bare.args(args("bare")).env("ALSA_CONFIG_PATH", format!("/usr/share/alsa/alsa.conf:{}", bare_conf.display()));
+    run(bare, Duration::from_secs(30)).assert_ok(&format!("{name} on the bare card"));
+    let target = speaker as usize - 1;
+    let raw = std::fs::read(&bare_rec).unwrap();
+    let bare_s16: Vec<i16> = raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    let reference = channel(&bare_s16, 2, target);
+    let span = |c: &[i16]| {
+        let first = c.iter().position(|s| *s != 0).unwrap_or(c.len());
+        let last = c.iter().rposition(|s| *s != 0).map_or(first, |l| l + 1);
+        (first, last)
+    };
+    let (r0, r1) = span(&reference);
+    assert!(r1 - r0 > 4 * RATE as usize, "{name}: the bare card got only {} frames", r1 - r0);
+    let mut c = rig.cmd("speaker-test");
+    c.args(args("shmix"));
+    let m = measure(&rig, c, Duration::from_secs(30));
+    let rec = rig.recording_s16();
+    let chan = channel(&rec, 2, target);
+    let (s0, s1) = span(&chan);
+    check_run(&name, &m, (s1 - s0) as f64 / f64::from(RATE), CPU_SHARE);
+    assert!(channel(&rec, 2, 1 - target).iter().all(|s| *s == 0), "{name}: the other channel is not silent");
+    // Both runs are speaker-test's nperiods times its period: compare what both played.
+    let n = (r1 - r0).min(s1 - s0);
+    assert!(n * 10 >= (r1 - r0) * 9, "{name}: {} frames through shmix, {} on the bare card", s1 - s0, r1 - r0);
+    if let Some(i) = (0..n).find(|&i| chan[s0 + i] != reference[r0 + i]) {
+        panic!(
+            "{name}: frame {i} of {n} differs: {} through shmix, {} on the bare card",
+            chan[s0 + i],
+            reference[r0 + i]
+        );
+    }
+    let peak = reference[r0..r1].iter().map(|s| i32::from(*s).abs()).max().unwrap_or(0);
+    eprintln!("{name}: {n} frames bit-exact against the bare card (peak {peak})");
+}
+
+#[test]
+fn speaker_test_sine_is_the_bare_cards() {
+    speaker_test_generator(&["sine", "-f", "997"], 1);
+}
+
+#[test]
+fn speaker_test_pink_noise_is_the_bare_cards() {
+    speaker_test_generator(&["pink"], 2);
+}
+
 #[test]
 fn speaker_test_2ch_default_buffer() {
     speaker_test(2, 2, &[]);
