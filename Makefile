@@ -44,6 +44,9 @@ loom:
 # The whole suite: unit, property, loom and integration tests (the latter need the built
 # plugin, daemon and virtual card, hence the build first).
 test: build
+	@# The build leaves gigabytes of dirty pages; written back during the run they load the
+	@# disk and the kernel under the real-time tests. Flush them first.
+	sync
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) loom
 

@@ -380,9 +380,10 @@ fn speaker_test_generator(kind: &[&str], speaker: u32) {
     assert!(n * 10 >= (r1 - r0) * 9, "{name}: {} frames through shmix, {} on the bare card", s1 - s0, r1 - r0);
     if let Some(i) = (0..n).find(|&i| chan[s0 + i] != reference[r0 + i]) {
         panic!(
-            "{name}: frame {i} of {n} differs: {} through shmix, {} on the bare card",
+            "{name}: frame {i} of {n} differs: {} through shmix, {} on the bare card; {}",
             chan[s0 + i],
-            reference[r0 + i]
+            reference[r0 + i],
+            describe_gap(&chan, &reference[r0..r1], 1, s0 + i, i)
         );
     }
     let peak = reference[r0..r1].iter().map(|s| i32::from(*s).abs()).max().unwrap_or(0);

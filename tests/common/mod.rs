@@ -480,7 +480,7 @@ pub fn assert_contiguous(recorded: &[i16], expected: &[i16], frame: usize, what:
 }
 /// For a failure message: what the recording holds from frame `rec_at` on where `expected`
 /// (from `sound_at`) was due: how many silent frames, and where the sound picks up again.
-fn describe_gap(recorded: &[i16], expected: &[i16], frame: usize, rec_at: usize, sound_at: usize) -> String {
+pub fn describe_gap(recorded: &[i16], expected: &[i16], frame: usize, rec_at: usize, sound_at: usize) -> String {
     let silent = recorded[rec_at..].chunks_exact(frame).take_while(|f| f.iter().all(|s| *s == 0)).count();
     let next = rec_at + silent * frame;
     let Some(probe) = recorded.get(next..next + 4 * frame) else {
