@@ -5,7 +5,7 @@
 //! `compat-figure` line (program and daemon CPU per audio second) that
 //! `scripts/compat-figures.sh` collects for the README's table.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -102,16 +102,6 @@ fn check_run(name: &str, m: &Measured, audio_secs: f64, max_share: f64) {
 const CPU_SHARE: f64 = 0.05;
 /// Small periods mean more wake-ups; still far from a busy loop.
 const CPU_SHARE_SMALL_PERIODS: f64 = 0.20;
-
-fn stereo_noise(seed: u32, secs: f64) -> Vec<i16> {
-    let n = (secs * f64::from(RATE)) as usize;
-    interleave(&[noise(seed, n, 30000), noise(seed + 1000, n, 30000)])
-}
-
-fn write_raw(path: &Path, samples: &[i16]) {
-    let b: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(path, b).expect("write raw");
-}
 
 fn read_s16(path: &Path) -> Vec<i16> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -549,29 +539,9 @@ fn gst_alsasrc_f32_44100_tone() {
 
 // ----- C programs on PortAudio, SDL2, OpenAL Soft -------------------------------------------------
 
-/// Compiles `tests/c/NAME.c` against `libs` (pkg-config names or -l flags).
-fn compile_with(rig: &Rig, name: &str, libs: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
-    let exe = rig.path(name);
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .args(libs)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e})"));
-    assert!(
-        out.status.success(),
-        "compiling {} failed (the Makefile's DEB_PACKAGES has its -dev package):\n{}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
-}
-
 fn portaudio(mode: &str) {
     let rig = Rig::new(Card::default(), &[]);
-    let exe = compile_with(&rig, "pa_play", &["-lportaudio"]);
+    let exe = compile_c_with(&rig, "pa_play", &["-lportaudio"]);
     let name = format!("PortAudio {mode}");
     let m = plays_bit_exact(&rig, &name, 51, 1.5, CPU_SHARE, |_, raw| {
         let mut c = rig.cmd(&exe);
@@ -598,7 +568,7 @@ fn portaudio_callback() {
 #[test]
 fn sdl2_callback() {
     let rig = Rig::new(Card::default(), &[]);
-    let exe = compile_with(&rig, "sdl_play", &["-I/usr/include/SDL2", "-lSDL2"]);
+    let exe = compile_c_with(&rig, "sdl_play", &["-I/usr/include/SDL2", "-lSDL2"]);
     let m = plays_bit_exact(&rig, "SDL2 (alsa)", 61, 1.5, CPU_SHARE, |_, raw| {
         let mut c = rig.cmd(&exe);
         c.arg(raw).env("SDL_AUDIODRIVER", "alsa").env("AUDIODEV", "shmix").env("SHMIX_DEBUG", "1");
@@ -615,7 +585,7 @@ fn sdl2_callback() {
 #[test]
 fn openal_soft_mmap() {
     let rig = Rig::new(Card::default(), &[]);
-    let exe = compile_with(&rig, "openal_play", &["-lopenal"]);
+    let exe = compile_c_with(&rig, "openal_play", &["-lopenal"]);
     let conf = rig.path("alsoft.conf");
     std::fs::write(
         &conf,

@@ -12,17 +12,6 @@ use crate::common::*;
 const RATE: u32 = 48000;
 const CH: usize = 2;
 
-/// Stereo noise, `secs` long, from two seeds (never a frame of zeros).
-fn stereo_noise(seed: u32, secs: f64) -> Vec<i16> {
-    let n = (secs * f64::from(RATE)) as usize;
-    interleave(&[noise(seed, n, 30000), noise(seed + 1000, n, 30000)])
-}
-
-fn write_raw(path: &Path, samples: &[i16]) {
-    let b: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(path, b).expect("write raw");
-}
-
 fn aplay(rig: &Rig, extra: &[&str], wav: &Path) -> Command {
     let mut c = rig.cmd("aplay");
     c.args(["-D", "shmix"]).args(extra).arg(wav);

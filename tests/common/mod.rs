@@ -252,16 +252,26 @@ impl Drop for Rig {
 
 /// Compiles `tests/c/NAME.c` (against alsa-lib and libm) into the rig's temp dir.
 pub fn compile_c(rig: &Rig, name: &str) -> PathBuf {
+    compile_c_with(rig, name, &["-lasound", "-lm"])
+}
+
+/// Compiles `tests/c/NAME.c` against `libs` (compiler flags: `-l`, `-I`) into the rig's temp dir.
+pub fn compile_c_with(rig: &Rig, name: &str, libs: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
     let exe = rig.path(name);
     let out = Command::new("cc")
         .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
         .arg(&src)
-        .args(["-lasound", "-lm"])
+        .args(libs)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (and libasound2-dev)"));
-    assert!(out.status.success(), "compiling {} failed:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `cc` ({e}): install gcc (`make deps`)"));
+    assert!(
+        out.status.success(),
+        "compiling {} failed (the Makefile's DEB_PACKAGES has its -dev package):\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     exe
 }
 
@@ -416,6 +426,18 @@ pub fn noise(seed: u32, n: usize, amp: i16) -> Vec<i16> {
 }
 
 /// Interleaves per-channel sample lists (all the same length).
+/// Stereo noise at 48 kHz, `secs` long, from two seeds (never a frame of zeros).
+pub fn stereo_noise(seed: u32, secs: f64) -> Vec<i16> {
+    let n = (secs * 48000.0) as usize;
+    interleave(&[noise(seed, n, 30000), noise(seed + 1000, n, 30000)])
+}
+
+/// Writes interleaved S16 samples as raw little-endian bytes.
+pub fn write_raw(path: &Path, samples: &[i16]) {
+    let b: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(path, b).expect("write raw");
+}
+
 pub fn interleave(chans: &[Vec<i16>]) -> Vec<i16> {
     let n = chans[0].len();
     (0..n).flat_map(|i| chans.iter().map(move |c| c[i])).collect()
