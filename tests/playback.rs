@@ -49,6 +49,36 @@ fn aplay_small_periods_is_bit_exact() {
     plays_bit_exact(&["--period-size=256", "--buffer-size=4096"]);
 }
 
+/// `--idle-stop`: with no stream left the daemon stops the device and sleeps (its mix cycles
+/// stand still), and the next client starts it again: both sounds reach the card bit-exact, in
+/// order, with only silence around them.
+#[test]
+fn idle_stop_sleeps_and_the_next_client_starts_the_device() {
+    let rig = Rig::new(Card::default(), &["--idle-stop", "0.5"]);
+    let n = RATE as usize / 2;
+    let (a, b) = (
+        interleave(&[noise(71, n, 30000), noise(72, n, 30000)]),
+        interleave(&[noise(73, n, 30000), noise(74, n, 30000)]),
+    );
+    let (wa, wb) = (rig.path("a.wav"), rig.path("b.wav"));
+    write_wav(&wa, 2, RATE, &a);
+    write_wav(&wb, 2, RATE, &b);
+    run(aplay(&rig, &[], &wa), Duration::from_secs(30)).assert_ok("aplay (first)");
+    wait_for_text(&rig.log, "idle stops 1", Duration::from_secs(10));
+    // Two stats lines apart while stopped: the mix thread did not wake (a running device
+    // wakes it 187.5 times a second at 256-frame periods).
+    let c0 = rig.daemon_cycles();
+    std::thread::sleep(Duration::from_millis(2200));
+    let c1 = rig.daemon_cycles();
+    eprintln!("idle: mix cycles {c0} -> {c1} in 2.2 s");
+    assert!(c1 - c0 <= 2, "the idle daemon kept waking: {} cycles in 2.2 s", c1 - c0);
+    run(aplay(&rig, &[], &wb), Duration::from_secs(30)).assert_ok("aplay (second)");
+    let both: Vec<i16> = a.iter().chain(&b).copied().collect();
+    let p = pieces_of(&rig.recording_s16(), &both, 2, "idle stop");
+    let got: Vec<(usize, usize)> = p.iter().map(|x| (x.sound_at, x.len)).collect();
+    assert_eq!(got, vec![(0, n), (n, n)], "both sounds whole and in order: {p:?}");
+}
+
 #[test]
 fn two_clients_one_per_channel_are_each_bit_exact() {
     let rig = Rig::new(Card::default(), &[]);

@@ -613,15 +613,6 @@ fn the_plugin_survives_a_lying_daemon() {
     }
 }
 
-/// The daemon's mix-cycle counter from its latest statistics line (logged each second at debug).
-fn daemon_cycles(rig: &Rig) -> u64 {
-    let log = rig.daemon_log();
-    log.lines()
-        .rev()
-        .find_map(|l| l.split(" cycles ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Clients that try to keep the real-time mix thread busy: one writes its daemon_wake eventfd in
 /// a tight loop, one floods valid records as fast as it can, one makes its message ring look
 /// non-empty forever by rewriting the daemon's read cursor in its memory. The mix thread still
@@ -672,9 +663,9 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
     }
     std::thread::sleep(Duration::from_millis(1200));
     let pid = rig.daemon_pid();
-    let (cyc0, cpu0, t0) = (daemon_cycles(&rig), cpu_ticks(pid), Instant::now());
+    let (cyc0, cpu0, t0) = (rig.daemon_cycles(), cpu_ticks(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
-    let (cyc1, cpu1, dt) = (daemon_cycles(&rig), cpu_ticks(pid), t0.elapsed());
+    let (cyc1, cpu1, dt) = (rig.daemon_cycles(), cpu_ticks(pid), t0.elapsed());
     stop.store(true, Ordering::Relaxed);
     let ops: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let r = finish(&mut good, start, Duration::from_secs(40));

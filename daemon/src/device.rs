@@ -493,6 +493,15 @@ impl Device {
         check("snd_pcm_prepare", unsafe { sys::snd_pcm_prepare(self.pcm) }).map(drop)
     }
 
+    /// `snd_pcm_drop`: stops the device (it keeps its setup; `restart` starts it again).
+    ///
+    /// # Errors
+    /// The alsa-lib error.
+    pub fn stop(&self) -> Result<(), AlsaError> {
+        // SAFETY: `pcm` is open.
+        check("snd_pcm_drop", unsafe { sys::snd_pcm_drop(self.pcm) }).map(drop)
+    }
+
     /// `snd_pcm_start`.
     ///
     /// # Errors

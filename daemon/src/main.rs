@@ -88,6 +88,10 @@ struct Cli {
     /// Seconds a new connection has to send its Hello before it is dropped [default: 5]
     #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
     handshake_timeout: Option<std::time::Duration>,
+    /// Stop the device after this many seconds without any stream (an idle daemon then sleeps
+    /// until a client comes; the next stream starts it again) [default: never]
+    #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
+    idle_stop: Option<std::time::Duration>,
 }
 
 fn parse_format(s: &str) -> Result<SampleFormat, String> {
@@ -292,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
         .keep_capture_open(cli.keep_capture_open)
+        .idle_stop(cli.idle_stop.unwrap_or_default())
         .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;

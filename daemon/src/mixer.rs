@@ -64,6 +64,8 @@ pub struct Counters {
     pub capture_lost: AtomicU64,
     /// Times a vanished capture device was reopened and the recorders went on.
     pub capture_reopened: AtomicU64,
+    /// Times the playback device was stopped after `--idle-stop` without streams.
+    pub idle_stops: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
     /// Times a stream's wakeups were muted until the next device period (it woke the mix thread,

@@ -98,6 +98,13 @@ pub struct MixThread {
     /// CLOCK_MONOTONIC ns of the next reopen attempt while `capture_lost`.
     capture_retry_ns: u64,
     capture_retry_ms: u64,
+    /// `--idle-stop` in ns (0: never): how long the playback device runs without any stream
+    /// before it is stopped (no wakeups at all while idle).
+    idle_stop_ns: u64,
+    /// CLOCK_MONOTONIC ns since which there has been no stream (while the device runs).
+    idle_since_ns: Option<u64>,
+    /// The device is stopped for idleness; the next stream starts it again.
+    idle_stopped: bool,
 }
 
 /// Why the loop ended.
@@ -141,7 +148,17 @@ impl MixThread {
             capture_lost: false,
             capture_retry_ns: 0,
             capture_retry_ms: 0,
+            idle_stop_ns: 0,
+            idle_since_ns: None,
+            idle_stopped: false,
         }
+    }
+
+    /// Stops the playback device after `after` without any stream (`--idle-stop`; zero: never).
+    #[must_use]
+    pub fn idle_stop(mut self, after: std::time::Duration) -> Self {
+        self.idle_stop_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Hands a vanished device to the reopen thread and waits for it instead of failing.
@@ -311,8 +328,13 @@ impl MixThread {
         self.core.process_records();
         self.retire_violated();
         self.manage_capture();
+        if let Err(e) = self.manage_idle() {
+            if !self.lose_device(e) {
+                return Err(e);
+            }
+        }
 
-        if self.device.is_some() {
+        if self.device.is_some() && !self.idle_stopped {
             if let Err(e) = self.service_device() {
                 match self.recover(e) {
                     Err(e) | Ok(Some(Exit::Device(e))) if self.lose_device(e) => {}
@@ -351,6 +373,44 @@ impl MixThread {
         } else if !want && !self.keep_capture_open && self.capture.is_some() && self.events.slots() > 0 {
             self.release_capture();
         }
+    }
+
+    /// `--idle-stop`: stops the playback device once no stream (and no capture device) has
+    /// been there for the idle time, so an idle daemon sleeps until a client comes; the first
+    /// stream after that starts it again (prefilled with silence, as at startup). RT: yes (the
+    /// device's own calls).
+    fn manage_idle(&mut self) -> Result<(), AlsaError> {
+        if self.idle_stop_ns == 0 || self.device.is_none() {
+            self.idle_since_ns = None;
+            return Ok(());
+        }
+        if !self.core.streams().is_empty() || self.capture.is_some() {
+            self.idle_since_ns = None;
+            if self.idle_stopped {
+                self.idle_stopped = false;
+                return self.start_device();
+            }
+            return Ok(());
+        }
+        if self.idle_stopped {
+            return Ok(());
+        }
+        let now = now_ns();
+        let since = *self.idle_since_ns.get_or_insert(now);
+        if now.saturating_sub(since) < self.idle_stop_ns {
+            return Ok(());
+        }
+        if let Some(dev) = self.device.as_deref() {
+            dev.stop()?;
+        }
+        for p in &mut self.pfds[..MAX_DEVICE_FDS] {
+            *p = libc::pollfd { fd: -1, events: 0, revents: 0 };
+        }
+        self.suspended = false;
+        self.idle_stopped = true;
+        self.idle_since_ns = None;
+        self.core.counters().idle_stops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Milliseconds until the next reopen attempt of a vanished capture device (at least 1),

@@ -391,7 +391,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} lost {} reopened {} \
-             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {}",
+             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {} | idle stops {}",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -412,6 +412,7 @@ impl Server {
             g(&c.capture_xruns),
             g(&c.capture_lost),
             g(&c.capture_reopened),
+            g(&c.idle_stops),
         );
         if crate::audit::enabled() {
             s.push_str(&format!(" | rt allocations {}", crate::audit::rt_allocations()));

@@ -200,6 +200,15 @@ ctl.shmix {{
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The daemon's mix cycles as of its last stats line (it logs one a second).
+    pub fn daemon_cycles(&self) -> u64 {
+        self.daemon_log()
+            .lines()
+            .rev()
+            .find_map(|l| l.split(" cycles ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// The card's recording, as interleaved S16 samples (S16_LE cards only).
     pub fn recording_s16(&self) -> Vec<i16> {
         assert_eq!(self.card.format, "S16_LE");
