@@ -62,6 +62,10 @@ pub enum Event {
     CaptureClosed(Box<Device>),
 }
 
+/// How long one `avail_update` may take before the timing snapshot re-reads it (see
+/// `service_device`): 200 us, about 10 frames at 48 kHz (it takes a few us).
+const STAMP_SLACK_NS: u64 = 200_000;
+
 /// Capacity of both queues. Every stream is retired at most once, so events never exceed the
 /// streams in existence plus one device failure.
 pub const QUEUE_CAPACITY: usize = 4 * MAX_STREAMS;
@@ -592,6 +596,7 @@ impl MixThread {
         device.revents(&mut self.pfds[..dn])?;
         let params = device.params();
         let period = params.period_frames as usize;
+        let mut stamp = now_ns();
         let mut avail = device.avail_update()?;
         let mut wrote = false;
         while avail >= period {
@@ -606,11 +611,22 @@ impl MixThread {
                 left -= n;
             }
             wrote = true;
+            stamp = now_ns();
             avail = device.avail_update()?;
         }
         if wrote {
+            // The device read its clock inside avail_update, between `stamp` and now: the
+            // snapshot is dated at the middle. A thread preempted in there (a kernel without
+            // preemption kept it off the CPU for 2.8 ms once: the delay read 133 frames high)
+            // reads again, once.
+            let mut after = now_ns();
+            if after.saturating_sub(stamp) > STAMP_SLACK_NS {
+                stamp = after;
+                avail = device.avail_update()?;
+                after = now_ns();
+            }
             let queued = (params.buffer_frames as usize).saturating_sub(avail);
-            self.core.publish_timing(queued as u32, now_ns());
+            self.core.publish_timing(queued as u32, stamp + (after.saturating_sub(stamp)) / 2);
         }
         self.suspended = false;
         Ok(())
