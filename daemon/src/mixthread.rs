@@ -248,6 +248,8 @@ impl MixThread {
         }
         self.dev_nfds = 0;
         self.suspended = false;
+        // The device that comes back is started and serviced, whatever stopped this one.
+        self.idle_stopped = false;
         self.core.set_device_waiting(true);
         let counters = self.core.counters();
         counters.device_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
