@@ -31,6 +31,23 @@ fn pieces(rec: &[i16], sound: &[i16], what: &str) -> Vec<Piece> {
     pieces_of(rec, sound, CH, what)
 }
 
+/// A C run that wrote part of `first` (`written1` frames), then all of `second` (`written2`),
+/// and the recording split into pieces of the two sounds one after the other.
+struct Bursts {
+    w1: usize,
+    w2: usize,
+    /// Frames of `first`: where `second` starts in the pieces' `sound_at`.
+    n1: usize,
+    p: Vec<Piece>,
+}
+
+fn two_bursts(rig: &Rig, rep: &CReport, first: &[i16], second: &[i16], what: &str) -> Bursts {
+    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
+    assert_eq!(w2, second.len() / CH);
+    let both: Vec<i16> = first.iter().chain(second).copied().collect();
+    Bursts { w1, w2, n1: first.len() / CH, p: pieces(&rig.recording_s16(), &both, what) }
+}
+
 /// Asserts the recording is exactly `sound[..frames]`, contiguous, with silence around it.
 fn assert_prefix_played(rig: &Rig, sound: &[i16], frames: usize, what: &str) {
     assert!(frames > 0 && frames * CH <= sound.len(), "{what}: {frames} frames written");
@@ -448,11 +465,7 @@ fn c_drop_then_second_burst_is_bit_exact() {
         &["drop", r1.to_str().unwrap(), r2.to_str().unwrap()],
         &["drop", "drop_again", "prepared_after_drop", "drop_second_burst_drain"],
     );
-    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
-    assert_eq!(w2, second.len() / CH);
-    let both: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
-    let p = pieces(&rig.recording_s16(), &both, "drop");
-    let n1 = first.len() / CH;
+    let Bursts { w1, w2, n1, p } = two_bursts(&rig, &rep, &first, &second, "drop");
     eprintln!("drop: wrote {w1} frames of the first burst, recording pieces {p:?}");
     // A prefix of the first burst (dropped mid-stream), then the whole second burst.
     assert_eq!(p.len(), 2, "expected a prefix of burst 1 and all of burst 2, got {p:?}");
@@ -671,11 +684,7 @@ fn reset_playback(seed: u32, running: bool, mmap: bool) {
     }
     let check = if running { "reset_running" } else { "reset_prepared" };
     let rep = run_c(&rig, &args, &[check, "reset_again", "reset_drain"]);
-    let (w1, w2) = (rep.number("written1"), rep.number("written2"));
-    assert_eq!(w2, second.len() / CH);
-    let both: Vec<i16> = first.iter().chain(second.iter()).copied().collect();
-    let p = pieces(&rig.recording_s16(), &both, "reset");
-    let n1 = first.len() / CH;
+    let Bursts { w1, w2, n1, p } = two_bursts(&rig, &rep, &first, &second, "reset");
     eprintln!("reset {args:?}: wrote {w1} frames of the first sound, recording pieces {p:?}");
     let last = p.last().unwrap_or_else(|| panic!("nothing played"));
     assert_eq!((last.sound_at, last.len), (n1, w2), "the sound written after the reset is not complete: {p:?}");
