@@ -10,7 +10,7 @@ use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERS
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::socket;
 use shmix_shared::sync::Ordering;
-use shmix_shared::{ChannelMap, ResampleQuality};
+use shmix_shared::{ChannelMap, ResampleQuality, WakeFd};
 
 use crate::common::*;
 
@@ -91,27 +91,50 @@ impl Raw {
         let _ = self.create_with(self.params(), memfd, memfd_bytes);
     }
 
-    /// Sends `CreateStream` for `memfd`; returns its (client_wake, daemon_wake) eventfds.
-    pub(crate) fn create_with(&self, params: AudioParams, memfd: RawFd, memfd_bytes: u64) -> (OwnedFd, OwnedFd) {
-        let (a, b) = (eventfd(), eventfd());
+    /// Sends `CreateStream` for `memfd` with fresh wake channels; returns every wake
+    /// descriptor the client holds.
+    pub(crate) fn create_with(&self, params: AudioParams, memfd: RawFd, memfd_bytes: u64) -> Wakes {
+        self.create_with_records(params, DEFAULT_MSG_RECORDS, memfd, memfd_bytes)
+    }
+
+    /// [`Self::create_with`] with message rings of `msg_records` records.
+    pub(crate) fn create_with_records(
+        &self,
+        params: AudioParams,
+        msg_records: u32,
+        memfd: RawFd,
+        memfd_bytes: u64,
+    ) -> Wakes {
+        let (client, client_peer) = WakeFd::pair().unwrap();
+        let (daemon, daemon_peer) = WakeFd::pair().unwrap();
         let msg = SocketMsg::CreateStream {
             params,
-            msg_records: DEFAULT_MSG_RECORDS,
+            msg_records,
             memfd_bytes,
             chmap: ChannelMap::standard(params.channels),
             quality: ResampleQuality::Default,
         };
-        socket::send(self.sock.as_fd(), &msg, &[memfd, a.as_raw_fd(), b.as_raw_fd()]).unwrap();
-        (a, b)
+        socket::send(self.sock.as_fd(), &msg, &[memfd, client_peer.as_raw_fd(), daemon_peer.as_raw_fd()]).unwrap();
+        Wakes { client, client_peer, daemon, daemon_peer }
     }
 
-    /// A valid stream of `params`, ready: its memfd, mapping, and (client_wake, daemon_wake).
-    pub(crate) fn ready_stream(&self, params: AudioParams, name: &str) -> (OwnedFd, StreamShm, OwnedFd, OwnedFd) {
-        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
+    /// A valid stream of `params`, ready: its memfd, mapping, and wake descriptors.
+    pub(crate) fn ready_stream(&self, params: AudioParams, name: &str) -> (OwnedFd, StreamShm, Wakes) {
+        self.ready_stream_with_records(params, DEFAULT_MSG_RECORDS, name)
+    }
+
+    /// [`Self::ready_stream`] with message rings of `msg_records` records.
+    pub(crate) fn ready_stream_with_records(
+        &self,
+        params: AudioParams,
+        msg_records: u32,
+        name: &str,
+    ) -> (OwnedFd, StreamShm, Wakes) {
+        let layout = Layout::new(params.frame_bytes(), params.buffer_frames, msg_records).unwrap();
         let (fd, shm) = StreamShm::create(layout, name).unwrap();
-        let (client_wake, daemon_wake) = self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
+        let wakes = self.create_with_records(params, msg_records, fd.as_raw_fd(), layout.total_bytes);
         assert!(matches!(self.answer(), Some(SocketMsg::StreamReady { .. })), "valid stream refused");
-        (fd, shm, client_wake, daemon_wake)
+        (fd, shm, wakes)
     }
 
     /// Asks for a stream of `params` on a fresh memfd; the daemon's answer and the mapping.
@@ -173,12 +196,17 @@ pub(crate) fn scribble(fd: &OwnedFd, len: usize, offset: usize, bytes: &[u8]) {
     }
 }
 
-pub(crate) fn eventfd() -> OwnedFd {
-    // SAFETY: plain eventfd(2).
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    // SAFETY: fresh fd we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// A raw stream's wake descriptors: the client's own ends, and the copies of the two it passed
+/// to the daemon (a hostile client keeps them: it shares their open files with the daemon).
+pub(crate) struct Wakes {
+    /// Signalled by the daemon (the client polls it).
+    pub(crate) client: WakeFd,
+    /// The daemon's copy signals `client` through it.
+    pub(crate) client_peer: WakeFd,
+    /// Signalled by the client to wake the daemon.
+    pub(crate) daemon: WakeFd,
+    /// The daemon polls its copy.
+    pub(crate) daemon_peer: WakeFd,
 }
 
 fn memfd(bytes: u64, seals: libc::c_int) -> OwnedFd {

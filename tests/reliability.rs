@@ -197,10 +197,10 @@ fn racing_clients_never_disturb_another_stream() {
 }
 
 /// A raw client on a socket path (the racing threads have no `Rig`).
-struct RawAt(Raw);
+pub(crate) struct RawAt(pub(crate) Raw);
 
 impl RawAt {
-    fn connect(path: &std::path::Path, direction: Direction) -> Result<Self, ()> {
+    pub(crate) fn connect(path: &std::path::Path, direction: Direction) -> Result<Self, ()> {
         let sock = seqpacket(path);
         let hello =
             SocketMsg::Hello { version: shmix_shared::PROTOCOL_VERSION, direction, pid: 0, name: "racer".into() };
@@ -297,7 +297,7 @@ fn a_thousand_idle_connections_do_not_disturb_a_stream() {
     assert!(daemon_alive(&rig));
 }
 
-fn cpu_ticks(pid: i32) -> u64 {
+pub(crate) fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -521,7 +521,7 @@ fn fake_daemon(listen: &OwnedFd, lie: Lie) {
             }
         }
         let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) of 8 bytes to the client's eventfd.
+        // SAFETY: write(2) of 8 bytes to the client's wake socket (one packet; non-blocking).
         unsafe { libc::write(client_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
         let mut pfd = libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
@@ -613,7 +613,7 @@ fn the_plugin_survives_a_lying_daemon() {
     }
 }
 
-/// Clients that try to keep the real-time mix thread busy: one writes its daemon_wake eventfd in
+/// Clients that try to keep the real-time mix thread busy: one signals its daemon_wake in
 /// a tight loop, one floods valid records as fast as it can, one makes its message ring look
 /// non-empty forever by rewriting the daemon's read cursor in its memory. The mix thread still
 /// cycles about once per device period (it mutes a flooding stream's wakes until the next period),
@@ -633,22 +633,19 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
             let c = RawAt::connect(&sock, Direction::Playback).expect("connect");
             let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
-            let (fd, shm, _client_wake, daemon_wake) = c.0.ready_stream(params, "flood");
+            let (fd, shm, wakes) = c.0.ready_stream(params, "flood");
             let mut end = RingEnd::default();
             let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 0 });
-            let one = 1u64.to_ne_bytes();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 match mode {
                     0 => {
-                        // SAFETY: write(2) of 8 bytes to our eventfd.
-                        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                        wakes.daemon.signal();
                     }
                     1 => {
                         let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Resume { seq: n as u32 });
-                        // SAFETY: as above.
-                        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                        wakes.daemon.signal();
                     }
                     _ => {
                         let w = shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Relaxed);
@@ -694,7 +691,7 @@ fn records_are_answered_while_the_card_is_gone() {
     let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
     let rig = Rig::new(card, &[]);
     let c = Raw::connect(&rig);
-    let (fd, shm, _client_wake, daemon_wake) = c.ready_stream(c.params(), "gone");
+    let (fd, shm, wakes) = c.ready_stream(c.params(), "gone");
     std::fs::write(&marker, b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while !rig.daemon_log().contains("vanished") {
@@ -702,12 +699,10 @@ fn records_are_answered_while_the_card_is_gone() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (mut c2d, mut d2c) = (RingEnd::default(), RingEnd::default());
-    let one = 1u64.to_ne_bytes();
     for seq in 1..=3u32 {
         let t = Instant::now();
         assert!(shm.push_record(Ring::ClientToDaemon, &mut c2d, Record::Pause { seq }).unwrap());
-        // SAFETY: write(2) of 8 bytes to our eventfd.
-        unsafe { libc::write(daemon_wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        wakes.daemon.signal();
         loop {
             if let Some(Ok(Record::Stopped { seq: s, .. })) = shm.pop_record(Ring::DaemonToClient, &mut d2c).unwrap() {
                 assert_eq!(s, seq);

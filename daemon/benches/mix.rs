@@ -4,7 +4,6 @@
 //! each quality. Run: `cargo bench -p shmix-daemon -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,17 +15,14 @@ use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{AudioParams, Record, SampleFormat};
+use shmix_shared::{AudioParams, Record, SampleFormat, WakeFd};
 
 const PERIOD: usize = 1024;
 const RATE: u32 = 48_000;
 
-fn eventfd() -> OwnedFd {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    // SAFETY: fresh descriptor we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// The daemon's end of a wake channel (the client's end is dropped: the bench never polls).
+fn wake() -> WakeFd {
+    WakeFd::pair().unwrap().0
 }
 
 fn device(format: SampleFormat) -> DeviceSpec {
@@ -75,7 +71,7 @@ impl Rig {
             let mut c2d = RingEnd::default();
             client.push_record(Ring::ClientToDaemon, &mut c2d, Record::Start { seq: 1 }).unwrap();
             let pipe = Pipeline::new(spec, &dev).unwrap();
-            core.add(Box::new(Stream::new(id as u32 + 1, daemon, eventfd(), eventfd(), pipe))).unwrap();
+            core.add(Box::new(Stream::new(id as u32 + 1, daemon, wake(), wake(), pipe))).unwrap();
             clients.push(client);
         }
         core.process_records();

@@ -102,7 +102,7 @@ impl Limits {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (a daemon holding many clients needs one
-/// descriptor per connection and two eventfds per stream). Returns `(before, after)`.
+/// descriptor per connection and two wake sockets per stream). Returns `(before, after)`.
 pub fn raise_nofile() -> (u64, u64) {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `r` is a valid out pointer.

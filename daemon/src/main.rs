@@ -226,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
 
     let (nofile_before, nofile) = limits::raise_nofile();
-    // Each client may hold a socket and two eventfds; keep 64 descriptors for the daemon itself.
+    // Each client may hold a socket and two wake sockets; keep 64 descriptors for the daemon itself.
     let fit = usize::try_from(nofile.saturating_sub(64) / 3).unwrap_or(usize::MAX).max(1);
     if cli.max_clients > fit {
         log::warn!("--max-clients {} lowered to {fit}: the descriptor limit is {nofile}", cli.max_clients);

@@ -5,16 +5,16 @@
 //! unity gain is copied straight from its ring instead (the fast path).
 //! No ALSA here, so it runs in tests without a card.
 //! Runs on the mix thread (built on the control thread). RT: yes — no allocation, no locks, no
-//! logging; the only syscalls are eventfd writes to sleeping clients.
+//! logging; the only syscalls are wake signals to sleeping clients (`shmix_shared::wakefd`).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shmix_shared::cursor;
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::wake;
-use shmix_shared::{Direction, Record, SampleFormat, Violation};
+use shmix_shared::{Direction, Record, SampleFormat, Violation, WakeFd};
 
 use crate::control::{DeviceCtl, StreamCtl};
 use crate::convert::{self, DecodeFn, EncodeFn};
@@ -42,7 +42,7 @@ pub struct Counters {
     pub device_present: std::sync::atomic::AtomicBool,
     /// Stream underruns (a running stream ran dry).
     pub stream_underruns: AtomicU64,
-    /// Client eventfd writes (the client was asleep).
+    /// Client wake signals (the client was asleep).
     pub wakeups_sent: AtomicU64,
     /// Wake points where the client was awake, so no write was needed.
     pub wakeups_skipped: AtomicU64,
@@ -102,8 +102,13 @@ pub struct Stream {
     /// Daemon-wide id.
     pub id: u32,
     shm: StreamShm,
-    client_wake: OwnedFd,
-    daemon_wake: OwnedFd,
+    /// We signal it when the client sleeps and has something to do.
+    client_wake: WakeFd,
+    /// The client signals it when it posted a record while we slept.
+    daemon_wake: WakeFd,
+    /// `daemon_wake` hung up or failed (the client closed its end): never polled again; its
+    /// records are still read every device period.
+    wake_closed: bool,
     state: State,
     /// Frames consumed since the last Start (ring index = this % buffer_frames).
     read_count: u64,
@@ -122,9 +127,9 @@ pub struct Stream {
     rec: Option<Box<RecordPipe>>,
     /// Recorders: frames written since the last Start (ring index = this % buffer_frames).
     write_count: u64,
-    /// Its daemon_wake eventfd fired in this cycle.
+    /// Its daemon_wake fired in this cycle, or the pre-sleep recheck found a record.
     woke: bool,
-    /// Until the next device period: its eventfd is not polled and its ring not rechecked
+    /// Until the next device period: its daemon_wake is not polled and its ring not rechecked
     /// before the wait (a client cannot make the mix thread spin).
     muted: bool,
     /// Volume in, levels and figures out (shared with the control thread; atomics only).
@@ -132,15 +137,16 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Wraps a mapped stream, its two eventfds and its conversion pipeline.
+    /// Wraps a mapped stream, its two wake descriptors and its conversion pipeline.
     #[must_use]
-    pub fn new(id: u32, shm: StreamShm, client_wake: OwnedFd, daemon_wake: OwnedFd, pipe: Pipeline) -> Self {
+    pub fn new(id: u32, shm: StreamShm, client_wake: WakeFd, daemon_wake: WakeFd, pipe: Pipeline) -> Self {
         let l = *shm.layout();
         Self {
             id,
             shm,
             client_wake,
             daemon_wake,
+            wake_closed: false,
             state: State::Stopped,
             read_count: 0,
             c2d: RingEnd::default(),
@@ -182,8 +188,8 @@ impl Stream {
     pub fn new_recorder(
         id: u32,
         shm: StreamShm,
-        client_wake: OwnedFd,
-        daemon_wake: OwnedFd,
+        client_wake: WakeFd,
+        daemon_wake: WakeFd,
         pipe: Pipeline,
         dir: Direction,
         rec: RecordPipe,
@@ -280,11 +286,11 @@ impl Stream {
         self.ctl.zero_copy_frames.store(line.zero_copy_frames.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// The eventfd the client writes when it posted a record while we slept; -1 (not polled)
-    /// while the stream is muted.
+    /// The descriptor the client signals when it posted a record while we slept; -1 (not
+    /// polled) while the stream is muted or after the client closed its end.
     #[must_use]
     pub fn daemon_wake_fd(&self) -> i32 {
-        if self.muted {
+        if self.muted || self.wake_closed {
             -1
         } else {
             self.daemon_wake.as_raw_fd()
@@ -330,13 +336,13 @@ impl Stream {
         }
     }
 
-    /// Writes the client's eventfd if it sleeps; counts either way.
+    /// Signals the client if it sleeps; counts either way.
     fn wake_client(&self, counters: &Counters) {
         // Pairs with the client's prepare_sleep on `audio_write.sleeping` (playback) or
         // `audio_read.sleeping` (recorders: the client waits for data).
         let flag = if self.is_recorder() { &self.shm.audio_read().sleeping } else { &self.shm.audio_write().sleeping };
         if wake::wake_if_sleeping(flag) {
-            efd_write(self.client_wake.as_raw_fd());
+            self.client_wake.signal();
             Counters::bump(&counters.wakeups_sent, 1);
         } else {
             Counters::bump(&counters.wakeups_skipped, 1);
@@ -487,7 +493,7 @@ impl Stream {
     }
 }
 
-/// Writes 1 to an eventfd. Errors (EAGAIN at a saturated counter) need no handling: the peer is
+/// Writes 1 to one of the daemon's own eventfds (never a client's). Errors (EAGAIN at a saturated counter) need no handling: the peer is
 /// already signalled.
 pub(crate) fn efd_write(fd: i32) {
     let one: u64 = 1;
@@ -685,11 +691,14 @@ impl MixCore {
     }
 
     /// Before the wait: marks every stream's c2d reader as sleeping, fences and rechecks. Returns
-    /// true when some stream already has a record queued (do not block in poll).
-    pub fn prepare_sleep(&self) -> bool {
+    /// true when some stream already has a record queued (do not block in poll). A stream found
+    /// with a record counts as having woken the mix thread, so it is muted after its records are
+    /// handled: a client that trickles records without ever signalling gets the same one extra
+    /// cycle per period as one that signals, instead of keeping the thread from blocking.
+    pub fn prepare_sleep(&mut self) -> bool {
         let mut ready = false;
         // Muted streams are not rechecked (their records wait for the next period).
-        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.muted) {
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.muted) {
             let flag = &s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping;
             let ours = s.c2d.pos();
             let d = wake::prepare_sleep(flag, || {
@@ -698,18 +707,26 @@ impl MixCore {
                 // rewrote it would otherwise keep us from ever sleeping).
                 s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire) != ours
             });
-            ready |= matches!(d, wake::SleepDecision::Ready { .. });
+            if matches!(d, wake::SleepDecision::Ready { .. }) {
+                s.woke = true;
+                ready = true;
+            }
         }
         ready
     }
 
-    /// After the wait: clears the sleeping flags (we are awake: clients need not write) and
-    /// resets the daemon_wake eventfds that fired (`fired(i)` for stream index `i`).
-    pub fn after_wake(&mut self, fired: impl Fn(usize) -> bool) {
+    /// After the wait: clears the sleeping flags (we are awake: clients need not signal) and
+    /// drains the daemon_wake descriptors that fired (`revents(i)`: poll's answer for stream
+    /// index `i`). One that hung up is not polled again.
+    pub fn after_wake(&mut self, revents: impl Fn(usize) -> i16) {
         for (i, s) in self.streams.iter_mut().enumerate() {
             s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping.store(0, Ordering::Relaxed);
-            if fired(i) {
-                efd_read(s.daemon_wake.as_raw_fd());
+            let r = revents(i);
+            if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                s.wake_closed = true;
+            }
+            if r != 0 {
+                s.daemon_wake.drain();
                 s.woke = true;
             }
         }

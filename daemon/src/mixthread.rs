@@ -1,12 +1,13 @@
 //! The real-time mix thread: one per device. Waits in one `poll` on the device's descriptors, the
-//! command eventfd and every stream's daemon_wake eventfd; handles commands from the control
+//! command eventfd and every stream's daemon_wake socket; handles commands from the control
 //! thread, the streams' control records, then fills the device period by period through its mmap
 //! area (`mixer::MixCore::mix`). Retired streams and device failures go back to the control
 //! thread through a lock-free queue; statistics through atomics. A device that vanishes
 //! (`ENODEV`) goes to the reopen thread (`reopen`) while the streams wait; the reopened device
 //! comes back the same way and the streams play on.
 //! Runs on the mix thread. RT: yes (everything inside `cycle`): no allocation, no locks, no
-//! logging; syscalls: poll, the device's own, eventfd reads/writes.
+//! logging; syscalls: poll, the device's own, reads/writes of its own eventfds, and non-blocking
+//! sends/receives on the streams' wake sockets (`shmix_shared::wakefd`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -321,7 +322,7 @@ impl MixThread {
         }
 
         let pfds = &self.pfds;
-        self.core.after_wake(|i| pfds[dn + 2 + i].revents != 0);
+        self.core.after_wake(|i| pfds[dn + 2 + i].revents);
         if self.pfds[dn].revents != 0 {
             efd_read(self.cmd_efd.as_raw_fd());
         }

@@ -24,7 +24,7 @@ use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
-use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
+use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, WakeFd, PROTOCOL_VERSION};
 
 use crate::access::{Peer, Policy};
 use crate::control::{Control, DeviceCtl, ServerFigures};
@@ -112,6 +112,8 @@ enum Phase {
 struct Client {
     fd: OwnedFd,
     pid: i32,
+    /// From `SO_PEERCRED` at accept.
+    uid: u32,
     name: String,
     phase: Phase,
     deadline: Instant,
@@ -156,18 +158,6 @@ pub enum Outcome {
     Shutdown,
     /// The device failed; exit with an error.
     DeviceFailed,
-}
-
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
-        .unwrap_or(false)
-}
-
-fn is_nonblocking(fd: &OwnedFd) -> bool {
-    // SAFETY: plain fcntl on a valid fd.
-    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
 /// A reason to disconnect a client: logged once, as one warning line.
@@ -552,6 +542,7 @@ impl Server {
             self.clients.push(Client {
                 fd,
                 pid: peer.pid,
+                uid: peer.uid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
                 deadline: Instant::now() + self.limits.handshake_timeout,
@@ -776,14 +767,11 @@ impl Server {
             self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
             return Ok(());
         }
-        for (what, e) in [("client_wake", &client_wake), ("daemon_wake", &daemon_wake)] {
-            if !is_eventfd(e) {
-                return Err(Disconnect(format!("{what} is not an eventfd")));
-            }
-            if !is_nonblocking(e) {
-                return Err(Disconnect(format!("{what} eventfd is not EFD_NONBLOCK")));
-            }
-        }
+        // Checked once, and nothing the client does to them later matters: every send and
+        // receive on them is non-blocking by its own flags (see `shmix_shared::wakefd`).
+        let uid = self.clients[i].uid;
+        let client_wake = WakeFd::adopt(client_wake, uid).map_err(|e| Disconnect(format!("client_wake: {e}")))?;
+        let daemon_wake = WakeFd::adopt(daemon_wake, uid).map_err(|e| Disconnect(format!("daemon_wake: {e}")))?;
         let shm = StreamShm::map_peer(&memfd, layout).map_err(|e| match e {
             MapError::Violation(v) => Disconnect::from(v),
             e @ MapError::Io(..) => Disconnect(format!("cannot map memfd: {e}")),

@@ -5,7 +5,6 @@
 //! saturated sum. Built with `--features rt-audit` the daemon's own counting allocator is used;
 //! without it this binary installs the same allocator itself, so plain `cargo test` runs it too.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec}
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{wake, AudioParams, Direction, Record, SampleFormat};
+use shmix_shared::{wake, AudioParams, Direction, Record, SampleFormat, WakeFd};
 
 #[cfg(not(feature = "rt-audit"))]
 #[global_allocator]
@@ -25,12 +24,9 @@ static GLOBAL: audit::CountingAlloc = audit::CountingAlloc;
 const CHANNELS: u32 = 2;
 const PERIOD: usize = 256;
 
-fn eventfd() -> OwnedFd {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    // SAFETY: fresh descriptor we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// A wake channel: the end the daemon's stream holds, and the client's end.
+fn wake_pair() -> (WakeFd, WakeFd) {
+    WakeFd::pair().unwrap()
 }
 
 /// Deterministic xorshift.
@@ -70,7 +66,9 @@ struct Client {
     written: u64,
     seq: u32,
     state: CState,
-    client_wake: OwnedFd,
+    client_wake: WakeFd,
+    /// The client's end of the stream's daemon_wake (kept open: a closed end reads as a hang-up).
+    _daemon_wake: WakeFd,
     frame: Vec<u8>,
     /// Test-side encoder of the stream's format (random full-scale values).
     encode: EncodeFn,
@@ -111,7 +109,7 @@ impl Client {
         self.seq += 1;
         let r = make(self.seq);
         assert!(self.shm.push_record(Ring::ClientToDaemon, &mut self.c2d, r).unwrap());
-        // The daemon's sleeping flag: write its eventfd if set (the test does not poll it).
+        // Takes the daemon's sleeping flag as a client would before signalling (the test does not poll).
         let _ = wake::wake_if_sleeping(&self.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping);
     }
     fn reset_and_start(&mut self, rng: &mut Rng) {
@@ -125,9 +123,7 @@ impl Client {
     }
     /// Reads the daemon's records and the client's eventfd; advances the client's state machine.
     fn step(&mut self, rng: &mut Rng) {
-        let mut v = 0u64;
-        // SAFETY: reading 8 bytes from our non-blocking eventfd into a local.
-        let _ = unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.client_wake), (&raw mut v).cast(), 8) };
+        self.client_wake.drain();
         while let Some(r) = self.shm.pop_record(Ring::DaemonToClient, &mut self.d2c).unwrap() {
             match r.unwrap() {
                 Record::Xrun { .. } => {
@@ -226,10 +222,10 @@ fn make_stream_as(id: u32, buffer: u32, rng: &mut Rng, spec: &StreamSpec, dev: &
     let (memfd, client_shm) = StreamShm::create(layout, "rt-test").unwrap();
     let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
-    let client_wake = eventfd();
-    let daemon_wake = eventfd();
+    let (client_wake_daemon, client_wake) = wake_pair();
+    let (daemon_wake, daemon_wake_client) = wake_pair();
     let pipe = Pipeline::new(spec, dev).unwrap();
-    let stream = Box::new(Stream::new(id, daemon_shm, client_wake.try_clone().unwrap(), daemon_wake, pipe));
+    let stream = Box::new(Stream::new(id, daemon_shm, client_wake_daemon, daemon_wake, pipe));
     let mut c = Client {
         shm: client_shm,
         c2d: RingEnd::default(),
@@ -239,6 +235,7 @@ fn make_stream_as(id: u32, buffer: u32, rng: &mut Rng, spec: &StreamSpec, dev: &
         seq: 0,
         state: CState::Idle,
         client_wake,
+        _daemon_wake: daemon_wake_client,
         frame: vec![0; fb as usize],
         encode: convert::encoder(spec.format),
         samples: vec![0.0; spec.chmap.channels() as usize],
@@ -280,7 +277,7 @@ fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
 
         audit::set_in_rt(true);
         let _ = core.prepare_sleep();
-        core.after_wake(|_| false);
+        core.after_wake(|_| 0);
         core.process_records();
         audit::set_in_rt(false);
 
@@ -445,7 +442,7 @@ fn converted_streams_mix_without_allocating() {
             let frames = if p % 7 == 3 { PERIOD - 100 } else { PERIOD };
             audit::set_in_rt(true);
             let _ = core.prepare_sleep();
-            core.after_wake(|_| false);
+            core.after_wake(|_| 0);
             core.process_records();
             let n = core.mix(&mut out[..frames * fb], p as u64);
             core.publish_timing(512, p as u64);
@@ -559,10 +556,11 @@ fn make_recorder(id: u32, dir: Direction, buffer: u32, spec: &StreamSpec, dev: &
     let (memfd, client_shm) = StreamShm::create(layout, "rt-rec").unwrap();
     let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
-    let client_wake = eventfd();
+    let (client_wake, _client_end) = wake_pair();
+    let (daemon_wake, _daemon_end) = wake_pair();
     let pipe = Pipeline::new(spec, dev).unwrap();
     let rec = RecordPipe::new(spec, dev).unwrap();
-    let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, eventfd(), pipe, dir, rec));
+    let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, daemon_wake, pipe, dir, rec));
     let mut r = Recorder {
         shm: client_shm,
         c2d: RingEnd::default(),
@@ -744,7 +742,7 @@ fn volume_mute_and_metering_do_not_allocate() {
         }
         audit::set_in_rt(true);
         let _ = core.prepare_sleep();
-        core.after_wake(|_| false);
+        core.after_wake(|_| 0);
         core.process_records();
         let n = core.mix(&mut out, p as u64);
         core.capture(&cap, 4, p as u64);

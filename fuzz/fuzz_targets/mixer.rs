@@ -4,7 +4,6 @@
 //! broke the contract is retired with a violation (never mixed again).
 #![no_main]
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
 use shmix_shared::chmap::{ChannelMap, ResampleQuality};
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{AudioParams, Record, SampleFormat};
+use shmix_shared::{AudioParams, Record, SampleFormat, WakeFd};
 
 const PERIOD: u32 = 64;
 
@@ -46,12 +45,9 @@ struct Input {
     ops: Vec<Op>,
 }
 
-fn eventfd() -> OwnedFd {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    // SAFETY: fresh descriptor we own.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// The daemon's end of a wake channel (the client's end is dropped: the target never polls).
+fn wake() -> WakeFd {
+    WakeFd::pair().unwrap().0
 }
 
 fuzz_target!(|inp: Input| {
@@ -81,7 +77,7 @@ fuzz_target!(|inp: Input| {
     let pipe = Pipeline::new(&spec, &dev).expect("pipeline");
     let counters = Arc::new(Counters::default());
     let mut core = MixCore::new(SampleFormat::S16Le, 2, PERIOD as usize, Arc::clone(&counters));
-    if core.add(Box::new(Stream::new(1, shm, eventfd(), eventfd(), pipe))).is_err() {
+    if core.add(Box::new(Stream::new(1, shm, wake(), wake(), pipe))).is_err() {
         return;
     }
     let mut c2d = RingEnd::default();
@@ -147,7 +143,7 @@ fuzz_target!(|inp: Input| {
             Op::Timing { queued } => core.publish_timing(u32::from(queued), 2),
             Op::Wait { fired, timeout } => {
                 let _ = core.prepare_sleep();
-                core.after_wake(|_| fired);
+                core.after_wake(|_| if fired { libc::POLLIN } else { 0 });
                 if timeout {
                     core.unmute_all();
                 }

@@ -1,23 +1,22 @@
 //! One shmix PCM, playback or capture: the stream's shared memory, its cursors, the control
-//! records, the eventfd readiness mirror, delay. One code path for both directions: `capture`
+//! records, the wake readiness mirror, delay. One code path for both directions: `capture`
 //! decides which audio cursor is ours (playback: `audio_write`, we produce; capture and monitor:
 //! `audio_read`, we consume) and which one the daemon moves. Plain Rust: `ioplug.rs` translates alsa-lib's callbacks into
 //! these methods (under this PCM's mutex). Runs in the host program's calling thread(s).
 //! RT: `transfer`, `pointer`, `revents`, `delay` yes (no allocation, no syscall in steady state
-//! except the one eventfd read per period and clock_gettime through the vDSO).
+//! except the one wake read per period and clock_gettime through the vDSO).
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use shmix_shared::cursor;
 use shmix_shared::layout::{Cursor, Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::msg::{AudioParams, Record};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
 use shmix_shared::sync::Ordering;
 use shmix_shared::wake::{self, SleepDecision};
-use shmix_shared::{ChannelMap, ResampleQuality};
+use shmix_shared::{ChannelMap, ResampleQuality, WakeFd};
 
 use crate::conn::Conn;
 use crate::Errno;
@@ -122,8 +121,15 @@ pub struct Pcm {
     mmap: bool,
     /// alsa-lib's mmap areas point at the ring (set at prepare).
     in_place: bool,
-    client_wake: EventFd,
-    daemon_wake: EventFd,
+    /// Polled by the program: readable while the stream is ready (the readiness mirror).
+    client_wake: WakeFd,
+    /// The other end of `client_wake`: the daemon signals it (it gets a copy at each
+    /// CreateStream), and so do we to make `client_wake` readable ourselves.
+    client_wake_peer: WakeFd,
+    /// We signal it when we posted a record while the daemon sleeps.
+    daemon_wake: WakeFd,
+    /// The other end of `daemon_wake`, handed to the daemon at each CreateStream.
+    daemon_wake_peer: WakeFd,
     debug: bool,
     /// Sent in every `CreateStream` (the `resample_quality` key).
     quality: ResampleQuality,
@@ -135,7 +141,7 @@ pub struct Pcm {
     avail_min: u32,
     /// Set once the daemon is gone or reported `Fatal` (positive errno).
     dead: Option<i32>,
-    /// We believe `client_wake` has a non-zero count (written by us or the daemon).
+    /// We believe `client_wake` has a wake queued (signalled by us or the daemon).
     efd_signalled: bool,
     /// We set our cursor's `sleeping` and have not looked at it since.
     armed: bool,
@@ -215,22 +221,24 @@ pub fn monotonic_delay(delay: i64, last: Option<(i64, u64)>, write_total: u64) -
 }
 
 impl Pcm {
-    /// A PCM on a connected daemon. Creates the two eventfds that every stream of this handle
-    /// uses (so poll descriptors stay valid across hw_params).
+    /// A PCM on a connected daemon. Creates the two wake channels that every stream of this
+    /// handle uses (so poll descriptors stay valid across hw_params).
     ///
     /// # Errors
-    /// eventfd creation failed.
+    /// socketpair failed.
     pub fn new(conn: Conn, debug: bool, quality: ResampleQuality, capture: bool) -> Result<Self, Errno> {
-        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
-        let client_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
-        let daemon_wake = EventFd::from_value_and_flags(0, flags).map_err(|e| Errno(e as i32))?;
+        let errno = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EIO));
+        let (client_wake, client_wake_peer) = WakeFd::pair().map_err(errno)?;
+        let (daemon_wake, daemon_wake_peer) = WakeFd::pair().map_err(errno)?;
         Ok(Self {
             conn,
             capture,
             mmap: false,
             in_place: false,
             client_wake,
+            client_wake_peer,
             daemon_wake,
+            daemon_wake_peer,
             debug,
             quality,
             chmap: None,
@@ -253,7 +261,7 @@ impl Pcm {
     /// The poll descriptors: `client_wake` and the control socket, both POLLIN.
     #[must_use]
     pub fn poll_fds(&self) -> [RawFd; 2] {
-        [self.client_wake.as_fd().as_raw_fd(), self.conn.raw_fd()]
+        [self.client_wake.as_raw_fd(), self.conn.raw_fd()]
     }
 
     /// Whether this is a capture (or monitor) PCM.
@@ -318,11 +326,11 @@ impl Pcm {
         let (memfd, shm) = StreamShm::create(layout, &crate::conn::program_name())
             .map_err(|e| fail(libc::ENOMEM, format!("cannot create the stream memory: {e}")))?;
         shm.avail_min().value.store(self.avail_min, Ordering::Release);
-        // A stale count from an earlier stream would make poll lie.
-        let _ = self.client_wake.read();
+        // A stale wake from an earlier stream would make poll lie.
+        self.client_wake.drain();
         self.efd_signalled = false;
         self.armed = false;
-        let fds = [memfd.as_raw_fd(), self.client_wake.as_fd().as_raw_fd(), self.daemon_wake.as_fd().as_raw_fd()];
+        let fds = [memfd.as_raw_fd(), self.client_wake_peer.as_raw_fd(), self.daemon_wake_peer.as_raw_fd()];
         if self.chmap.is_some_and(|m| m.channels() != params.channels) {
             self.chmap = None; // set for another channel count
         }
@@ -484,7 +492,7 @@ impl Pcm {
             return Err(Errno(libc::EIO));
         }
         if wake::wake_if_sleeping(&s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping) {
-            let _ = self.daemon_wake.write(1);
+            self.daemon_wake.signal();
         }
         Ok(seq)
     }
@@ -528,7 +536,7 @@ impl Pcm {
         }
         if had_drain && !self.efd_signalled {
             // A drain polling in another thread wakes, sees its drain gone and returns.
-            let _ = self.client_wake.write(1);
+            self.client_wake_peer.signal();
             self.efd_signalled = true;
         }
     }
@@ -745,7 +753,7 @@ impl Pcm {
                 }
                 p.poll_fds()
             };
-            // Unlocked: another thread may drop (abort) meanwhile; it writes client_wake.
+            // Unlocked: another thread may drop (abort) meanwhile; it signals client_wake.
             let left = deadline.saturating_duration_since(Instant::now()).min(DRAIN_RECHECK);
             sock_revents = poll_two(fds, left)[1];
         }
@@ -1180,7 +1188,7 @@ impl Pcm {
             } else if sleeping.load(Ordering::Relaxed) == 1 {
                 if self.efd_signalled {
                     // We signalled it ourselves meanwhile (stop waking a drain): take it back.
-                    let _ = self.client_wake.read();
+                    self.client_wake.drain();
                     self.efd_signalled = false;
                 }
                 return; // still waiting, fd drained: the steady state costs nothing here
@@ -1191,13 +1199,13 @@ impl Pcm {
         }
         if want {
             if !self.efd_signalled {
-                let _ = self.client_wake.write(1);
+                self.client_wake_peer.signal();
                 self.efd_signalled = true;
             }
             return;
         }
         if self.efd_signalled {
-            let _ = self.client_wake.read(); // EAGAIN when the daemon has not written yet: fine
+            self.client_wake.drain(); // nothing there when the daemon has not signalled yet: fine
             self.efd_signalled = false;
         }
         if matches!(s.phase, Phase::Setup) {
@@ -1207,7 +1215,7 @@ impl Pcm {
             SleepDecision::Sleep => self.armed = true,
             SleepDecision::Ready { peer_signals: true } => self.efd_signalled = true,
             SleepDecision::Ready { peer_signals: false } => {
-                let _ = self.client_wake.write(1);
+                self.client_wake_peer.signal();
                 self.efd_signalled = true;
             }
         }
@@ -1226,7 +1234,7 @@ impl Pcm {
             self.efd_signalled = true;
             return false;
         }
-        let _ = self.client_wake.read();
+        self.client_wake.drain();
         self.efd_signalled = false;
         let d2c_pos = s.d2c_pos;
         let sleeping = &Self::own_cursor(capture, s).sleeping;

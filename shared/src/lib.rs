@@ -25,6 +25,8 @@ pub mod msg;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
+#[cfg(not(loom))]
+pub mod wakefd;
 
 #[cfg(not(loom))]
 pub use chmap::{ChannelMap, ResampleQuality};
@@ -34,3 +36,5 @@ pub use error::{DecodeError, Violation};
 pub use format::SampleFormat;
 #[cfg(not(loom))]
 pub use msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
+#[cfg(not(loom))]
+pub use wakefd::WakeFd;

@@ -112,7 +112,8 @@ pub enum SocketMsg {
         /// The device's format, rate, channels, period and buffer.
         device: AudioParams,
     },
-    /// Client -> daemon, with fds `[memfd, client_wake_eventfd, daemon_wake_eventfd]`.
+    /// Client -> daemon, with fds `[memfd, client_wake, daemon_wake]`: the memfd and the
+    /// daemon's ends of two [`crate::wakefd::WakeFd`] pairs.
     CreateStream {
         /// The stream's negotiated parameters.
         params: AudioParams,

@@ -1,6 +1,6 @@
 //! The sleeping-flag wake protocol (PulseAudio `fdsem.c`, learned from, not copied): a side that is
 //! about to wait sets its `sleeping` flag, fences, rechecks; the other side, after publishing
-//! progress, fences and writes the eventfd only if it swaps the flag from set. Both fences are
+//! progress, fences and signals the wake descriptor (`wakefd`) only if it swaps the flag from set. Both fences are
 //! SeqCst (a Dekker pair): without them the store of one side and the load of the other may pass
 //! each other and a wakeup is lost (the loom test in `tests/loom.rs` finds it).
 //! Runs in both processes. RT: yes.
@@ -10,13 +10,13 @@ use crate::sync::{fence, AtomicU32, Ordering};
 /// What the sleeper should do after [`prepare_sleep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SleepDecision {
-    /// Still not ready and the flag is set: wait on the eventfd; the peer writes it when it
+    /// Still not ready and the flag is set: wait on the wake descriptor; the peer signals it when it
     /// makes progress.
     Sleep,
     /// Became ready during the recheck. `peer_signals` is true when the peer already took the
-    /// flag and will write (or has written) the eventfd; false when we took it back ourselves.
+    /// flag and will signal (or has signalled) the wake descriptor; false when we took it back ourselves.
     Ready {
-        /// Whether the peer will write the eventfd for this sleep.
+        /// Whether the peer will signal for this sleep.
         peer_signals: bool,
     },
 }
@@ -36,7 +36,7 @@ pub fn prepare_sleep(sleeping: &AtomicU32, ready: impl Fn() -> bool) -> SleepDec
 }
 
 /// Waker side: call after publishing progress (a cursor store with Release). Returns true when
-/// the peer was asleep and the caller must write its eventfd; the flag is cleared in that case so
+/// the peer was asleep and the caller must signal its wake descriptor; the flag is cleared in that case so
 /// exactly one write happens per sleep.
 pub fn wake_if_sleeping(sleeping: &AtomicU32) -> bool {
     // Orders the cursor store before the flag load (pairs with the sleeper's fence).
