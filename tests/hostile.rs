@@ -300,11 +300,32 @@ fn hostile_clients_are_refused_and_a_stream_stays_bit_exact() {
     socket::send(c.sock.as_fd(), &msg, &[]).unwrap();
     assert!(matches!(c.answer(), Some(SocketMsg::Refused { .. }) | None), "CreateStream without fds accepted");
 
+    // 8. A sealed memfd of the right size on hugetlbfs (a hole punched in it would SIGBUS the
+    //    mix thread once the huge page pool is empty).
+    let c = Raw::connect(&rig);
+    let huge = 2u64 << 20;
+    let probe = Layout::new(4, 1, DEFAULT_MSG_RECORDS).unwrap();
+    let params = AudioParams { buffer_frames: ((huge - u64::from(probe.audio_offset)) / 4) as u32, ..c.params() };
+    // SAFETY: valid C string literal; flags are constants.
+    let raw = unsafe {
+        libc::memfd_create(c"hostile-huge".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB)
+    };
+    assert!(raw >= 0, "memfd_create(MFD_HUGETLB): {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd we own; plain syscalls on it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: as above.
+    unsafe {
+        libc::ftruncate(fd.as_raw_fd(), huge as libc::off_t);
+        libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals);
+    }
+    let _wakes = c.create_with(params, fd.as_raw_fd(), huge);
+    assert!(matches!(c.answer(), Some(SocketMsg::Refused { .. }) | None), "hugetlb memfd accepted");
+
     let r = finish(&mut good, start, Duration::from_secs(30));
     r.assert_ok("aplay next to hostile clients");
     assert_contiguous(&rig.recording_s16(), &sound, 2, "stream next to hostile clients");
     let log = rig.daemon_log();
-    for reason in ["seal", "size", "fill", "record", "fd"] {
+    for reason in ["seal", "size", "fill", "record", "fd", "tmpfs"] {
         assert!(log.to_lowercase().contains(reason), "daemon log names no reason with '{reason}':\n{log}");
     }
 }

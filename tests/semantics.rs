@@ -749,3 +749,16 @@ fn c_reset_capture_discards_the_unread_frames() {
     // ...and not much more (the reset takes about a daemon period; a loaded machine more).
     assert!(gap <= unread + RATE as usize / 2, "{gap} frames skipped at the reset ({unread} unread then)");
 }
+
+/// A child forked while the stream plays writes to its copy of the PCM (refused), closes it and
+/// exits; the parent plays on and the card has the whole sound, bit-exact (audit finding 7:
+/// without the fork check the child's close stopped and destroyed the parent's stream).
+#[test]
+fn c_fork_child_leaves_the_parents_stream_alone() {
+    let rig = Rig::new(Card::default(), &[]);
+    let sound = stereo_noise(721, 1.5);
+    let raw = rig.path("sound.raw");
+    write_raw(&raw, &sound);
+    run_c(&rig, &["fork", raw.to_str().unwrap()], &["fork_child_refused", "fork_drain"]);
+    assert_contiguous(&rig.recording_s16(), &sound, CH, "the parent's stream across the child's close");
+}

@@ -110,7 +110,7 @@ unsafe fn plugin<'a>(io: *mut sys::snd_pcm_ioplug_t) -> &'a Plugin {
 }
 
 fn lock(p: &Plugin) -> Result<MutexGuard<'_, Pcm>, Errno> {
-    p.pcm.lock().map_err(|_| Errno(libc::EIO))
+    Pcm::lock(&p.pcm)
 }
 
 // ----- callbacks: one line each --------------------------------------------------------------
@@ -353,6 +353,7 @@ unsafe fn open(
             device.period_frames
         );
     }
+    crate::fork::register();
     let pcm = Pcm::new(conn, debug, cfg.resample_quality, capture)?;
 
     let io = Box::into_raw(Box::new(sys::snd_pcm_ioplug_t {

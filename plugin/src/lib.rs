@@ -10,6 +10,7 @@ mod config;
 mod conn;
 mod ctl;
 mod ctl_ffi;
+mod fork;
 mod ioplug;
 mod limits;
 mod pcm;

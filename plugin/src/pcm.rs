@@ -7,7 +7,7 @@
 //! except the one wake read per period and clock_gettime through the vDSO).
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shmix_shared::cursor;
@@ -145,6 +145,8 @@ pub struct Pcm {
     efd_signalled: bool,
     /// We set our cursor's `sleeping` and have not looked at it since.
     armed: bool,
+    /// The process generation this PCM was opened in ([`crate::fork`]).
+    born: u32,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (vDSO, no syscall).
@@ -249,7 +251,40 @@ impl Pcm {
             dead: None,
             efd_signalled: false,
             armed: false,
+            born: crate::fork::generation(),
         })
+    }
+
+    /// Locks `m`; in a forked child, orphans the PCM first and refuses (see [`crate::fork`]).
+    ///
+    /// # Errors
+    /// `EIO` for a poisoned mutex, `EBADFD` in a forked child.
+    pub fn lock(m: &Mutex<Pcm>) -> Result<MutexGuard<'_, Pcm>, Errno> {
+        let mut p = m.lock().map_err(|_| Errno(libc::EIO))?;
+        if p.born != crate::fork::generation() {
+            p.orphan();
+            return Err(Errno(libc::EBADFD));
+        }
+        Ok(p)
+    }
+
+    /// In a forked child: never touches the parent's stream again. The shared memory is
+    /// replaced by private memory at the same address (alsa-lib's mmap areas may point into it),
+    /// and the PCM counts as dead, so no record, wake or socket message goes out.
+    fn orphan(&mut self) {
+        if self.dead == Some(libc::EBADFD) {
+            return;
+        }
+        self.dead = Some(libc::EBADFD);
+        if let Some(s) = &self.stream {
+            if let Err(e) = s.shm.detach() {
+                // Cannot detach: drop the mapping instead (the program's mmap pointers then
+                // fault rather than write into the parent's stream).
+                self.debug_line(format_args!("forked child: cannot detach the stream memory: {e}"));
+                self.stream = None;
+            }
+        }
+        self.debug_line(format_args!("forked child: this PCM belongs to the parent; closed here only"));
     }
 
     /// Whether `SHMIX_DEBUG` is on.
@@ -667,7 +702,7 @@ impl Pcm {
     /// # Errors
     /// EAGAIN (non-blocking / aborted), ETIMEDOUT, EPIPE (xrun), or the daemon died.
     pub fn drain(m: &Mutex<Pcm>, nonblock: &dyn Fn() -> bool) -> Result<(), Errno> {
-        let lock = || m.lock().map_err(|_| Errno(libc::EIO));
+        let lock = || Self::lock(m);
         let (seq, deadline) = {
             let mut p = lock()?;
             p.refresh();

@@ -137,6 +137,22 @@ impl StreamShm {
                 REQUIRED_SEALS as u64,
             )));
         }
+        // Only tmpfs (shmem) memfds: a hole punched into a hugetlbfs memfd is refilled from the
+        // huge page pool when next touched, and with the pool empty that touch, on the mix
+        // thread, is a SIGBUS. A hole in tmpfs reads back as zeros.
+        // SAFETY: all-zero is a valid `statfs`.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `sfs` is a valid out pointer.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } != 0 {
+            return Err(errno_io("fstatfs"));
+        }
+        if sfs.f_type != libc::TMPFS_MAGIC {
+            return Err(MapError::Violation(Violation::new(
+                "memfd is not on tmpfs (hugetlbfs?)",
+                sfs.f_type as u64,
+                libc::TMPFS_MAGIC as u64,
+            )));
+        }
         // SAFETY: all-zero is a valid `stat`.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid out pointer.
@@ -176,6 +192,33 @@ impl StreamShm {
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| errno_io("mmap"))?;
         Ok(Self { base, layout })
+    }
+
+    /// Replaces the whole mapping, in this process only, with private zeroed memory at the same
+    /// address: what was shared stays with the other processes that map it. For a forked child
+    /// of the process that created the stream: nothing it does through this mapping (or through
+    /// pointers into it that alsa-lib handed the program) can reach the parent's stream.
+    ///
+    /// # Errors
+    /// The `mmap` error.
+    pub fn detach(&self) -> std::io::Result<()> {
+        // SAFETY: MAP_FIXED over exactly the range we mapped and own: the old pages are
+        // replaced, no Rust reference into them exists (accessors borrow `self`), and the new
+        // mapping is as long and as writable, so every pointer into the range stays valid.
+        let p = unsafe {
+            libc::mmap(
+                self.base.as_ptr().cast(),
+                self.layout.total_bytes as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The layout this mapping was made for (the private copy, never re-read from memory).
@@ -412,6 +455,42 @@ mod tests {
         let (fd, client) = StreamShm::create(layout, "test").unwrap();
         let daemon = StreamShm::map_peer(&fd, layout).unwrap();
         (client, daemon, fd)
+    }
+
+    /// A sealed hugetlbfs memfd of exactly a layout's size: everything right but its file system.
+    #[test]
+    fn a_hugetlb_memfd_is_refused() {
+        const HUGE: u64 = 2 << 20;
+        let probe = Layout::new(4, 1, 8).unwrap();
+        let layout = Layout::new(4, ((HUGE - u64::from(probe.audio_offset)) / 4) as u32, 8).unwrap();
+        assert_eq!(layout.total_bytes, HUGE);
+        // SAFETY: a valid C string; flags are constants.
+        let raw = unsafe {
+            libc::memfd_create(c"shmix-huge".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB)
+        };
+        assert!(raw >= 0, "memfd_create(MFD_HUGETLB): {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: plain syscalls on our own descriptor.
+        unsafe {
+            assert_eq!(libc::ftruncate(fd.as_raw_fd(), HUGE as libc::off_t), 0);
+            assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS), 0);
+        }
+        match StreamShm::map_peer(&fd, layout) {
+            Err(MapError::Violation(v)) => assert!(v.to_string().contains("tmpfs"), "{v}"),
+            other => panic!("a hugetlb memfd was not refused as such: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_detached_mapping_no_longer_reaches_the_peer() {
+        let (c, d, _fd) = pair();
+        c.audio_write().pos.store(7, Ordering::Release);
+        assert_eq!(d.audio_write().pos.load(Ordering::Acquire), 7);
+        c.detach().unwrap();
+        assert_eq!(c.audio_write().pos.load(Ordering::Acquire), 0, "detached memory starts zeroed");
+        c.audio_write().pos.store(9, Ordering::Release);
+        assert_eq!(d.audio_write().pos.load(Ordering::Acquire), 7, "a write after detach reached the peer");
     }
 
     #[test]

@@ -9,7 +9,7 @@
  * Usage: pcm_semantics basic SOUND | pause SOUND | drop SOUND1 SOUND2 | nonblock SOUND
  *        | short SOUND | stall SOUND DAEMON_PID | abort SOUND | cycles N
  *        | truth SOUND [PERIOD BUFFER rw|mmap] | xrun_status SOUND | abort_thread SOUND
- *        | reset S1 S2 running|prepared [mmap] | reset_capture PRE_OUT POST_OUT
+ *        | reset S1 S2 running|prepared [mmap] | reset_capture PRE_OUT POST_OUT | fork SOUND
  */
 #define _GNU_SOURCE
 #include <alsa/asoundlib.h>
@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -870,6 +871,34 @@ static void cmd_reset_capture(const char *pre, const char *post)
 	snd_pcm_close(pcm);
 }
 
+/* A child forked while the stream plays tries to write to its copy of the PCM, closes it and
+ * exits (a shell-out, a crash handler). The parent's stream must not notice: the child's calls
+ * fail without touching it, and the parent plays the whole sound and drains. */
+static void cmd_fork(const char *path)
+{
+	struct sound snd = load(path);
+	snd_pcm_t *pcm = open_pcm(0);
+	pid_t child;
+	int st = 0;
+	setup(pcm, 0);
+	play_until_ms(pcm, &snd, 500);
+	child = fork();
+	if (child < 0)
+		die("fork", -errno);
+	if (child == 0) {
+		/* No stdio here: the parent owns the buffered stdout. */
+		snd_pcm_sframes_t w = snd_pcm_writei(pcm, snd.s, PERIOD);
+		snd_pcm_close(pcm);
+		_exit(w < 0 ? 0 : 3);
+	}
+	if (waitpid(child, &st, 0) != child)
+		die("waitpid", -errno);
+	check("fork_child_refused", WIFEXITED(st) && WEXITSTATUS(st) == 0, "child_status=%d", st);
+	play_until_ms(pcm, &snd, 1e9);
+	check("fork_drain", snd_pcm_drain(pcm) == 0, "written=%lu", (unsigned long)snd.pos);
+	snd_pcm_close(pcm);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -914,10 +943,14 @@ int main(int argc, char **argv)
 	}
 	else if (argc == 4 && !strcmp(argv[1], "reset_capture"))
 		cmd_reset_capture(argv[2], argv[3]);
+	else if (argc == 3 && !strcmp(argv[1], "fork")) {
+		buffer_frames = 2 * BUFFER;
+		cmd_fork(argv[2]);
+	}
 	else if (argc == 3 && !strcmp(argv[1], "cycles"))
 		cmd_cycles(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|abort_thread|truth|xrun_status SOUND | truth SOUND PERIOD BUFFER rw|mmap | drop S1 S2 | stall SOUND PID | cycles N | reset S1 S2 running|prepared [mmap] | reset_capture PRE POST\n");
+		fprintf(stderr, "usage: pcm_semantics basic|pause|nonblock|short|abort|abort_thread|truth|xrun_status SOUND | truth SOUND PERIOD BUFFER rw|mmap | drop S1 S2 | stall SOUND PID | cycles N | reset S1 S2 running|prepared [mmap] | reset_capture PRE POST | fork SOUND\n");
 		return 2;
 	}
 	return failures ? 1 : 0;
