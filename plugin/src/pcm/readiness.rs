@@ -1,0 +1,175 @@
+//! Readiness: poll's answer for the program (`revents`), and the wake socket's readiness kept as
+//! a mirror of `avail >= avail_min` (PROTOCOL.md "Wakeups"), through the sleeping-flag protocol.
+//! Runs in the host program's calling thread(s). RT: yes (a syscall only when readiness changes).
+
+use std::time::Duration;
+
+use shmix_shared::shm::Ring;
+use shmix_shared::sync::Ordering;
+use shmix_shared::wake::{self, SleepDecision};
+
+use super::{poll_two, Pcm, Phase, Stream};
+use crate::Errno;
+
+impl Pcm {
+    /// poll_revents: `sock_revents` are the socket's returned events (checked for EOF only when
+    /// set). Returns POLLOUT (playback: avail >= avail_min) or POLLIN (capture: fill >=
+    /// avail_min), POLLERR on xrun/disconnect/fatal. `appl_ptr` as for [`Self::pointer`].
+    pub fn revents(&mut self, sock_revents: i16, efd_revents: i16, appl_ptr: Option<u64>) -> u16 {
+        if sock_revents != 0 && self.dead.is_none() && self.conn.peer_gone() {
+            self.debug_line(format_args!("shmixd closed the connection"));
+            self.dead = Some(libc::ENODEV);
+        }
+        if efd_revents & libc::POLLIN != 0 && self.armed {
+            // A late write of the daemon for an earlier sleep (it took the flag, we woke by
+            // other means, drained and armed again, then its write landed): the fd is signalled
+            // while we wait. Believe poll, so sync_readiness drains it instead of letting the
+            // program spin in poll until the daemon's next wake.
+            self.efd_signalled = true;
+        }
+        self.refresh();
+        self.consume_committed(appl_ptr);
+        self.sync_readiness();
+        if self.dead.is_some() || self.stream.as_ref().is_some_and(|s| s.xrun) {
+            return libc::POLLERR as u16;
+        }
+        match (self.want_ready(), self.capture) {
+            (false, _) => 0,
+            (true, false) => libc::POLLOUT as u16,
+            (true, true) => libc::POLLIN as u16,
+        }
+    }
+
+    /// Whether poll should report the stream ready (POLLOUT/POLLIN or POLLERR).
+    pub(super) fn want_ready(&self) -> bool {
+        if self.dead.is_some() {
+            return true;
+        }
+        let Some(s) = &self.stream else { return false };
+        if s.xrun {
+            return true;
+        }
+        match s.phase {
+            Phase::Prepared | Phase::Running => self.avail(s) >= u64::from(self.avail_min),
+            Phase::Draining => s.drained,
+            Phase::Setup | Phase::Paused => false,
+        }
+    }
+
+    /// The recheck after setting `sleeping`: a fresh look at the read cursor and the d2c ring.
+    pub(super) fn fresh_ready(capture: bool, s: &Stream, avail_min: u32) -> bool {
+        // Pairs with the daemon's Release stores of its cursors.
+        let d2c_write = s.shm.ring_write_cursor(Ring::DaemonToClient).pos.load(Ordering::Acquire);
+        if d2c_write != s.d2c_pos {
+            return true;
+        }
+        if matches!(s.phase, Phase::Prepared | Phase::Running) && capture {
+            let write = s.shm.audio_write().pos.load(Ordering::Acquire);
+            let fill = write.wrapping_sub(s.read_total as u32);
+            return fill > s.params.buffer_frames || fill >= avail_min;
+        }
+        if matches!(s.phase, Phase::Prepared | Phase::Running) {
+            let read = s.shm.audio_read().pos.load(Ordering::Acquire);
+            let fill = (s.write_total as u32).wrapping_sub(read);
+            return fill > s.params.buffer_frames || s.params.buffer_frames - fill >= avail_min;
+        }
+        false
+    }
+
+    /// Makes `client_wake`'s readiness mirror [`Self::want_ready`] (PROTOCOL.md "Wakeups").
+    /// Syscalls only on a change: an eventfd read when becoming not ready, a write when we must
+    /// signal ourselves.
+    pub(super) fn sync_readiness(&mut self) {
+        let want = self.want_ready();
+        let capture = self.capture;
+        let Some(s) = &self.stream else { return };
+        // Statistics for `shmixctl stats` (the daemon treats them as untrusted numbers).
+        let line = s.shm.avail_min();
+        let c = self.counters;
+        line.copied_frames.store(c.copied_frames - s.counters_base.copied_frames, Ordering::Relaxed);
+        line.zero_copy_frames.store(c.zero_copy_frames - s.counters_base.zero_copy_frames, Ordering::Relaxed);
+        let sleeping = &Self::own_cursor(capture, s).sleeping;
+        if self.armed {
+            if want {
+                // Take the flag back; if the daemon already took it, it writes (or wrote) the fd.
+                let we_took_it = sleeping.swap(0, Ordering::Relaxed) == 1;
+                self.armed = false;
+                self.efd_signalled = !we_took_it;
+            } else if sleeping.load(Ordering::Relaxed) == 1 {
+                if self.efd_signalled {
+                    // We signalled it ourselves meanwhile (stop waking a drain): take it back.
+                    self.client_wake.drain();
+                    self.efd_signalled = false;
+                }
+                return; // still waiting, fd drained: the steady state costs nothing here
+            } else {
+                self.armed = false;
+                self.efd_signalled = true;
+            }
+        }
+        if want {
+            if !self.efd_signalled {
+                self.client_wake_peer.signal();
+                self.efd_signalled = true;
+            }
+            return;
+        }
+        if self.efd_signalled {
+            self.client_wake.drain(); // nothing there when the daemon has not signalled yet: fine
+            self.efd_signalled = false;
+        }
+        if matches!(s.phase, Phase::Setup) {
+            return; // nothing will change until prepare; nobody needs waking
+        }
+        match wake::prepare_sleep(sleeping, || Self::fresh_ready(capture, s, self.avail_min)) {
+            SleepDecision::Sleep => self.armed = true,
+            SleepDecision::Ready { peer_signals: true } => self.efd_signalled = true,
+            SleepDecision::Ready { peer_signals: false } => {
+                self.client_wake_peer.signal();
+                self.efd_signalled = true;
+            }
+        }
+    }
+
+    /// For the bounded waits: arms `sleeping` so the daemon's next record wakes us. Returns false
+    /// when something is already there (do not sleep).
+    pub(super) fn arm_for_records(&mut self) -> bool {
+        let capture = self.capture;
+        let Some(s) = &self.stream else { return false };
+        if self.armed && Self::own_cursor(capture, s).sleeping.load(Ordering::Relaxed) == 1 {
+            return true;
+        }
+        if self.armed {
+            self.armed = false;
+            self.efd_signalled = true;
+            return false;
+        }
+        self.client_wake.drain();
+        self.efd_signalled = false;
+        let d2c_pos = s.d2c_pos;
+        let sleeping = &Self::own_cursor(capture, s).sleeping;
+        let ring = s.shm.ring_write_cursor(Ring::DaemonToClient);
+        match wake::prepare_sleep(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos) {
+            SleepDecision::Sleep => {
+                self.armed = true;
+                true
+            }
+            SleepDecision::Ready { peer_signals } => {
+                self.efd_signalled = peer_signals;
+                false
+            }
+        }
+    }
+
+    /// One bounded wait on client_wake + socket (mutex held by the caller: prepare only).
+    pub(super) fn wait_once(&mut self, left: Duration) -> Result<(), Errno> {
+        if !self.arm_for_records() {
+            return Ok(());
+        }
+        let revents = poll_two(self.poll_fds(), left);
+        if revents[1] != 0 && self.conn.peer_gone() {
+            self.dead = Some(libc::ENODEV);
+        }
+        Ok(())
+    }
+}

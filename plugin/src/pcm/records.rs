@@ -1,0 +1,109 @@
+//! The control records: posting ours to the daemon (and waking it if it sleeps) and taking its
+//! records and read position into private state. Runs in the host program's calling thread(s).
+//! RT: yes (no allocation, no syscall but the wake of a sleeping daemon).
+
+use shmix_shared::msg::Record;
+use shmix_shared::shm::Ring;
+use shmix_shared::sync::Ordering;
+use shmix_shared::{cursor, wake};
+
+use super::Pcm;
+use crate::Errno;
+
+impl Pcm {
+    pub(super) fn push(&mut self, make: impl FnOnce(u32) -> Record) -> Result<u32, Errno> {
+        let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+        s.seq = s.seq.wrapping_add(1);
+        let seq = s.seq;
+        let ok = s.shm.push_record(Ring::ClientToDaemon, &mut s.c2d, make(seq)).map_err(|_| Errno(libc::EPROTO))?;
+        if !ok {
+            // 64 records unread: the daemon is not serving this stream.
+            return Err(Errno(libc::EIO));
+        }
+        if wake::wake_if_sleeping(&s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping) {
+            self.daemon_wake.signal();
+        }
+        Ok(seq)
+    }
+
+    /// Takes the daemon's records and its read position into private state. No syscall.
+    pub(super) fn refresh(&mut self) {
+        let capture = self.capture;
+        let Some(s) = self.stream.as_mut() else { return };
+        let mut violation: Option<&'static str> = None;
+        // At most one ring's worth per call: a daemon that keeps writing records cannot hold the
+        // program's thread here.
+        for _ in 0..s.shm.layout().msg_records {
+            match s.shm.pop_record(Ring::DaemonToClient, &mut s.d2c) {
+                Ok(None) => break,
+                Ok(Some(Ok(rec))) => {
+                    s.d2c_pos = s.d2c_pos.wrapping_add(1);
+                    match rec {
+                        Record::Stopped { seq, .. } => {
+                            if s.stop_pending == Some(seq) {
+                                s.stop_pending = None;
+                            }
+                        }
+                        Record::Xrun { .. } => {
+                            if s.stop_pending.is_none() && s.daemon_active {
+                                s.xrun = true;
+                                s.daemon_active = false;
+                                self.counters.xruns += 1;
+                            }
+                        }
+                        Record::Drained { seq, .. } => {
+                            if s.drain_pending == Some(seq) {
+                                s.drained = true;
+                                s.daemon_active = false;
+                            }
+                        }
+                        Record::Fatal { errno } => {
+                            self.dead = Some(match errno as i32 {
+                                libc::ESHUTDOWN => libc::ESHUTDOWN,
+                                _ => libc::ENODEV,
+                            });
+                        }
+                        _ => violation = Some("daemon sent a client request record"),
+                    }
+                }
+                Ok(Some(Err(_))) => {
+                    s.d2c_pos = s.d2c_pos.wrapping_add(1);
+                    violation = Some("record does not decode");
+                }
+                Err(_) => {
+                    violation = Some("d2c ring cursor out of range");
+                    break;
+                }
+            }
+        }
+        if capture {
+            // Pairs with the daemon's Release store after it produced frames; it never writes
+            // more than one buffer ahead of our read position.
+            let new = s.shm.audio_write().pos.load(Ordering::Acquire);
+            let limit = (s.read_total + u64::from(s.params.buffer_frames)) as u32;
+            match cursor::advance(s.peer_seen, new, limit) {
+                Ok(moved) => {
+                    s.write_total += u64::from(moved);
+                    s.peer_seen = new;
+                }
+                Err(_) => violation = Some("audio write cursor out of range"),
+            }
+        } else {
+            // Pairs with the daemon's Release store after it consumed frames.
+            let new = s.shm.audio_read().pos.load(Ordering::Acquire);
+            match cursor::advance(s.peer_seen, new, s.write_total as u32) {
+                Ok(moved) => {
+                    s.read_total += u64::from(moved);
+                    s.peer_seen = new;
+                }
+                Err(_) => violation = Some("audio read cursor out of range"),
+            }
+        }
+        if let Some(what) = violation {
+            if self.dead.is_none() {
+                self.debug_line(format_args!("protocol violation by shmixd: {what}"));
+            }
+            self.dead = Some(libc::EPROTO);
+        }
+    }
+}
