@@ -12,9 +12,10 @@ use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::Resampler;
 use shmix_daemon::mixer::{Counters, MixCore, Stream};
 use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
-use shmix_shared::chmap::{ChannelMap, ResampleQuality};
+use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, Record, SampleFormat, WakeFd};
 
 const PERIOD: usize = 1024;

@@ -21,7 +21,7 @@ use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
 use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
-use shmix_shared::chmap::ResampleQuality;
+use shmix_shared::ResampleQuality;
 use shmix_shared::SampleFormat;
 
 /// The shmix sound server.

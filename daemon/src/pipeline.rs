@@ -15,9 +15,10 @@ use rubato::{
     Async, FixedAsync, Indexing, PolynomialDegree, Resampler, SincInterpolationParameters, SincInterpolationType,
     WindowFunction,
 };
-use shmix_shared::chmap::{self, ChannelMap, Position, ResampleQuality};
+use shmix_shared::chmap::{self, ChannelMap, Position};
 use shmix_shared::cursor;
 use shmix_shared::shm::StreamShm;
+use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, SampleFormat};
 
 use crate::convert::{self, DecodeFn};

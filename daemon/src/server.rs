@@ -18,12 +18,13 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use rtrb::{Consumer, Producer};
-use shmix_shared::chmap::{ChannelMap, ResampleQuality};
+use shmix_shared::chmap::ChannelMap;
 use shmix_shared::control::{self as ctlwire, Target};
 use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
+use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, WakeFd, PROTOCOL_VERSION};
 
 use crate::access::{Peer, Policy};

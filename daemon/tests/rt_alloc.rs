@@ -12,9 +12,10 @@ use shmix_daemon::audit;
 use shmix_daemon::convert::{self, EncodeFn};
 use shmix_daemon::mixer::{Counters, MixCore, Stream};
 use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
-use shmix_shared::chmap::{ChannelMap, ResampleQuality};
+use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::ResampleQuality;
 use shmix_shared::{wake, AudioParams, Direction, Record, SampleFormat, WakeFd};
 
 #[cfg(not(feature = "rt-audit"))]

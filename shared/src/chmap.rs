@@ -3,7 +3,7 @@
 //! A map is `Copy` and fixed-size: it travels in `CreateStream` and lives in the daemon's
 //! per-stream state without allocation. Runs in both processes. RT: yes.
 
-use crate::msg::MAX_CHANNELS;
+use crate::limits::MAX_CHANNELS;
 
 /// A channel position (SND_CHMAP_* value).
 pub type Position = u8;
@@ -98,52 +98,6 @@ impl ChannelMap {
     }
 }
 
-/// Resampling quality of a stream whose rate differs from the device's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[repr(u32)]
-pub enum ResampleQuality {
-    /// The daemon's default (`shmixd --resample-quality`).
-    #[default]
-    Default = 0,
-    /// Cheapest: polynomial interpolation.
-    Fast = 1,
-    /// Windowed sinc, moderate length.
-    Medium = 2,
-    /// Long windowed sinc: THD+N -100 dB or better.
-    High = 3,
-}
-
-impl ResampleQuality {
-    /// From the wire value.
-    #[must_use]
-    pub fn from_u32(v: u32) -> Option<Self> {
-        [Self::Default, Self::Fast, Self::Medium, Self::High].into_iter().find(|q| *q as u32 == v)
-    }
-
-    /// From a config/flag word: `default`, `fast`, `medium`, `high`.
-    #[must_use]
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "default" => Some(Self::Default),
-            "fast" | "low" => Some(Self::Fast),
-            "medium" => Some(Self::Medium),
-            "high" | "best" => Some(Self::High),
-            _ => None,
-        }
-    }
-
-    /// The config/flag word.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::Fast => "fast",
-            Self::Medium => "medium",
-            Self::High => "high",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +121,5 @@ mod tests {
         assert!(ChannelMap::new(&[]).is_err());
         assert!(ChannelMap::new(&[LAST + 1]).is_err());
         assert!(ChannelMap::new(&[FL; 33]).is_err());
-        assert_eq!(ResampleQuality::from_name("HIGH"), Some(ResampleQuality::High));
-        assert_eq!(ResampleQuality::from_u32(9), None);
     }
 }

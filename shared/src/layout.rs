@@ -15,16 +15,14 @@
 //! Runs in both processes. RT: no (setup only).
 
 use crate::error::Violation;
+use crate::limits::RECORD_BYTES;
+pub use crate::limits::{MAX_BUFFER_FRAMES, MAX_MSG_RECORDS};
 use crate::sync::{AtomicU32, AtomicU64};
 
 /// "SHMX" little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHMX");
 /// Layout version.
 pub const LAYOUT_VERSION: u32 = 1;
-/// Most frames an audio ring may hold.
-pub const MAX_BUFFER_FRAMES: u32 = 1 << 20;
-/// Most records per message ring.
-pub const MAX_MSG_RECORDS: u32 = 1024;
 /// Records per message ring the plugin uses.
 pub const DEFAULT_MSG_RECORDS: u32 = 64;
 /// Largest memfd the daemon maps for one stream.
@@ -39,14 +37,6 @@ pub struct Cursor {
     pub pos: AtomicU32,
     /// 1 while the side that owns this cursor waits for the peer to move the other cursor.
     pub sleeping: AtomicU32,
-}
-
-/// A value alone on a cache line.
-#[derive(Debug)]
-#[repr(C, align(64))]
-pub struct PaddedU32 {
-    /// The value.
-    pub value: AtomicU32,
 }
 
 /// The client's line: its avail_min, and the plugin's copy counters (statistics the daemon
@@ -185,7 +175,7 @@ impl Layout {
                 u64::from(MAX_MSG_RECORDS),
             ));
         }
-        let ring_bytes = u64::from(msg_records) * crate::msg::RECORD_BYTES as u64;
+        let ring_bytes = u64::from(msg_records) * RECORD_BYTES as u64;
         let c2d = u64::from(HEADER_BYTES);
         let d2c = c2d + ring_bytes;
         let audio = (d2c + ring_bytes).next_multiple_of(64);

@@ -20,7 +20,11 @@ pub mod format;
 #[cfg(not(loom))]
 pub mod layout;
 #[cfg(not(loom))]
+pub mod limits;
+#[cfg(not(loom))]
 pub mod msg;
+#[cfg(not(loom))]
+pub mod quality;
 #[cfg(not(loom))]
 pub mod shm;
 #[cfg(not(loom))]
@@ -29,12 +33,14 @@ pub mod socket;
 pub mod wakefd;
 
 #[cfg(not(loom))]
-pub use chmap::{ChannelMap, ResampleQuality};
+pub use chmap::ChannelMap;
 #[cfg(not(loom))]
 pub use error::{DecodeError, Violation};
 #[cfg(not(loom))]
 pub use format::SampleFormat;
 #[cfg(not(loom))]
 pub use msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
+#[cfg(not(loom))]
+pub use quality::ResampleQuality;
 #[cfg(not(loom))]
 pub use wakefd::WakeFd;

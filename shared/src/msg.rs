@@ -3,10 +3,13 @@
 //! field checked on decode. Runs in both processes. RT: records yes (no allocation); socket
 //! messages no (names are `String`).
 
-use crate::chmap::{ChannelMap, Position, ResampleQuality};
+use crate::chmap::{ChannelMap, Position};
 use crate::codec::{put_str, Reader};
 use crate::error::DecodeError;
 use crate::format::SampleFormat;
+use crate::limits::{MAX_BUFFER_FRAMES, MAX_MSG_RECORDS};
+pub use crate::limits::{MAX_CHANNELS, MAX_RATE, MIN_RATE, RECORD_BYTES};
+use crate::quality::ResampleQuality;
 
 /// Protocol version; both sides must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -16,12 +19,6 @@ pub const MAX_PACKET_BYTES: usize = 512;
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest reason carried in `Refused`.
 pub const MAX_REASON_BYTES: usize = 256;
-/// Most channels a stream may have.
-pub const MAX_CHANNELS: u32 = 32;
-/// Lowest and highest stream rate.
-pub const MIN_RATE: u32 = 8000;
-/// Highest stream rate.
-pub const MAX_RATE: u32 = 384_000;
 
 /// Which way audio flows in a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +81,7 @@ impl AudioParams {
         if self.period_frames == 0 || self.period_frames > self.buffer_frames {
             return Err(DecodeError::BadField("period_frames", u64::from(self.period_frames)));
         }
-        if self.buffer_frames > crate::layout::MAX_BUFFER_FRAMES {
+        if self.buffer_frames > MAX_BUFFER_FRAMES {
             return Err(DecodeError::BadField("buffer_frames", u64::from(self.buffer_frames)));
         }
         Ok(self)
@@ -251,7 +248,7 @@ impl SocketMsg {
             TAG_CREATE => {
                 let params = r.params()?;
                 let msg_records = r.u32("msg_records")?;
-                if !msg_records.is_power_of_two() || msg_records > crate::layout::MAX_MSG_RECORDS {
+                if !msg_records.is_power_of_two() || msg_records > MAX_MSG_RECORDS {
                     return Err(DecodeError::BadField("msg_records", u64::from(msg_records)));
                 }
                 let memfd_bytes = r.u64("memfd_bytes")?;
@@ -337,9 +334,6 @@ pub enum Record {
         errno: u32,
     },
 }
-
-/// Size of one encoded record.
-pub const RECORD_BYTES: usize = 16;
 
 impl Record {
     /// Encodes into 16 bytes: kind u32, seq u32, value u64 (little endian).
