@@ -11,6 +11,7 @@ mod formats;
 mod hostile;
 mod playback;
 mod reliability;
+mod security;
 mod semantics;
 mod service;
 mod soak;
