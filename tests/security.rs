@@ -2,7 +2,10 @@
 //! smuggled past the daemon's control buffer, a fake daemon of another user, idle connections
 //! that never create a stream, and what a shared socket directory allows.
 
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,4 +135,207 @@ fn oversized_descriptor_lists_leave_nothing_open_in_the_daemon() {
     let res = finish(&mut good, start, Duration::from_secs(30));
     res.assert_ok("aplay next to descriptor floods");
     assert_contiguous(&rig.recording_s16(), &sound, 2, "stream next to descriptor floods");
+}
+
+const NOBODY: u32 = 65534;
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn add_conf(rig: &Rig, text: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(&rig.conf).expect("open asound.conf");
+    writeln!(f, "{text}").expect("append asound.conf");
+}
+
+fn assert_root() {
+    // SAFETY: plain getter.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests run a fake daemon as another user with setpriv, which needs root (CI runs as root)"
+    );
+}
+
+/// A fake shmixd run as uid 65534: it listens on `sock`, answers nothing, and appends one line
+/// `BYTES FDS` per connection to `report` once the client hung up (or went quiet for 5 s).
+const FAKE_DAEMON: &str = r#"
+import os, socket, sys
+path, report = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind(path)
+os.chmod(path, 0o777)
+s.listen(8)
+open(report + ".ready", "w").close()
+s.settimeout(60)
+while True:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        break
+    c.settimeout(5)
+    nbytes = nfds = 0
+    try:
+        while True:
+            data, anc, flags, _ = c.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
+            for lvl, typ, d in anc:
+                if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    nfds += len(d) // 4
+            if not data and not anc:
+                break
+            nbytes += len(data)
+    except OSError:
+        pass
+    with open(report, "a") as f:
+        f.write(f"{nbytes} {nfds}\n")
+    c.close()
+"#;
+
+/// Finding 4: a daemon of another user (here a listener run as uid 65534 in a directory it
+/// owns, named by the PCM's `socket` key) is refused by the PCM plugin, `shmixctl` and the ctl
+/// plugin right after `connect()`: each exits non-zero naming the socket, the impostor's uid and
+/// who was expected, and the impostor received not one byte nor one descriptor.
+#[test]
+fn a_fake_daemon_of_another_user_gets_nothing() {
+    assert_root();
+    let python = Path::new("/usr/bin/python3");
+    assert!(python.exists(), "this test runs its fake daemon with /usr/bin/python3: install python3");
+    let rig = Rig::new(Card::default(), &[]);
+    let fake = rig.path("fake");
+    std::fs::create_dir(&fake).unwrap();
+    std::os::unix::fs::chown(&fake, Some(NOBODY), Some(NOBODY)).unwrap();
+    chmod(&fake, 0o755);
+    chmod(rig.dir.path(), 0o711);
+    let script = rig.path("fake.py");
+    std::fs::write(&script, FAKE_DAEMON).unwrap();
+    chmod(&script, 0o644);
+    let sock = fake.join("socket");
+    let report = fake.join("report");
+    let mut daemon = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args(["--clear-groups", "--"])
+        .arg(python)
+        .arg(&script)
+        .arg(&sock)
+        .arg(&report)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    let ready = report.with_extension("ready");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(daemon.try_wait().unwrap().is_none(), "the fake daemon exited");
+        assert!(Instant::now() < deadline, "the fake daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    add_conf(
+        &rig,
+        &format!(
+            "pcm.fake {{ type shmix socket \"{s}\" }}\nctl.fake {{ type shmix socket \"{s}\" }}",
+            s = sock.display()
+        ),
+    );
+    let wav = rig.path("n.wav");
+    write_wav(&wav, 2, 48000, &interleave(&[noise(3, 4800, 20000), noise(4, 4800, 20000)]));
+    let want = format!("refusing the daemon at {}: it runs as uid {NOBODY}, expected uid 0", sock.display());
+    let mut ctl = rig.cmd(artifacts_dir().join("shmixctl"));
+    ctl.arg("--socket").arg(&sock).arg("stats");
+    let mut aplay = rig.cmd("aplay");
+    aplay.args(["-q", "-D", "fake"]).arg(&wav);
+    let mut amixer = rig.cmd("amixer");
+    amixer.args(["-D", "fake", "scontents"]);
+    let mut clients = 0;
+    for (what, cmd) in [("aplay", aplay), ("shmixctl", ctl), ("amixer", amixer)] {
+        let r = run(cmd, Duration::from_secs(20));
+        eprintln!("{what}: exit {:?}: {}", r.status.code(), r.stderr.trim());
+        assert!(!r.status.success(), "{what} succeeded against a fake daemon");
+        assert!(r.stderr.contains(&want) && r.stderr.contains("impersonating"), "{what} stderr: {}", r.stderr);
+        clients += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= clients || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    eprintln!("fake daemon saw (bytes fds per connection): {lines:?}");
+    assert!(lines.len() >= clients, "the fake daemon recorded {} connections, not {clients}", lines.len());
+    assert!(lines.iter().all(|l| l == "0 0"), "the fake daemon received data: {lines:?}");
+}
+
+/// Finding 4, the daemon's side: `shmixd --socket DIR/socket` refuses a DIR others can write
+/// (0777, or 1777 like /tmp) or that another user owns, with the reason, and exits non-zero.
+#[test]
+fn shmixd_refuses_a_socket_directory_others_control() {
+    assert_root();
+    let rig = Rig::new(Card::default(), &[]);
+    let cases = [
+        ("open", 0o777, None, "is writable by others (mode 0777)"),
+        ("sticky", 0o1777, None, "(mode 1777)"),
+        ("theirs", 0o700, Some(NOBODY), "belongs to uid 65534, not to this daemon's uid 0 or root"),
+    ];
+    for (name, mode, owner, want) in cases {
+        let dir = rig.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        }
+        chmod(&dir, mode);
+        let sock = dir.join("socket");
+        let mut d = rig.cmd(artifacts_dir().join("shmixd"));
+        d.arg("--socket").arg(&sock).args(["--device", "card"]);
+        let mut child = d.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("shmixd");
+        let started = Instant::now();
+        if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let r = finish(&mut child, started, Duration::from_secs(10));
+        eprintln!("{name} ({mode:04o}, owner {owner:?}): exit {:?}: {}", r.status.code(), r.stderr.trim());
+        assert!(!r.status.success() && r.status.code() == Some(1), "shmixd served from {name}: {}", r.stderr);
+        assert!(r.stderr.contains(&dir.display().to_string()) && r.stderr.contains(want), "{name}: {}", r.stderr);
+        assert!(!sock.exists(), "{name}: shmixd bound its socket");
+    }
+}
+
+/// Finding 7: a program that gained privileges at exec (here a setgid copy of `shmixctl`,
+/// which resolves its socket with the plugin's function) ignores `SHMIX_SOCKET` and
+/// `XDG_RUNTIME_DIR` (secure_getenv semantics); the same binary without the bit follows them.
+#[test]
+fn a_setgid_program_ignores_the_socket_variables() {
+    assert_root();
+    let dir = scratch_dir("shmix-secure-");
+    let plain = dir.path().join("shmixctl-plain");
+    let setgid = dir.path().join("shmixctl-setgid");
+    for p in [&plain, &setgid] {
+        std::fs::copy(artifacts_dir().join("shmixctl"), p).unwrap();
+    }
+    std::os::unix::fs::chown(&setgid, None, Some(NOBODY)).unwrap();
+    chmod(&setgid, 0o2755);
+    let env_sock = dir.path().join("env-socket");
+    let xdg = dir.path().join("xdg");
+    let mut seen = Vec::new();
+    for p in [&plain, &setgid] {
+        let mut c = std::process::Command::new(p);
+        c.env("SHMIX_SOCKET", &env_sock)
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .env("SHMIX_SYSTEM_SOCKET", &env_sock)
+            .arg("stats");
+        let r = run(c, Duration::from_secs(20));
+        eprintln!("{}: exit {:?}: {}", p.display(), r.status.code(), r.stderr.trim());
+        seen.push(r);
+    }
+    assert!(seen[0].stderr.contains(&env_sock.display().to_string()), "plain: {}", seen[0].stderr);
+    let d = dir.path().display().to_string();
+    assert!(
+        !seen[1].stderr.contains(&d) && !seen[1].stdout.contains(&d),
+        "setgid followed the environment: {}",
+        seen[1].stderr
+    );
 }

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,11 +34,12 @@ use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
 use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
 
-/// Creates the socket's directory (0700), refuses a path where another daemon answers, removes a
-/// stale socket file.
+/// Creates the socket's directory (0700), refuses a directory another user could tamper with
+/// ([`check_socket_dir`]), refuses a path where another daemon answers, removes a stale socket
+/// file.
 ///
 /// # Errors
-/// Another daemon answers, or a filesystem call fails.
+/// The directory is not safe, another daemon answers, or a filesystem call fails.
 pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -48,6 +49,9 @@ pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
                 .create(dir)
                 .with_context(|| format!("creating socket directory {}", dir.display()))?;
         }
+        let md = std::fs::metadata(dir).with_context(|| format!("checking socket directory {}", dir.display()))?;
+        // SAFETY: geteuid cannot fail.
+        check_socket_dir(dir, md.uid(), md.mode(), unsafe { libc::geteuid() })?;
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -66,6 +70,33 @@ pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A socket directory must belong to the daemon's user or root and be writable by nobody else
+/// (no group or other write bit, sticky or not): whoever can write there can replace the socket
+/// with their own and receive every client's audio and shared memory (`/tmp/shmix-$UID` made
+/// first by another user, a `--socket` in a shared directory). A root-owned 0755 `/run/shmix`
+/// and the 0750 directory `--system` creates pass.
+///
+/// # Errors
+/// Says who owns the directory, its mode, and what is expected.
+pub fn check_socket_dir(dir: &Path, owner: u32, mode: u32, euid: u32) -> anyhow::Result<()> {
+    if owner != euid && owner != 0 {
+        bail!(
+            "socket directory {} belongs to uid {owner}, not to this daemon's uid {euid} or root: another user \
+             could replace the socket; refusing to listen there (use a directory of your own, or remove it)",
+            dir.display()
+        );
+    }
+    if mode & 0o022 != 0 {
+        bail!(
+            "socket directory {} is writable by others (mode {:04o}): anyone who can write there could replace \
+             the socket; refusing to listen there (chmod go-w it, or use a directory of your own)",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Binds and listens (non-blocking).
@@ -858,5 +889,25 @@ impl Server {
     #[must_use]
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_directories_others_could_write_are_refused() {
+        let d = Path::new("/x");
+        assert!(check_socket_dir(d, 1000, 0o40700, 1000).is_ok());
+        assert!(check_socket_dir(d, 0, 0o40755, 1000).is_ok(), "root's /run/shmix");
+        assert!(check_socket_dir(d, 0, 0o40750, 0).is_ok(), "--system's own directory");
+        let e = check_socket_dir(d, 1001, 0o40700, 1000).unwrap_err().to_string();
+        assert!(e.contains("uid 1001") && e.contains("uid 1000"), "{e}");
+        for mode in [0o40777, 0o41777, 0o40770, 0o40702] {
+            let e = check_socket_dir(d, 1000, mode, 1000).unwrap_err().to_string();
+            assert!(e.contains("writable by others"), "{mode:o}: {e}");
+        }
+        assert!(check_socket_dir(Path::new("/tmp"), 0, 0o41777, 0).is_err(), "/tmp itself");
     }
 }

@@ -10,6 +10,8 @@ pub mod chmap;
 #[cfg(not(loom))]
 mod codec;
 #[cfg(not(loom))]
+pub mod connect;
+#[cfg(not(loom))]
 pub mod control;
 #[cfg(not(loom))]
 pub mod cursor;
@@ -25,6 +27,8 @@ pub mod msg;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
+#[cfg(not(loom))]
+pub mod text;
 
 #[cfg(not(loom))]
 pub use chmap::{ChannelMap, ResampleQuality};

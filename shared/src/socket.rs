@@ -22,11 +22,31 @@ pub const SYSTEM_SOCKET_ENV: &str = "SHMIX_SYSTEM_SOCKET";
 /// Where `shmixd --system` listens unless told otherwise.
 pub const SYSTEM_SOCKET_PATH: &str = "/run/shmix/socket";
 
+/// An environment variable with `secure_getenv(3)` semantics: `None` in a process that gained
+/// privileges at exec (setuid, setgid, file capabilities: the kernel's `AT_SECURE`), whose
+/// environment belongs to the less privileged user who started it. Otherwise a setuid program
+/// using ALSA could be pointed at a socket of that user's choosing. Every variable the plugin
+/// reads goes through here.
+#[must_use]
+pub fn secure_env(name: &str) -> Option<std::ffi::OsString> {
+    if exec_was_secure() {
+        return None;
+    }
+    std::env::var_os(name)
+}
+
+/// The kernel's `AT_SECURE` for this process.
+#[must_use]
+pub fn exec_was_secure() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave this process; no pointers.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
 /// The socket path when nothing is configured: `$XDG_RUNTIME_DIR/shmix/socket`, or
 /// `/tmp/shmix-$UID/socket` when `XDG_RUNTIME_DIR` is unset.
 #[must_use]
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    match secure_env("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("shmix").join("socket"),
         // SAFETY: getuid cannot fail.
         _ => PathBuf::from(format!("/tmp/shmix-{}", unsafe { libc::getuid() })).join("socket"),
@@ -36,7 +56,7 @@ pub fn default_socket_path() -> PathBuf {
 /// The system-wide socket: `SHMIX_SYSTEM_SOCKET` if set, else `/run/shmix/socket`.
 #[must_use]
 pub fn system_socket_path() -> PathBuf {
-    match std::env::var_os(SYSTEM_SOCKET_ENV) {
+    match secure_env(SYSTEM_SOCKET_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(SYSTEM_SOCKET_PATH),
     }
@@ -46,7 +66,7 @@ pub fn system_socket_path() -> PathBuf {
 /// user default. (Never the system socket: a user daemon must not take another daemon's place.)
 #[must_use]
 pub fn user_socket_path() -> PathBuf {
-    match std::env::var_os(SOCKET_ENV) {
+    match secure_env(SOCKET_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => default_socket_path(),
     }
@@ -58,7 +78,7 @@ pub fn user_socket_path() -> PathBuf {
 /// names the path a user daemon would use).
 #[must_use]
 pub fn resolve_socket_path(configured: Option<&str>) -> PathBuf {
-    let env = std::env::var_os(SOCKET_ENV).map(PathBuf::from);
+    let env = secure_env(SOCKET_ENV).map(PathBuf::from);
     // A socket we may not even look at (a `--system` directory closed to us) counts as there:
     // connecting then says "Permission denied" about it, not "no such file" about another path.
     resolve_from(env, configured, default_socket_path(), system_socket_path(), |p| match p.symlink_metadata() {
@@ -273,9 +293,17 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_process_reads_its_environment() {
+        // This test binary gained no privileges at exec: secure_env is the environment. (A
+        // setuid run is in the integration tests: `security::a_setuid_program_ignores_the_socket_variables`.)
+        assert!(!exec_was_secure());
+        assert_eq!(secure_env("PATH"), std::env::var_os("PATH"));
+    }
+
+    #[test]
     fn env_overrides_config() {
         // Not touching the process environment (tests run in parallel): only the config path.
-        if std::env::var_os(SOCKET_ENV).is_none() {
+        if secure_env(SOCKET_ENV).is_none() {
             assert_eq!(resolve_socket_path(Some("/x/y")), PathBuf::from("/x/y"));
         }
     }
