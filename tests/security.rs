@@ -339,3 +339,100 @@ fn a_setgid_program_ignores_the_socket_variables() {
         seen[1].stderr
     );
 }
+
+/// Connects and says `Hello` with `name`; the greeted connection.
+fn hello_as(rig: &Rig, name: &str) -> Raw {
+    let sock = seqpacket(&rig.sock);
+    let hello =
+        SocketMsg::Hello { version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 0, name: name.into() };
+    socket::send(sock.as_fd(), &hello, &[]).unwrap();
+    let p = socket::recv(sock.as_fd()).unwrap();
+    match SocketMsg::decode(&p.bytes).expect("daemon sent garbage") {
+        SocketMsg::Welcome { device, .. } => Raw { sock, device },
+        other => panic!("no welcome: {other:?}"),
+    }
+}
+
+/// Finding 5: a connection that said `Hello` and then neither creates a stream nor becomes a
+/// control connection is closed after `--handshake-timeout`, with the reason logged; a control
+/// connection and a connection with a stream stay.
+#[test]
+fn a_connection_idle_after_hello_is_closed_after_the_handshake_timeout() {
+    let rig = Rig::new(Card::default(), &["--handshake-timeout", "0.5"]);
+    let t0 = Instant::now();
+    let idle = Raw::connect(&rig);
+    let busy = Raw::connect(&rig);
+    let (_fd, _shm) = busy.stream();
+    let ctl = seqpacket(&rig.sock);
+    socket::send(ctl.as_fd(), &SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: "ctl".into() }, &[]).unwrap();
+    assert!(matches!(SocketMsg::decode(&socket::recv(ctl.as_fd()).unwrap().bytes), Ok(SocketMsg::Welcome { .. })));
+    idle.assert_disconnected("a connection idle after Hello");
+    let closed_after = t0.elapsed();
+    eprintln!("the idle connection was closed after {closed_after:?}");
+    assert!(closed_after >= Duration::from_millis(500), "closed before the timeout: {closed_after:?}");
+    // Twice the timeout later the others are still served.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut pfd =
+        [busy.sock.as_raw_fd(), ctl.as_raw_fd()].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    // SAFETY: two valid pollfds.
+    unsafe { libc::poll(pfd.as_mut_ptr(), 2, 0) };
+    assert!(
+        pfd.iter().all(|p| p.revents == 0),
+        "a connection with a stream or a control connection was closed: {pfd:?}"
+    );
+    let log = rig.daemon_log();
+    assert!(log.contains("no stream created within 0.5 s after Hello (--handshake-timeout)"), "{log}");
+}
+
+/// Finding 5: the per-uid limit holds over separate processes of one user (each within its
+/// per-process limit): with `--max-streams-per-uid 2`, a third aplay is refused with the reason.
+#[test]
+fn streams_are_limited_per_uid_across_processes() {
+    let rig = Rig::new(Card::default(), &["--max-streams-per-uid", "2"]);
+    let wav = rig.path("long.wav");
+    write_wav(&wav, 2, 48000, &interleave(&[noise(5, 3 * 48000, 20000), noise(6, 3 * 48000, 20000)]));
+    let spawn = || {
+        let mut c = rig.cmd("aplay");
+        c.args(["-q", "-D", "shmix"]).arg(&wav).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut first = spawn();
+    let mut second = spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig.daemon_log().matches(": stream ").count() < 2 {
+        assert!(Instant::now() < deadline, "two streams did not start:\n{}", rig.daemon_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = rig.cmd("aplay");
+    c.args(["-q", "-D", "shmix"]).arg(&wav);
+    let third = run(c, Duration::from_secs(20));
+    eprintln!("third aplay: {}", third.stderr.trim());
+    assert!(!third.status.success(), "a third stream of the user was admitted");
+    assert!(
+        third.stderr.contains("too many streams: uid 0 already has 2 (limit --max-streams-per-uid 2)"),
+        "{}",
+        third.stderr
+    );
+    for child in [&mut first, &mut second] {
+        finish(child, Instant::now(), Duration::from_secs(20)).assert_ok("aplay within the limit");
+    }
+}
+
+/// Finding 7: a client's name reaches neither the daemon's log nor `shmixctl list` with its
+/// control characters: a name that clears the screen and forges a log line is escaped.
+#[test]
+fn client_names_are_escaped_in_the_log_and_in_shmixctl() {
+    let rig = Rig::new(Card::default(), &[]);
+    let c = hello_as(&rig, "evil\u{1b}[2J\r\nshmixd INFO: forged");
+    let (_fd, _shm) = c.stream();
+    let mut ctl = rig.cmd(artifacts_dir().join("shmixctl"));
+    ctl.arg("--socket").arg(&rig.sock).arg("list");
+    let r = run(ctl, Duration::from_secs(20));
+    r.assert_ok("shmixctl list");
+    eprintln!("{}", r.stdout);
+    assert!(r.stdout.contains("evil\\u{1b}[2J\\r\\nshmixd"), "{}", r.stdout);
+    assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\r'), "{:?}", r.stdout);
+    let log = rig.daemon_log();
+    assert!(log.contains("evil\\u{1b}[2J\\r\\nshmixd INFO: forged"), "{log}");
+    assert!(!log.contains('\u{1b}') && !log.lines().any(|l| l.starts_with("shmixd INFO: forged")), "{log:?}");
+}

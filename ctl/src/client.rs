@@ -45,7 +45,7 @@ impl Client {
         control::send_packet(self.fd.as_fd(), &req.encode()).context("sending request")?;
         let r = self.recv()?;
         if let Reply::Error { reason, .. } = r {
-            bail!("{reason}");
+            bail!("{}", shmix_shared::text::escape_controls(&reason));
         }
         Ok(r)
     }

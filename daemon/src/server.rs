@@ -24,6 +24,7 @@ use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
+use shmix_shared::text::escape_controls;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, PROTOCOL_VERSION};
 
 use crate::access::{Peer, Policy};
@@ -143,14 +144,34 @@ enum Phase {
 struct Client {
     fd: OwnedFd,
     pid: i32,
+    /// The peer's uid (`SO_PEERCRED`), for the per-uid limits.
+    uid: u32,
+    /// The program name from `Hello`, control characters escaped.
     name: String,
     phase: Phase,
+    /// `AwaitHello`: when the Hello is due; `Ready`: when the first stream is, unless
+    /// `had_stream`.
     deadline: Instant,
+    /// A stream was created on this connection (it may idle between streams from then on).
+    had_stream: bool,
     stream: Option<u32>,
     /// Bytes of the attached stream's memfd (counted against `--max-client-shm` while `stream` is set).
     shm_bytes: u64,
     destroying: bool,
     direction: Direction,
+}
+
+impl Client {
+    /// Whether the connection has a deadline: it has not said Hello yet, or said it and has
+    /// not created a stream (nor become a control connection). An idle connection costs the
+    /// daemon a descriptor and a `--max-clients` slot for as long as it stays.
+    fn awaits_something(&self) -> bool {
+        match self.phase {
+            Phase::AwaitHello => true,
+            Phase::Ready => !self.had_stream && self.stream.is_none(),
+            Phase::Control | Phase::Subscribed => false,
+        }
+    }
 }
 
 /// What the control loop holds.
@@ -356,7 +377,7 @@ impl Server {
             }
             let now = Instant::now();
             let mut timeout = Duration::from_secs(1).saturating_sub(now - last_stats);
-            for c in self.clients.iter().filter(|c| c.phase == Phase::AwaitHello) {
+            for c in self.clients.iter().filter(|c| c.awaits_something()) {
                 timeout = timeout.min(c.deadline.saturating_duration_since(now));
             }
             if !self.pending.is_empty() {
@@ -398,15 +419,17 @@ impl Server {
                 self.accept_all();
             }
             let now = Instant::now();
-            let late: Vec<RawFd> = self
+            let late: Vec<(RawFd, bool)> = self
                 .clients
                 .iter()
-                .filter(|c| c.phase == Phase::AwaitHello && now >= c.deadline)
-                .map(|c| c.fd.as_raw_fd())
+                .filter(|c| c.awaits_something() && now >= c.deadline)
+                .map(|c| (c.fd.as_raw_fd(), c.phase == Phase::AwaitHello))
                 .collect();
-            for fd in late {
+            for (fd, no_hello) in late {
                 let limit = self.limits.handshake_timeout.as_secs_f64();
-                self.disconnect(fd, Some(Disconnect(format!("no Hello within {limit} s (--handshake-timeout)"))));
+                let what = if no_hello { "no Hello" } else { "no stream created" };
+                let after = if no_hello { "" } else { " after Hello" };
+                self.disconnect(fd, Some(Disconnect(format!("{what} within {limit} s{after} (--handshake-timeout)"))));
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
@@ -583,9 +606,11 @@ impl Server {
             self.clients.push(Client {
                 fd,
                 pid: peer.pid,
+                uid: peer.uid,
                 name: String::new(),
                 phase: Phase::AwaitHello,
                 deadline: Instant::now() + self.limits.handshake_timeout,
+                had_stream: false,
                 stream: None,
                 shm_bytes: 0,
                 destroying: false,
@@ -660,8 +685,10 @@ impl Server {
         }
         match msg {
             SocketMsg::Hello { version, direction, name, .. } if phase_hello => {
+                let deadline = Instant::now() + self.limits.handshake_timeout;
                 let c = &mut self.clients[i];
-                c.name = name;
+                c.name = escape_controls(&name).into_owned();
+                c.deadline = deadline;
                 if version != PROTOCOL_VERSION {
                     let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
@@ -686,7 +713,7 @@ impl Server {
             }
             SocketMsg::ControlHello { version, name } if phase_hello => {
                 let c = &mut self.clients[i];
-                c.name = name;
+                c.name = escape_controls(&name).into_owned();
                 if version != PROTOCOL_VERSION {
                     let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
@@ -802,7 +829,14 @@ impl Server {
         let pid = self.clients[i].pid;
         let (streams, shm) =
             crate::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
-        if let Err(r) = self.limits.check_stream(pid, streams, shm, layout.total_bytes) {
+        let uid = self.clients[i].uid;
+        let (uid_streams, uid_shm) =
+            crate::limits::usage(uid, self.clients.iter().map(|c| (c.uid, c.stream.map(|_| c.shm_bytes))));
+        let checked = self
+            .limits
+            .check_stream(pid, streams, shm, layout.total_bytes)
+            .and_then(|()| self.limits.check_uid_stream(uid, uid_streams, uid_shm, layout.total_bytes));
+        if let Err(r) = checked {
             info!("client pid {pid}: stream refused: {}", r.reason);
             self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
             return Ok(());
@@ -820,8 +854,7 @@ impl Server {
             e @ MapError::Io(..) => Disconnect(format!("cannot map memfd: {e}")),
         })?;
         drop(memfd);
-        let id = self.next_stream_id;
-        self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
+        let id = self.take_stream_id();
         let (conv, remap, stream) = match rec {
             Some(rec) => {
                 let conv = if rec.resamples() {
@@ -852,6 +885,7 @@ impl Server {
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
+        c.had_stream = true;
         c.shm_bytes = layout.total_bytes;
         info!(
             "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
@@ -861,6 +895,16 @@ impl Server {
         self.send_cmd(Command::Add(stream));
         self.reply(fd, &SocketMsg::StreamReady { stream_id: id });
         Ok(())
+    }
+
+    /// The next stream id: never 0, and never one a client or the registry still uses (ids wrap
+    /// at 2^32; a long-lived stream must not share its id with a new one, or `shmixctl volume
+    /// ID` and the mix thread's `Remove(id)` would hit both).
+    fn take_stream_id(&mut self) -> u32 {
+        let in_use = |s: &Self, id: u32| s.clients.iter().any(|c| c.stream == Some(id)) || s.control.has_stream(id);
+        let id = next_free_id(self.next_stream_id, |id| in_use(self, id));
+        self.next_stream_id = id.wrapping_add(1).max(1);
+        id
     }
 
     /// Shutdown, step 2 (after the mix thread posted Fatal and ended): closes every client.
@@ -892,9 +936,29 @@ impl Server {
     }
 }
 
+/// The first id from `from` on (wrapping, skipping 0) that `in_use` does not claim. At most
+/// [`MAX_STREAMS`] plus the connections can be in use, far below 2^32, so one is always found.
+fn next_free_id(from: u32, in_use: impl Fn(u32) -> bool) -> u32 {
+    let mut id = from.max(1);
+    while in_use(id) {
+        id = id.wrapping_add(1).max(1);
+    }
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_ids_wrap_past_zero_and_skip_ids_in_use() {
+        let used = [u32::MAX, 1, 2, 5];
+        let in_use = |id: u32| used.contains(&id);
+        assert_eq!(next_free_id(u32::MAX - 1, in_use), u32::MAX - 1);
+        assert_eq!(next_free_id(u32::MAX, in_use), 3, "wraps, skips 0, 1 and 2");
+        assert_eq!(next_free_id(0, in_use), 3);
+        assert_eq!(next_free_id(5, in_use), 6);
+    }
 
     #[test]
     fn socket_directories_others_could_write_are_refused() {
