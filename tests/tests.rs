@@ -12,6 +12,7 @@ mod hostile;
 mod playback;
 mod reliability;
 mod rt_hostile;
+mod security;
 mod semantics;
 mod service;
 mod soak;

@@ -1,11 +1,11 @@
 //! A control connection to shmixd: connect, `ControlHello`, then one request and one reply at a
 //! time. Runs in `shmixctl`. RT: no.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use shmix_shared::control::{self, Reply, Request};
 use shmix_shared::socket as wire;
 use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
@@ -26,38 +26,15 @@ pub fn socket_path(cli: Option<&Path>) -> PathBuf {
 }
 
 impl Client {
-    /// Connects and shakes hands.
+    /// Connects, checks the daemon's credentials before sending anything, and shakes hands
+    /// (`shmix_shared::connect`). A daemon that hangs makes shmixctl fail after 5 s, never hang.
     ///
     /// # Errors
-    /// The daemon is not there, refuses, or answers nonsense.
+    /// The daemon is not there, is not to be trusted, refuses, or answers nonsense.
     pub fn connect(path: &Path) -> anyhow::Result<Self> {
-        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
-        // A daemon that hangs makes shmixctl fail after 5 s, never hang.
-        let tv = nix::sys::time::TimeVal::new(5, 0);
-        socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv).context("SO_RCVTIMEO")?;
-        socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv).context("SO_SNDTIMEO")?;
-        let addr = UnixAddr::new(path)?;
-        socket::connect(fd.as_raw_fd(), &addr)
-            .with_context(|| format!("cannot reach shmixd at {} (is it running?)", path.display()))?;
         let hello = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: "shmixctl".into() };
-        // A daemon that refuses at accept (the peer's uid or group, a limit) sends `Refused` and
-        // closes at once: the Hello may then fail with EPIPE, or the first recv with ECONNRESET,
-        // while the refusal with its reason is still queued for us (as in the plugin's conn.rs).
-        let sent = wire::send(fd.as_fd(), &hello, &[]);
-        let pkt = match wire::recv(fd.as_fd()) {
-            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECONNRESET as i32) => wire::recv(fd.as_fd()),
-            r => r,
-        };
-        let answer = pkt.map(|p| (!p.bytes.is_empty()).then(|| SocketMsg::decode(&p.bytes)));
-        match (sent, answer) {
-            (_, Ok(Some(Ok(SocketMsg::Refused { reason, .. })))) => bail!("shmixd refused: {reason}"),
-            (Err(e), _) => Err(e).context("sending ControlHello"),
-            (Ok(()), Err(e)) => Err(e).context("waiting for Welcome"),
-            (Ok(()), Ok(None)) => bail!("shmixd at {} closed the connection", path.display()),
-            (Ok(()), Ok(Some(Ok(SocketMsg::Welcome { .. })))) => Ok(Self { fd }),
-            (Ok(()), Ok(Some(Ok(other)))) => bail!("unexpected answer from shmixd: {other:?}"),
-            (Ok(()), Ok(Some(Err(e)))) => Err(anyhow!("bad answer from shmixd: {e}")),
-        }
+        let c = shmix_shared::connect::connect(path, &hello, Duration::from_secs(5))?;
+        Ok(Self { fd: c.sock })
     }
 
     /// Sends `req` and waits for its reply (`Reply::Error` becomes an error).
@@ -68,7 +45,7 @@ impl Client {
         control::send_packet(self.fd.as_fd(), &req.encode()).context("sending request")?;
         let r = self.recv()?;
         if let Reply::Error { reason, .. } = r {
-            bail!("{reason}");
+            bail!("{}", shmix_shared::text::escape_controls(&reason));
         }
         Ok(r)
     }

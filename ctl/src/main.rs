@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use shmix_shared::control::{self, MuteOp, Reply, Request, Stats, StreamInfo, Target};
+use shmix_shared::text::escape_controls;
 use shmix_shared::{AudioParams, Direction};
 
 use crate::client::Client;
@@ -220,7 +221,7 @@ pub(crate) fn list_text(list: &[StreamInfo]) -> String {
             "{:>4} {:>7} {:<15} {:<8} {:<9} {:>6} {:>2} {:>6} {:>6} {:>6.1} ms {:>5} {:<20} {:>9} {}\n",
             s.id,
             s.pid,
-            s.name,
+            escape_controls(&s.name),
             direction_name(s.direction),
             p.format.name(),
             p.rate,
@@ -384,6 +385,37 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A name with terminal escapes (from a daemon that did not escape it) is printed escaped.
+    #[test]
+    fn list_text_escapes_control_characters_in_names() {
+        use shmix_shared::control::StreamState;
+        let info = StreamInfo {
+            id: 1,
+            pid: 2,
+            name: "evil\u{1b}]0;owned\u{7}\r\nfake".into(),
+            direction: Direction::Playback,
+            params: AudioParams {
+                format: shmix_shared::SampleFormat::S16Le,
+                rate: 48000,
+                channels: 2,
+                period_frames: 256,
+                buffer_frames: 1024,
+            },
+            state: StreamState::Running,
+            latency_frames: 0,
+            xruns: 0,
+            volume: 1.0,
+            muted: false,
+            peak: 0.0,
+            copied_frames: 0,
+            zero_copy_frames: 0,
+        };
+        let text = list_text(&[info]);
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("evil\\u{1b}]0;owned\\u{7}\\r\\nfake"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]

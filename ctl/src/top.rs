@@ -119,7 +119,7 @@ fn render(stats: &Stats, list: &[StreamInfo]) -> String {
             "{:>4} {:>7} {:<15} {:<8} {:<14} {:>6.1} ms {:>5} {:>6} {:<9} {}\r\n",
             st.id,
             st.pid,
-            st.name,
+            shmix_shared::text::escape_controls(&st.name),
             match st.direction {
                 shmix_shared::Direction::Playback => "playback",
                 shmix_shared::Direction::Capture => "capture",

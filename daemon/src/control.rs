@@ -4,7 +4,7 @@
 //! The mix thread reads volumes and writes levels and per-stream figures through atomics only
 //! ([`StreamCtl`] per stream, [`DeviceCtl`] per device): no lock, no allocation, no syscall on
 //! its side. The control thread keeps the stream registry (who owns which stream), the volume
-//! memory (per program name, for the daemon's lifetime) and answers [`Request`]s.
+//! memory (per program name, the 256 most recently used) and answers [`Request`]s.
 //! Runs on the control thread; the atomics are also touched by the mix thread. RT: the atomics
 //! yes, everything else no.
 
@@ -22,6 +22,60 @@ use crate::pipeline::GAIN_RAMP_MS;
 
 /// Length of the metering window (peaks are the largest sample of the last window).
 pub const METER_WINDOW_MS: u32 = 50;
+
+/// Program names whose volume is remembered; past it the least recently used is forgotten
+/// (names are the clients' choice: without a bound, one client inventing names grows the
+/// daemon for ever).
+pub const VOLUME_MEMORY_NAMES: usize = 256;
+
+/// Volume and mute per program name, at most [`VOLUME_MEMORY_NAMES`] of them, least recently
+/// used (set, or applied to a new stream) forgotten first.
+#[derive(Debug, Default)]
+pub struct VolumeMemory {
+    /// Name -> (volume, muted, last use).
+    names: HashMap<String, (f32, bool, u64)>,
+    clock: u64,
+}
+
+impl VolumeMemory {
+    /// The remembered volume and mute of `name`, marking it used.
+    pub fn recall(&mut self, name: &str) -> Option<(f32, bool)> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.names.get_mut(name).map(|e| {
+            e.2 = clock;
+            (e.0, e.1)
+        })
+    }
+
+    /// Remembers `name`'s volume and mute, forgetting the least recently used name when full.
+    pub fn remember(&mut self, name: &str, (volume, muted): (f32, bool)) {
+        self.clock += 1;
+        if let Some(e) = self.names.get_mut(name) {
+            *e = (volume, muted, self.clock);
+            return;
+        }
+        if self.names.len() >= VOLUME_MEMORY_NAMES {
+            // A linear scan of 256 entries, on a shmixctl request: cheaper than keeping an order.
+            if let Some(oldest) = self.names.iter().min_by_key(|(_, e)| e.2).map(|(k, _)| k.clone()) {
+                self.names.remove(&oldest);
+            }
+        }
+        self.names.insert(name.to_owned(), (volume, muted, self.clock));
+    }
+
+    /// Names remembered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Nothing remembered.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
 
 /// A linear volume and a mute flag, written by the control thread, read by the mix thread
 /// (Relaxed: each is one independent value; the mix thread picks them up on its next cycle).
@@ -194,8 +248,8 @@ pub struct ServerFigures<'a> {
 pub struct Control {
     device: Arc<DeviceCtl>,
     streams: Vec<Entry>,
-    /// Volume and mute per program name, for the daemon's lifetime.
-    memory: HashMap<String, (f32, bool)>,
+    /// Volume and mute per program name (the most recently used names).
+    memory: VolumeMemory,
     /// Copy counters of streams that are gone.
     retired_copied: u64,
     retired_zero_copy: u64,
@@ -209,7 +263,7 @@ impl Control {
         Self {
             device,
             streams: Vec::new(),
-            memory: HashMap::new(),
+            memory: VolumeMemory::default(),
             retired_copied: 0,
             retired_zero_copy: 0,
             started: Instant::now(),
@@ -233,13 +287,19 @@ impl Control {
         params: AudioParams,
     ) -> Arc<StreamCtl> {
         let ctl = Arc::new(StreamCtl::default());
-        if let Some(&(v, m)) = self.memory.get(name) {
+        if let Some((v, m)) = self.memory.recall(name) {
             ctl.volume.set_volume(v);
             ctl.volume.set_muted(m);
             log::info!("stream {id} ({name}): remembered volume {:.0}%{}", v * 100.0, if m { ", muted" } else { "" });
         }
         self.streams.push(Entry { id, pid, name: name.to_owned(), direction, params, ctl: Arc::clone(&ctl) });
         ctl
+    }
+
+    /// Whether stream `id` is registered.
+    #[must_use]
+    pub fn has_stream(&self, id: u32) -> bool {
+        self.streams.iter().any(|e| e.id == id)
     }
 
     /// Forgets a stream that left the mix.
@@ -348,7 +408,7 @@ impl Control {
         let name = name.map(str::to_owned);
         if let Some(name) = name {
             // Volume memory: the next stream of this program starts at this level.
-            self.memory.insert(name, after);
+            self.memory.remember(&name, after);
         }
         let reply = Reply::Volume { target, volume: after.0, muted: after.1 };
         (reply, (before != after).then_some(target))
@@ -386,5 +446,40 @@ mod tests {
         assert_eq!(c.device().master.gain(), 0.0);
         let (_, ch) = c.handle(Request::SetMute { target: Target::Master, op: MuteOp::On }, &f);
         assert_eq!(ch, None, "no change, no event");
+    }
+
+    #[test]
+    fn volume_memory_keeps_the_most_recently_used_names_only() {
+        let mut m = VolumeMemory::default();
+        m.remember("kept", (0.5, false));
+        for i in 0..10 * VOLUME_MEMORY_NAMES {
+            m.remember(&format!("invented-{i}"), (0.1, true));
+            if i % 100 == 0 {
+                // Used now and then: stays while older inventions go.
+                assert_eq!(m.recall("kept"), Some((0.5, false)));
+            }
+            assert!(m.len() <= VOLUME_MEMORY_NAMES);
+        }
+        assert_eq!(m.len(), VOLUME_MEMORY_NAMES);
+        assert_eq!(m.recall("kept"), Some((0.5, false)));
+        assert_eq!(m.recall("invented-0"), None, "the oldest names are forgotten");
+        let last = format!("invented-{}", 10 * VOLUME_MEMORY_NAMES - 1);
+        assert_eq!(m.recall(&last), Some((0.1, true)));
+        m.remember("kept", (0.75, true));
+        assert_eq!(m.recall("kept"), Some((0.75, true)));
+        assert_eq!(m.len(), VOLUME_MEMORY_NAMES);
+    }
+
+    #[test]
+    fn a_control_client_setting_many_names_is_bounded() {
+        let mut c = Control::new(Arc::new(DeviceCtl::new(2, 48000)));
+        let counters = Counters::default();
+        let f = ServerFigures { device: params(), clients: 1, counters: &counters };
+        for id in 1..=1000 {
+            c.register(id, 10, &format!("p{id}"), Direction::Playback, params());
+            c.handle(Request::SetVolume { target: Target::Stream(id), volume: 0.5 }, &f);
+            c.unregister(id);
+        }
+        assert_eq!(c.memory.len(), VOLUME_MEMORY_NAMES);
     }
 }

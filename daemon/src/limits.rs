@@ -1,7 +1,8 @@
 //! Resource limits for untrusted clients: how many connections the daemon holds, how many streams
-//! and how much shared memory one client (one peer process, by `SO_PEERCRED` pid) may map, how
-//! long a new connection may take to say `Hello`, the descriptor limit, and the back-off of the
-//! accept loop when the process runs out of descriptors. The control thread asks these checks;
+//! and how much shared memory one client (one peer process, by `SO_PEERCRED` pid) and one user
+//! (by `SO_PEERCRED` uid: a process that forks gets around a per-process limit, not around this)
+//! may map, how long a new connection may take to say `Hello` and then to create a stream, the
+//! descriptor limit, and the back-off of the accept loop when the process runs out of descriptors. The control thread asks these checks;
 //! a refusal carries the reason the plugin prints. Runs on the control thread. RT: no.
 
 use std::time::{Duration, Instant};
@@ -14,6 +15,12 @@ pub const DEFAULT_MAX_CLIENTS: usize = 512;
 pub const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 32;
 /// Default for `--max-client-shm` in MiB.
 pub const DEFAULT_MAX_CLIENT_SHM_MIB: u64 = 256;
+/// Default for `--max-streams-per-uid` in `--system` mode: three quarters of the daemon's stream
+/// slots, so one user cannot take them all. (In user mode every client is the same user: the
+/// default is every slot.)
+pub const DEFAULT_MAX_STREAMS_PER_UID_SYSTEM: usize = crate::mixer::MAX_STREAMS * 3 / 4;
+/// Default for `--max-uid-shm` in MiB (four clients' worth).
+pub const DEFAULT_MAX_UID_SHM_MIB: u64 = 4 * DEFAULT_MAX_CLIENT_SHM_MIB;
 /// Default for `--handshake-timeout` in seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: f64 = 5.0;
 /// How long the accept loop rests after the process ran out of descriptors (or memory).
@@ -28,7 +35,12 @@ pub struct Limits {
     pub max_streams_per_client: usize,
     /// Bytes of stream memory one peer process may have mapped by the daemon at once.
     pub max_client_shm: u64,
-    /// Time a new connection has to send `Hello`.
+    /// Streams one user (peer uid) may have attached at once, over all its processes.
+    pub max_streams_per_uid: usize,
+    /// Bytes of stream memory one user may have mapped by the daemon at once.
+    pub max_uid_shm: u64,
+    /// Time a new connection has to send `Hello`, and then, unless it becomes a control
+    /// connection, to create its first stream.
     pub handshake_timeout: Duration,
 }
 
@@ -38,6 +50,8 @@ impl Default for Limits {
             max_clients: DEFAULT_MAX_CLIENTS,
             max_streams_per_client: DEFAULT_MAX_STREAMS_PER_CLIENT,
             max_client_shm: DEFAULT_MAX_CLIENT_SHM_MIB << 20,
+            max_streams_per_uid: crate::mixer::MAX_STREAMS,
+            max_uid_shm: DEFAULT_MAX_UID_SHM_MIB << 20,
             handshake_timeout: Duration::from_secs_f64(DEFAULT_HANDSHAKE_TIMEOUT_S),
         }
     }
@@ -94,6 +108,36 @@ impl Limits {
                     shm >> 10,
                     bytes.div_ceil(1024),
                     self.max_client_shm >> 20
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A new stream of `bytes` for a peer uid that already has `streams` streams of `shm`
+    /// bytes in total, over all its processes.
+    ///
+    /// # Errors
+    /// A [`Refusal`] when either per-uid limit would be exceeded.
+    pub fn check_uid_stream(&self, uid: u32, streams: usize, shm: u64, bytes: u64) -> Result<(), Refusal> {
+        if streams >= self.max_streams_per_uid {
+            return Err(Refusal {
+                errno: libc::EMFILE,
+                reason: format!(
+                    "too many streams: uid {uid} already has {streams} (limit --max-streams-per-uid {})",
+                    self.max_streams_per_uid
+                ),
+            });
+        }
+        if shm.saturating_add(bytes) > self.max_uid_shm {
+            return Err(Refusal {
+                errno: libc::ENOMEM,
+                reason: format!(
+                    "too much shared memory: uid {uid} has {} KiB mapped, this stream needs {} KiB more \
+                     (limit --max-uid-shm {} MiB)",
+                    shm >> 10,
+                    bytes.div_ceil(1024),
+                    self.max_uid_shm >> 20
                 ),
             });
         }
@@ -179,10 +223,11 @@ impl AcceptGate {
     }
 }
 
-/// Streams and shared memory of one peer process, summed over its connections.
+/// Streams and shared memory of one peer process (`key` a pid) or one user (a uid), summed
+/// over its connections: `clients` gives each connection's key and its stream's bytes, if any.
 #[must_use]
-pub fn usage(pid: i32, clients: impl Iterator<Item = (i32, Option<u64>)>) -> (usize, u64) {
-    clients.filter(|(p, _)| *p == pid).filter_map(|(_, b)| b).fold((0, 0), |(n, s), b| (n + 1, s + b))
+pub fn usage<K: PartialEq>(key: K, clients: impl Iterator<Item = (K, Option<u64>)>) -> (usize, u64) {
+    clients.filter(|(k, _)| *k == key).filter_map(|(_, b)| b).fold((0, 0), |(n, s), b| (n + 1, s + b))
 }
 
 /// Parses `--max-client-shm` (MiB).
@@ -234,6 +279,26 @@ mod tests {
         let r = l.check_stream(8, n, bytes, 200_000).unwrap_err();
         assert_eq!(r.errno, libc::ENOMEM);
         assert!(r.reason.contains("--max-client-shm 1 MiB"), "{}", r.reason);
+    }
+
+    /// Finding 5 of issue 15: per-process limits alone let a process that forks map without
+    /// bound; the per-uid limit counts every process of the user.
+    #[test]
+    fn per_uid_streams_and_memory_count_every_process_of_the_user() {
+        let l = Limits { max_streams_per_uid: 3, max_uid_shm: 1 << 20, ..Limits::default() };
+        // Three processes of uid 1000, one stream each (each well within its per-process limits).
+        let clients = [(1000u32, Some(200_000)), (1000, Some(200_000)), (1001, Some(900_000)), (1000, Some(200_000))];
+        let (n, bytes) = usage(1000u32, clients.iter().copied());
+        assert_eq!((n, bytes), (3, 600_000));
+        assert!(l.check_stream(4242, 0, 0, 4096).is_ok(), "a fresh process passes its own limits");
+        let r = l.check_uid_stream(1000, n, bytes, 4096).unwrap_err();
+        assert_eq!(r.errno, libc::EMFILE);
+        assert!(r.reason.contains("uid 1000") && r.reason.contains("--max-streams-per-uid 3"), "{}", r.reason);
+        let (n, bytes) = usage(1001u32, clients.iter().copied());
+        assert!(l.check_uid_stream(1001, n, bytes, 100_000).is_ok());
+        let r = l.check_uid_stream(1001, n, bytes, 200_000).unwrap_err();
+        assert_eq!(r.errno, libc::ENOMEM);
+        assert!(r.reason.contains("--max-uid-shm 1 MiB"), "{}", r.reason);
     }
 
     #[test]

@@ -85,7 +85,16 @@ struct Cli {
     /// Most stream shared memory one client process (by peer pid) may have mapped, in MiB
     #[arg(long, value_name = "MIB", default_value_t = limits::DEFAULT_MAX_CLIENT_SHM_MIB, value_parser = limits::parse_mib)]
     max_client_shm: u64,
-    /// Seconds a new connection has to send its Hello before it is dropped [default: 5]
+    /// Most streams one user (by peer uid, over all its processes) may have at once [default:
+    /// every stream slot (64); with --system 48, so one user cannot take them all]
+    #[arg(long, value_name = "N")]
+    max_streams_per_uid: Option<usize>,
+    /// Most stream shared memory one user (by peer uid, over all its processes) may have
+    /// mapped, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = limits::DEFAULT_MAX_UID_SHM_MIB, value_parser = limits::parse_mib)]
+    max_uid_shm: u64,
+    /// Seconds a new connection has to send its Hello before it is dropped, and then to create
+    /// its first stream (unless it is a control connection) [default: 5]
     #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
     handshake_timeout: Option<std::time::Duration>,
     /// Stop the device after this many seconds without any stream (an idle daemon then sleeps
@@ -235,14 +244,25 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         max_clients: cli.max_clients.clamp(1, fit),
         max_streams_per_client: cli.max_streams_per_client.max(1),
         max_client_shm: cli.max_client_shm,
+        max_streams_per_uid: cli
+            .max_streams_per_uid
+            .unwrap_or(if cli.system {
+                limits::DEFAULT_MAX_STREAMS_PER_UID_SYSTEM
+            } else {
+                shmix_daemon::mixer::MAX_STREAMS
+            })
+            .max(1),
+        max_uid_shm: cli.max_uid_shm,
         handshake_timeout: cli.handshake_timeout.unwrap_or(Limits::default().handshake_timeout),
     };
     info!(
-        "limits: {} clients, {} streams and {} MiB per client process, handshake {} s, descriptors {nofile} \
-         (soft limit was {nofile_before})",
+        "limits: {} clients, {} streams and {} MiB per client process, {} streams and {} MiB per uid, handshake {} s, \
+         descriptors {nofile} (soft limit was {nofile_before})",
         lim.max_clients,
         lim.max_streams_per_client,
         lim.max_client_shm >> 20,
+        lim.max_streams_per_uid,
+        lim.max_uid_shm >> 20,
         lim.handshake_timeout.as_secs_f64()
     );
     let (listen, how) = match activated {

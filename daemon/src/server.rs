@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use shmix_shared::layout::Layout;
 use shmix_shared::msg::{MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::shm::{MapError, StreamShm};
 use shmix_shared::socket as wire;
+use shmix_shared::text::escape_controls;
 use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, WakeFd, PROTOCOL_VERSION};
 
@@ -35,11 +36,12 @@ use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
 use crate::mixthread::{kick, Command, Event};
 use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
 
-/// Creates the socket's directory (0700), refuses a path where another daemon answers, removes a
-/// stale socket file.
+/// Creates the socket's directory (0700), refuses a directory another user could tamper with
+/// ([`check_socket_dir`]), refuses a path where another daemon answers, removes a stale socket
+/// file.
 ///
 /// # Errors
-/// Another daemon answers, or a filesystem call fails.
+/// The directory is not safe, another daemon answers, or a filesystem call fails.
 pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -49,6 +51,9 @@ pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
                 .create(dir)
                 .with_context(|| format!("creating socket directory {}", dir.display()))?;
         }
+        let md = std::fs::metadata(dir).with_context(|| format!("checking socket directory {}", dir.display()))?;
+        // SAFETY: geteuid cannot fail.
+        check_socket_dir(dir, md.uid(), md.mode(), unsafe { libc::geteuid() })?;
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -67,6 +72,33 @@ pub fn check_socket_path(path: &Path) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A socket directory must belong to the daemon's user or root and be writable by nobody else
+/// (no group or other write bit, sticky or not): whoever can write there can replace the socket
+/// with their own and receive every client's audio and shared memory (`/tmp/shmix-$UID` made
+/// first by another user, a `--socket` in a shared directory). A root-owned 0755 `/run/shmix`
+/// and the 0750 directory `--system` creates pass.
+///
+/// # Errors
+/// Says who owns the directory, its mode, and what is expected.
+pub fn check_socket_dir(dir: &Path, owner: u32, mode: u32, euid: u32) -> anyhow::Result<()> {
+    if owner != euid && owner != 0 {
+        bail!(
+            "socket directory {} belongs to uid {owner}, not to this daemon's uid {euid} or root: another user \
+             could replace the socket; refusing to listen there (use a directory of your own, or remove it)",
+            dir.display()
+        );
+    }
+    if mode & 0o022 != 0 {
+        bail!(
+            "socket directory {} is writable by others (mode {:04o}): anyone who can write there could replace \
+             the socket; refusing to listen there (chmod go-w it, or use a directory of your own)",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Binds and listens (non-blocking).
@@ -113,16 +145,35 @@ enum Phase {
 struct Client {
     fd: OwnedFd,
     pid: i32,
-    /// From `SO_PEERCRED` at accept.
+    /// The peer's uid (`SO_PEERCRED` at accept): the per-uid limits, and the owner a stream's
+    /// wake sockets must have.
     uid: u32,
+    /// The program name from `Hello`, control characters escaped.
     name: String,
     phase: Phase,
+    /// `AwaitHello`: when the Hello is due; `Ready`: when the first stream is, unless
+    /// `had_stream`.
     deadline: Instant,
+    /// A stream was created on this connection (it may idle between streams from then on).
+    had_stream: bool,
     stream: Option<u32>,
     /// Bytes of the attached stream's memfd (counted against `--max-client-shm` while `stream` is set).
     shm_bytes: u64,
     destroying: bool,
     direction: Direction,
+}
+
+impl Client {
+    /// Whether the connection has a deadline: it has not said Hello yet, or said it and has
+    /// not created a stream (nor become a control connection). An idle connection costs the
+    /// daemon a descriptor and a `--max-clients` slot for as long as it stays.
+    fn awaits_something(&self) -> bool {
+        match self.phase {
+            Phase::AwaitHello => true,
+            Phase::Ready => !self.had_stream && self.stream.is_none(),
+            Phase::Control | Phase::Subscribed => false,
+        }
+    }
 }
 
 /// What the control loop holds.
@@ -316,7 +367,7 @@ impl Server {
             }
             let now = Instant::now();
             let mut timeout = Duration::from_secs(1).saturating_sub(now - last_stats);
-            for c in self.clients.iter().filter(|c| c.phase == Phase::AwaitHello) {
+            for c in self.clients.iter().filter(|c| c.awaits_something()) {
                 timeout = timeout.min(c.deadline.saturating_duration_since(now));
             }
             if !self.pending.is_empty() {
@@ -358,15 +409,17 @@ impl Server {
                 self.accept_all();
             }
             let now = Instant::now();
-            let late: Vec<RawFd> = self
+            let late: Vec<(RawFd, bool)> = self
                 .clients
                 .iter()
-                .filter(|c| c.phase == Phase::AwaitHello && now >= c.deadline)
-                .map(|c| c.fd.as_raw_fd())
+                .filter(|c| c.awaits_something() && now >= c.deadline)
+                .map(|c| (c.fd.as_raw_fd(), c.phase == Phase::AwaitHello))
                 .collect();
-            for fd in late {
+            for (fd, no_hello) in late {
                 let limit = self.limits.handshake_timeout.as_secs_f64();
-                self.disconnect(fd, Some(Disconnect(format!("no Hello within {limit} s (--handshake-timeout)"))));
+                let what = if no_hello { "no Hello" } else { "no stream created" };
+                let after = if no_hello { "" } else { " after Hello" };
+                self.disconnect(fd, Some(Disconnect(format!("{what} within {limit} s{after} (--handshake-timeout)"))));
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
@@ -547,6 +600,7 @@ impl Server {
                 name: String::new(),
                 phase: Phase::AwaitHello,
                 deadline: Instant::now() + self.limits.handshake_timeout,
+                had_stream: false,
                 stream: None,
                 shm_bytes: 0,
                 destroying: false,
@@ -621,8 +675,10 @@ impl Server {
         }
         match msg {
             SocketMsg::Hello { version, direction, name, .. } if phase_hello => {
+                let deadline = Instant::now() + self.limits.handshake_timeout;
                 let c = &mut self.clients[i];
-                c.name = name;
+                c.name = escape_controls(&name).into_owned();
+                c.deadline = deadline;
                 if version != PROTOCOL_VERSION {
                     let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
@@ -647,7 +703,7 @@ impl Server {
             }
             SocketMsg::ControlHello { version, name } if phase_hello => {
                 let c = &mut self.clients[i];
-                c.name = name;
+                c.name = escape_controls(&name).into_owned();
                 if version != PROTOCOL_VERSION {
                     let reason = format!("protocol version {version} unsupported (daemon speaks {PROTOCOL_VERSION})");
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
@@ -763,7 +819,14 @@ impl Server {
         let pid = self.clients[i].pid;
         let (streams, shm) =
             crate::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
-        if let Err(r) = self.limits.check_stream(pid, streams, shm, layout.total_bytes) {
+        let uid = self.clients[i].uid;
+        let (uid_streams, uid_shm) =
+            crate::limits::usage(uid, self.clients.iter().map(|c| (c.uid, c.stream.map(|_| c.shm_bytes))));
+        let checked = self
+            .limits
+            .check_stream(pid, streams, shm, layout.total_bytes)
+            .and_then(|()| self.limits.check_uid_stream(uid, uid_streams, uid_shm, layout.total_bytes));
+        if let Err(r) = checked {
             info!("client pid {pid}: stream refused: {}", r.reason);
             self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
             return Ok(());
@@ -778,8 +841,7 @@ impl Server {
             e @ MapError::Io(..) => Disconnect(format!("cannot map memfd: {e}")),
         })?;
         drop(memfd);
-        let id = self.next_stream_id;
-        self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
+        let id = self.take_stream_id();
         let (conv, remap, stream) = match rec {
             Some(rec) => {
                 let conv = if rec.resamples() {
@@ -810,6 +872,7 @@ impl Server {
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
+        c.had_stream = true;
         c.shm_bytes = layout.total_bytes;
         info!(
             "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
@@ -819,6 +882,16 @@ impl Server {
         self.send_cmd(Command::Add(stream));
         self.reply(fd, &SocketMsg::StreamReady { stream_id: id });
         Ok(())
+    }
+
+    /// The next stream id: never 0, and never one a client or the registry still uses (ids wrap
+    /// at 2^32; a long-lived stream must not share its id with a new one, or `shmixctl volume
+    /// ID` and the mix thread's `Remove(id)` would hit both).
+    fn take_stream_id(&mut self) -> u32 {
+        let in_use = |s: &Self, id: u32| s.clients.iter().any(|c| c.stream == Some(id)) || s.control.has_stream(id);
+        let id = next_free_id(self.next_stream_id, |id| in_use(self, id));
+        self.next_stream_id = id.wrapping_add(1).max(1);
+        id
     }
 
     /// Shutdown, step 2 (after the mix thread posted Fatal and ended): closes every client.
@@ -847,5 +920,45 @@ impl Server {
     #[must_use]
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+}
+
+/// The first id from `from` on (wrapping, skipping 0) that `in_use` does not claim. At most
+/// [`MAX_STREAMS`] plus the connections can be in use, far below 2^32, so one is always found.
+fn next_free_id(from: u32, in_use: impl Fn(u32) -> bool) -> u32 {
+    let mut id = from.max(1);
+    while in_use(id) {
+        id = id.wrapping_add(1).max(1);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_wrap_past_zero_and_skip_ids_in_use() {
+        let used = [u32::MAX, 1, 2, 5];
+        let in_use = |id: u32| used.contains(&id);
+        assert_eq!(next_free_id(u32::MAX - 1, in_use), u32::MAX - 1);
+        assert_eq!(next_free_id(u32::MAX, in_use), 3, "wraps, skips 0, 1 and 2");
+        assert_eq!(next_free_id(0, in_use), 3);
+        assert_eq!(next_free_id(5, in_use), 6);
+    }
+
+    #[test]
+    fn socket_directories_others_could_write_are_refused() {
+        let d = Path::new("/x");
+        assert!(check_socket_dir(d, 1000, 0o40700, 1000).is_ok());
+        assert!(check_socket_dir(d, 0, 0o40755, 1000).is_ok(), "root's /run/shmix");
+        assert!(check_socket_dir(d, 0, 0o40750, 0).is_ok(), "--system's own directory");
+        let e = check_socket_dir(d, 1001, 0o40700, 1000).unwrap_err().to_string();
+        assert!(e.contains("uid 1001") && e.contains("uid 1000"), "{e}");
+        for mode in [0o40777, 0o41777, 0o40770, 0o40702] {
+            let e = check_socket_dir(d, 1000, mode, 1000).unwrap_err().to_string();
+            assert!(e.contains("writable by others"), "{mode:o}: {e}");
+        }
+        assert!(check_socket_dir(Path::new("/tmp"), 0, 0o41777, 0).is_err(), "/tmp itself");
     }
 }

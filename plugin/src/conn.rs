@@ -7,8 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
-use nix::sys::time::TimeVal;
+use nix::sys::socket::{self, MsgFlags};
 use shmix_shared::msg::{AudioParams, Direction, SocketMsg, PROTOCOL_VERSION};
 use shmix_shared::socket as wire;
 use shmix_shared::{ChannelMap, ResampleQuality};
@@ -47,66 +46,17 @@ pub fn program_name() -> String {
 }
 
 impl Conn {
-    /// Connects to `path` (blocking, 2 s timeouts) and does the handshake for `direction`.
+    /// Connects to `path` (blocking, 2 s timeouts), checks the daemon's credentials before
+    /// sending anything, and does the handshake for `direction` (`shmix_shared::connect`).
     ///
     /// # Errors
     /// An [`OpenError`] with the errno and the message to print.
     pub fn connect(path: &Path, direction: Direction) -> Result<Self, OpenError> {
-        let cannot = |errno: i32, what: String| {
-            let hint = if errno == libc::EACCES {
-                "The socket is not yours: run the program as the daemon's user, or, for a system-wide \
-                 'shmixd --system', as a member of its group (usually audio; see README: Troubleshooting)."
-            } else {
-                "Is shmixd running? Start it with 'shmixd' (see README: Troubleshooting)."
-            };
-            OpenError { errno, message: format!("cannot connect to shmixd at {}: {what}. {hint}", path.display()) }
-        };
-        let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(|e| cannot(e as i32, e.desc().to_string()))?;
-        let addr = UnixAddr::new(path).map_err(|e| cannot(e as i32, e.desc().to_string()))?;
-        let tv = TimeVal::new(SOCKET_TIMEOUT.as_secs() as _, 0);
-        for r in [
-            socket::setsockopt(&sock, sockopt::SendTimeout, &tv),
-            socket::setsockopt(&sock, sockopt::ReceiveTimeout, &tv),
-        ] {
-            r.map_err(|e| cannot(e as i32, e.desc().to_string()))?;
-        }
-        socket::connect(sock.as_raw_fd(), &addr).map_err(|e| cannot(e as i32, e.desc().to_string()))?;
-
         let hello =
             SocketMsg::Hello { version: PROTOCOL_VERSION, direction, pid: std::process::id(), name: program_name() };
-        let fail = |errno: i32, what: String| OpenError {
-            errno,
-            message: format!("handshake with shmixd at {} failed: {what}", path.display()),
-        };
-        // A daemon that refuses at accept (a limit, the peer's uid) sends `Refused` and closes at
-        // once: our Hello then fails with EPIPE, but the refusal with its reason is still queued.
-        // If our Hello reached it before it closed, the first recv reports ECONNRESET and the
-        // next one returns the queued refusal.
-        let sent = wire::send(sock.as_fd(), &hello, &[]);
-        let answer = match recv_msg(sock.as_fd()) {
-            Err(Errno(libc::ECONNRESET)) => recv_msg(sock.as_fd()),
-            a => a,
-        };
-        if let Err(e) = sent {
-            if !matches!(answer, Ok(SocketMsg::Refused { .. })) {
-                return Err(fail(io_errno(&e), e.to_string()));
-            }
-        }
-        match answer {
-            Ok(SocketMsg::Welcome { version, device }) if version == PROTOCOL_VERSION => {
-                Ok(Self { sock, path: path.to_owned(), device })
-            }
-            Ok(SocketMsg::Welcome { version, .. }) => Err(fail(
-                libc::EPROTO,
-                format!("protocol version {version}, this plugin speaks {PROTOCOL_VERSION} (update the plugin or the daemon)"),
-            )),
-            Ok(SocketMsg::Refused { errno, reason }) => Err(OpenError {
-                errno: errno_or(errno, libc::EPERM),
-                message: format!("shmixd at {} refused the connection: {reason}", path.display()),
-            }),
-            Ok(other) => Err(fail(libc::EPROTO, format!("unexpected answer {other:?}"))),
-            Err(e) => Err(fail(e.0, describe(e))),
+        match shmix_shared::connect::connect(path, &hello, SOCKET_TIMEOUT) {
+            Ok(c) => Ok(Self { sock: c.sock, path: path.to_owned(), device: c.device }),
+            Err(e) => Err(OpenError { errno: e.errno(), message: e.to_string() }),
         }
     }
 

@@ -10,10 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
-use nix::sys::time::TimeVal;
 use shmix_shared::control::{self, MuteOp, Reply, Request, Target};
-use shmix_shared::socket as wire;
 use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
 
 use crate::Errno;
@@ -62,26 +59,11 @@ pub fn from_raw(raw: i64) -> f32 {
     (raw.clamp(0, VOLUME_MAX) as f64 / VOLUME_MAX as f64) as f32
 }
 
-/// Connects and shakes hands as a control connection.
-fn connect(path: &Path) -> Result<OwnedFd, String> {
-    let e = |what: &str, err: nix::errno::Errno| format!("cannot reach shmixd at {}: {what}: {err}", path.display());
-    let sock = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|x| e("socket", x))?;
-    let tv = TimeVal::new(TIMEOUT.as_secs() as _, 0);
-    socket::setsockopt(&sock, sockopt::SendTimeout, &tv).map_err(|x| e("SO_SNDTIMEO", x))?;
-    socket::setsockopt(&sock, sockopt::ReceiveTimeout, &tv).map_err(|x| e("SO_RCVTIMEO", x))?;
-    let addr = UnixAddr::new(path).map_err(|x| e("address", x))?;
-    socket::connect(sock.as_raw_fd(), &addr)
-        .map_err(|x| e("connect", x) + ". Is shmixd running? (see README: Troubleshooting)")?;
+/// Connects, checks the daemon's credentials and shakes hands as a control connection; a
+/// refusal comes back with the daemon's reason (a full daemon says so, not a bare EPIPE).
+fn connect(path: &Path) -> Result<OwnedFd, (Errno, String)> {
     let hello = SocketMsg::ControlHello { version: PROTOCOL_VERSION, name: crate::conn::program_name() };
-    wire::send(sock.as_fd(), &hello, &[]).map_err(|x| format!("handshake with {}: {x}", path.display()))?;
-    let pkt = wire::recv(sock.as_fd()).map_err(|x| format!("handshake with {}: {x}", path.display()))?;
-    match SocketMsg::decode(&pkt.bytes) {
-        Ok(SocketMsg::Welcome { version, .. }) if version == PROTOCOL_VERSION => Ok(sock),
-        Ok(SocketMsg::Refused { reason, .. }) => Err(format!("shmixd at {} refused: {reason}", path.display())),
-        Ok(other) => Err(format!("shmixd at {}: unexpected answer {other:?}", path.display())),
-        Err(x) => Err(format!("shmixd at {}: bad answer: {x}", path.display())),
-    }
+    shmix_shared::connect::connect(path, &hello, TIMEOUT).map(|c| c.sock).map_err(|e| (Errno(e.errno()), e.to_string()))
 }
 
 /// One open `ctl.shmix`.
@@ -101,17 +83,20 @@ impl Ctl {
     /// Opens both connections to the daemon at `path`.
     ///
     /// # Errors
-    /// A user-facing message (the daemon is not there or refuses).
-    pub fn open(path: &Path) -> Result<Self, String> {
+    /// The errno to return and a user-facing message (the daemon is not there, is not to be
+    /// trusted, or refuses).
+    pub fn open(path: &Path) -> Result<Self, (Errno, String)> {
         let req = connect(path)?;
         let events = connect(path)?;
-        control::send_packet(events.as_fd(), &Request::Subscribe.encode()).map_err(|x| format!("subscribe: {x}"))?;
+        let proto = |what: String| (Errno(libc::EPROTO), what);
+        control::send_packet(events.as_fd(), &Request::Subscribe.encode())
+            .map_err(|x| (Errno(x.raw_os_error().unwrap_or(libc::EIO)), format!("subscribe: {x}")))?;
         match control::recv_packet(events.as_fd()).map(|b| Reply::decode(&b)) {
             Ok(Ok(Reply::Subscribed)) => {}
-            other => return Err(format!("subscribe: unexpected answer {other:?}")),
+            other => return Err(proto(format!("subscribe: unexpected answer {other:?}"))),
         }
         nix::fcntl::fcntl(&events, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|x| format!("O_NONBLOCK: {x}"))?;
+            .map_err(|x| (Errno(x as i32), format!("O_NONBLOCK: {x}")))?;
         Ok(Self { req, events, pending: 0, gone: false })
     }
 

@@ -293,9 +293,9 @@ unsafe fn open(
         Errno(libc::EINVAL)
     })?;
     let path = resolve_socket_path(cfg.socket.as_deref());
-    let c = Ctl::open(&path).map_err(|msg| {
+    let c = Ctl::open(&path).map_err(|(errno, msg)| {
         user_error(&msg);
-        Errno(libc::ENOENT)
+        errno
     })?;
     let poll_fd = c.poll_fd();
     let mut ext = sys::snd_ctl_ext_t {

@@ -298,7 +298,7 @@ unsafe fn open(
     stream: sys::snd_pcm_stream_t,
     mode: c_int,
 ) -> Result<c_int, Errno> {
-    let debug = std::env::var_os("SHMIX_DEBUG").is_some_and(|v| v == "1");
+    let debug = shmix_shared::socket::secure_env("SHMIX_DEBUG").is_some_and(|v| v == "1");
     // SAFETY: `conf` is the PCM's node, alive during open.
     let entries = unsafe { config::read_entries(conf) };
     let cfg = config::parse(&entries).map_err(|msg| {

@@ -10,6 +10,8 @@ pub mod chmap;
 #[cfg(not(loom))]
 mod codec;
 #[cfg(not(loom))]
+pub mod connect;
+#[cfg(not(loom))]
 pub mod control;
 #[cfg(not(loom))]
 pub mod cursor;
@@ -29,6 +31,8 @@ pub mod quality;
 pub mod shm;
 #[cfg(not(loom))]
 pub mod socket;
+#[cfg(not(loom))]
+pub mod text;
 #[cfg(not(loom))]
 pub mod wakefd;
 
