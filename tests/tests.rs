@@ -10,6 +10,7 @@ mod faults;
 mod formats;
 mod hostile;
 mod playback;
+mod realtime;
 mod reliability;
 mod rt_hostile;
 mod semantics;
