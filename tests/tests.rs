@@ -12,6 +12,7 @@ mod hostile;
 mod playback;
 mod realtime;
 mod reliability;
+mod rt_audit;
 mod rt_hostile;
 mod semantics;
 mod service;
