@@ -8,10 +8,11 @@ ALSA_LIBDIR := $(shell pkg-config --variable=libdir alsa 2>/dev/null || echo /us
 PLUGIN_DIR ?= $(ALSA_LIBDIR)/alsa-lib
 CONF_DIR ?= /etc/alsa/conf.d
 # systemd: systemd-socket-activate and systemd-analyze (service tests); util-linux: setpriv
-# (access tests run clients as another user).
+# (access tests run clients as another user); libdbus-1-dev: shmixd asks rtkit over D-Bus;
+# dbus-daemon: a private system bus for the rtkit test.
 DEB_PACKAGES := libasound2-dev libclang-dev clang pkg-config alsa-utils sox strace bc systemd util-linux \
 	gstreamer1.0-tools gstreamer1.0-alsa gstreamer1.0-plugins-base libportaudio2 portaudio19-dev \
-	libsdl2-dev libopenal-dev libopenal1 ffmpeg tmux
+	libsdl2-dev libopenal-dev libopenal1 ffmpeg tmux libdbus-1-dev dbus-daemon
 
 .PHONY: all deps build build-release test lint loom demo install uninstall clean
 
@@ -27,8 +28,11 @@ deps:
 	fi
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
+# Also shmixd with its allocation-counting allocator (tests/rt_audit.rs), in a target dir of its
+# own: built in the workspace, the feature would change the shmixd every other test runs.
 build: deps
 	$(CARGO) build --workspace
+	CARGO_TARGET_DIR=target/rt-audit $(CARGO) build -p shmix-daemon --features rt-audit
 
 build-release: deps
 	$(CARGO) build --workspace --release

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod mixer;
 pub mod mixthread;
 pub mod pipeline;
+pub mod realtime;
 pub mod reopen;
 pub mod server;
 

@@ -19,6 +19,7 @@ use shmix_daemon::limits::{self, Limits};
 use shmix_daemon::mixer::{Counters, MixCore};
 use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::realtime;
 use shmix_daemon::reopen;
 use shmix_daemon::server::{self, Outcome, Server};
 use shmix_shared::ResampleQuality;
@@ -320,6 +321,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         .reopen(reopen_end);
     shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
+    // Every thread's stack, the device's buffer and the code exist now: lock them.
+    realtime::lock_memory();
 
     let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
         .with_control(dctl)

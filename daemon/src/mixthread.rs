@@ -18,6 +18,7 @@ use shmix_shared::Direction;
 
 use crate::device::{AlsaError, Device};
 use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
+use crate::realtime;
 use crate::reopen;
 
 /// Poll descriptors reserved for the playback device (the capture device's follow them; unused
@@ -186,7 +187,9 @@ impl MixThread {
     /// # Errors
     /// The device failure that ended the thread.
     pub fn run(mut self) -> Result<(), AlsaError> {
-        set_realtime();
+        // Before the loop, where blocking is still harmless: rtkit is a D-Bus round trip.
+        realtime::make_thread_realtime(crate::RT_PRIORITY.load(std::sync::atomic::Ordering::Relaxed));
+        realtime::touch_stack();
         self.core.device_ctl().note_mix_thread();
         let r = self.start_device().and_then(|()| loop {
             audit::set_in_rt(true);
@@ -663,22 +666,6 @@ impl MixThread {
         }
         self.refill_device_fds()?;
         Ok(None)
-    }
-}
-
-/// Asks for SCHED_FIFO; logs one line either way (before the real-time loop starts).
-fn set_realtime() {
-    let prio = crate::RT_PRIORITY.load(std::sync::atomic::Ordering::Relaxed);
-    let param = libc::sched_param { sched_priority: prio };
-    // SAFETY: `param` is a valid sched_param; pthread_self is this thread.
-    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-    if r == 0 {
-        log::info!("mix thread runs SCHED_FIFO priority {prio}");
-    } else {
-        log::info!(
-            "mix thread could not get SCHED_FIFO priority {prio} ({}); running with normal priority",
-            std::io::Error::from_raw_os_error(r)
-        );
     }
 }
 

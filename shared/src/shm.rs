@@ -171,6 +171,7 @@ impl StreamShm {
         // valid whatever the peer wrote there.
         let id = unsafe { ptr::read_volatile(shm.base.as_ptr().cast::<Identity>()) };
         layout.check_identity(&id).map_err(MapError::Violation)?;
+        lock_or_prefault(shm.base, layout.total_bytes as usize);
         Ok(shm)
     }
 
@@ -437,6 +438,24 @@ impl StreamShm {
     }
 }
 
+/// Makes every page of a fresh mapping present before the real-time thread reads it, so it
+/// takes no page fault there: `mlock` (which also keeps the pages from being swapped out), else,
+/// when RLIMIT_MEMLOCK forbids it, a read of each page. Best effort; munmap drops the lock.
+/// Runs on the daemon's control thread (`map_peer`).
+fn lock_or_prefault(base: NonNull<u8>, len: usize) {
+    // SAFETY: `base..base+len` is one whole mapping of ours; mlock only changes paging.
+    if unsafe { libc::mlock(base.as_ptr().cast(), len) } == 0 {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    for off in (0..len).step_by(page) {
+        // SAFETY: `off < len`, inside the mapping; a volatile byte read is valid whatever the
+        // peer wrote there, and the memfd is sealed against shrinking (no SIGBUS).
+        unsafe { ptr::read_volatile(base.as_ptr().add(off)) };
+    }
+}
+
 impl Drop for StreamShm {
     fn drop(&mut self) {
         // SAFETY: `base`/`total_bytes` are exactly what mmap returned; no references into the
@@ -539,6 +558,30 @@ mod tests {
         let (fd, _c) = StreamShm::create(layout, "t").unwrap();
         let err = StreamShm::map_peer(&fd, bigger).unwrap_err();
         assert!(matches!(err, MapError::Violation(v) if v.what.contains("size")), "{err}");
+    }
+
+    /// Pages of `shm`'s mapping that are not present (mincore).
+    fn absent_pages(shm: &StreamShm) -> usize {
+        let len = shm.layout().total_bytes as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: the range is the mapping; `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(shm.base.as_ptr().cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|v| *v & 1 == 0).count()
+    }
+
+    #[test]
+    fn a_mapped_peer_stream_is_present_before_the_mix_thread_reads_it() {
+        // 64 pages of audio the client never touched (only its header is written at create).
+        let layout = Layout::new(4, 65536, 8).unwrap();
+        let (fd, client) = StreamShm::create(layout, "t").unwrap();
+        let before = StreamShm::map(&fd, layout).unwrap();
+        assert!(absent_pages(&before) > 32, "the test needs untouched pages");
+        let daemon = StreamShm::map_peer(&fd, layout).unwrap();
+        assert_eq!(absent_pages(&daemon), 0);
+        drop((client, before));
     }
 
     #[test]

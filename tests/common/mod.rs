@@ -94,7 +94,14 @@ impl Rig {
 
     /// As [`Rig::new`], the card's capture side fed from `capture` (raw frames in the card's
     /// format, written to `capture.raw` in the rig's dir; silence after its end).
-    pub fn with_capture(mut card: Card, daemon_args: &[&str], capture: Option<&[u8]>) -> Self {
+    pub fn with_capture(card: Card, daemon_args: &[&str], capture: Option<&[u8]>) -> Self {
+        let mut rig = Self::without_daemon(card, capture);
+        rig.start_daemon(daemon_args);
+        rig
+    }
+
+    /// The rig's files and config, no daemon yet (start one with [`Rig::start_daemon_cmd`]).
+    pub fn without_daemon(mut card: Card, capture: Option<&[u8]>) -> Self {
         let art = artifacts_dir();
         let dir = scratch_dir("shmix-test-");
         let conf = dir.path().join("asound.conf");
@@ -142,9 +149,7 @@ ctl.shmix {{
             sock = sock.display(),
         );
         std::fs::write(&conf, text).expect("write asound.conf");
-        let mut rig = Self { dir, conf, sock, rec, log, card, daemon: None };
-        rig.start_daemon(daemon_args);
-        rig
+        Self { dir, conf, sock, rec, log, card, daemon: None }
     }
 
     /// `ALSA_CONFIG_PATH` value for programs of this rig.
@@ -161,9 +166,14 @@ ctl.shmix {{
 
     /// Starts shmixd (logging to `self.log`) and waits until its socket exists.
     pub fn start_daemon(&mut self, args: &[&str]) {
+        self.start_daemon_cmd(self.cmd(artifacts_dir().join("shmixd")), args);
+    }
+
+    /// Starts `cmd` (a shmixd command line, perhaps behind a wrapper such as `setpriv`) as this
+    /// rig's daemon, with the socket, device and `args` added; waits until its socket exists.
+    pub fn start_daemon_cmd(&mut self, mut cmd: Command, args: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = self
-            .cmd(artifacts_dir().join("shmixd"))
+        let child = cmd
             .args(["--socket", self.sock.to_str().unwrap(), "--device", "card"])
             .args(args)
             .env("RUST_LOG", "debug")
