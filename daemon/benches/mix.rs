@@ -10,8 +10,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::Resampler;
-use shmix_daemon::mixer::{Counters, MixCore, Stream};
-use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
@@ -36,7 +36,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
             buffer_frames: 4 * PERIOD as u32,
         },
         chmap: ChannelMap::standard(2),
-        quality: pipeline::DEFAULT_QUALITY,
+        quality: dsp::DEFAULT_QUALITY,
     }
 }
 
@@ -67,7 +67,7 @@ impl Rig {
             let sine: Vec<f32> =
                 (0..buffer as usize * spec.chmap.channels() as usize).map(|i| 0.3 * (i as f32 * 0.01).sin()).collect();
             let mut bytes = vec![0u8; buffer as usize * fb as usize];
-            shmix_daemon::convert::encoder(spec.format)(&sine, &mut bytes);
+            shmix_daemon::dsp::convert::encoder(spec.format)(&sine, &mut bytes);
             client.write_audio(0, &bytes);
             let mut c2d = RingEnd::default();
             client.push_record(Ring::ClientToDaemon, &mut c2d, Record::Start { seq: 1 }).unwrap();
@@ -138,7 +138,7 @@ fn resample_cost(c: &mut Criterion) {
     g.throughput(Throughput::Elements(44_100));
     let input: Vec<f32> = (0..2 * 44_100 + 8192).map(|i| 0.5 * (i as f32 * 0.0712).sin()).collect();
     for q in [ResampleQuality::Fast, ResampleQuality::Medium, ResampleQuality::High] {
-        let mut rs = pipeline::build_resampler(q, 44_100, 48_000, PERIOD, 2).unwrap();
+        let mut rs = dsp::build_resampler(q, 44_100, 48_000, PERIOD, 2).unwrap();
         let mut out = vec![0.0f32; PERIOD * 2];
         g.bench_function(q.name(), |b| {
             b.iter(|| {

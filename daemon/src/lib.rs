@@ -1,18 +1,16 @@
 //! shmixd, the shmix sound server, as a library: the binary (`main.rs`) wires these modules
-//! together; tests drive the mixing core (`mixer`) without ALSA.
+//! together; tests drive the mixing core (`mix`) without ALSA.
+//!
+//! By role: `control` (the main thread: listener, sessions, access, limits, registry), `mix`
+//! (the real-time thread: its cycle, the mixing core, streams), `dsp` (conversion, resampling,
+//! remapping, gain, metering: no ALSA, no threads), `io` (the ALSA device and its reopening),
+//! `audit` (the real-time allocation audit).
 
-pub mod access;
 pub mod audit;
 pub mod control;
-pub mod convert;
-pub mod device;
-pub mod limits;
-pub mod mixer;
-pub mod mixthread;
-pub mod pipeline;
-pub mod realtime;
-pub mod reopen;
-pub mod server;
+pub mod dsp;
+pub mod io;
+pub mod mix;
 
 use std::sync::atomic::AtomicI32;
 

@@ -3,7 +3,7 @@
 //! Runs on the main thread. RT: no.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -12,16 +12,17 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
-use shmix_daemon::access;
-use shmix_daemon::control::DeviceCtl;
-use shmix_daemon::device::{self, Device, Request};
-use shmix_daemon::limits::{self, Limits};
-use shmix_daemon::mixer::{Counters, MixCore};
-use shmix_daemon::mixthread::{MixThread, QUEUE_CAPACITY};
-use shmix_daemon::pipeline::{DeviceSpec, DEFAULT_QUALITY};
-use shmix_daemon::realtime;
-use shmix_daemon::reopen;
-use shmix_daemon::server::{self, Outcome, Server};
+use shmix_daemon::control::access;
+use shmix_daemon::control::limits::{self, Limits};
+use shmix_daemon::control::server::{self, Outcome, Server};
+use shmix_daemon::dsp::{DeviceSpec, DEFAULT_QUALITY};
+use shmix_daemon::io::device::{self, Device, Request};
+use shmix_daemon::io::reopen;
+use shmix_daemon::mix::ctl::DeviceCtl;
+use shmix_daemon::mix::realtime;
+use shmix_daemon::mix::thread::{MixThread, QUEUE_CAPACITY};
+use shmix_daemon::mix::{Counters, MixCore};
+use shmix_shared::eventfd::EventFd;
 use shmix_shared::ResampleQuality;
 use shmix_shared::SampleFormat;
 
@@ -112,14 +113,8 @@ fn parse_quality(s: &str) -> Result<ResampleQuality, String> {
     ResampleQuality::from_name(s).ok_or_else(|| format!("unknown resampling quality '{s}' (fast, medium, high)"))
 }
 
-fn eventfd() -> anyhow::Result<OwnedFd> {
-    // SAFETY: plain syscall; flags are constants.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("eventfd");
-    }
-    // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn eventfd() -> anyhow::Result<EventFd> {
+    EventFd::new().context("eventfd")
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -250,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             .unwrap_or(if cli.system {
                 limits::DEFAULT_MAX_STREAMS_PER_UID_SYSTEM
             } else {
-                shmix_daemon::mixer::MAX_STREAMS
+                shmix_daemon::mix::MAX_STREAMS
             })
             .max(1),
         max_uid_shm: cli.max_uid_shm,

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use shmix_daemon::audit;
-use shmix_daemon::convert::{self, EncodeFn};
-use shmix_daemon::mixer::{Counters, MixCore, Stream};
-use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
+use shmix_daemon::dsp::convert::{self, EncodeFn};
+use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
+use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::shm::{Ring, RingEnd, StreamShm};
@@ -199,7 +199,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
             buffer_frames: 4 * PERIOD as u32,
         },
         chmap: ChannelMap::standard(CHANNELS),
-        quality: pipeline::DEFAULT_QUALITY,
+        quality: dsp::DEFAULT_QUALITY,
     }
 }
 
@@ -423,7 +423,7 @@ fn converted_streams_mix_without_allocating() {
         let mut clients = Vec::new();
         for (i, (format, rate, ch, quality)) in specs.iter().enumerate() {
             let spec = StreamSpec { format: *format, rate: *rate, chmap: ChannelMap::standard(*ch), quality: *quality };
-            let min = pipeline::min_buffer_frames(PERIOD as u32, 48_000, *rate);
+            let min = shmix_shared::limits::min_buffer_frames(PERIOD as u32, 48_000, *rate);
             let (c, s) = make_stream_as(i as u32 + 1, min + (i as u32 * 97) % min, &mut rng, &spec, &dev);
             assert_eq!(s.pipeline().resamples(), *rate != 48_000);
             core.add(s).unwrap();
@@ -674,7 +674,7 @@ fn capture_and_monitor_streams_without_allocating() {
 /// silence one ramp after the change; the meters see the streams and go quiet with them.
 #[test]
 fn volume_mute_and_metering_do_not_allocate() {
-    use shmix_daemon::control::DeviceCtl;
+    use shmix_daemon::mix::ctl::DeviceCtl;
     let mut rng = Rng(0x7777_1234_abcd_0001);
     let counters = Arc::new(Counters::default());
     let dctl = Arc::new(DeviceCtl::new(CHANNELS, 48000));

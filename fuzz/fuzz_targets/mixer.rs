@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shmix_daemon::mixer::{Counters, MixCore, Stream};
-use shmix_daemon::pipeline::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_daemon::mix::{Counters, MixCore, Stream};
+use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, StreamSpec};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::ResampleQuality;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
@@ -61,7 +61,7 @@ fuzz_target!(|inp: Input| {
             buffer_frames: 4 * PERIOD,
         },
         chmap: ChannelMap::standard(2),
-        quality: pipeline::DEFAULT_QUALITY,
+        quality: dsp::DEFAULT_QUALITY,
     };
     let (format, rate, channels) = match inp.kind % 3 {
         0 => (SampleFormat::S16Le, 48_000, 2),
@@ -69,7 +69,7 @@ fuzz_target!(|inp: Input| {
         _ => (SampleFormat::F32Le, 44_100, 2),
     };
     let spec = StreamSpec { format, rate, chmap: ChannelMap::standard(channels), quality: ResampleQuality::Fast };
-    let min = pipeline::min_buffer_frames(PERIOD, 48_000, rate);
+    let min = shmix_shared::limits::min_buffer_frames(PERIOD, 48_000, rate);
     let buffer = (u32::from(inp.buffer) % 4096).max(min);
     let fb = format.sample_bytes() * channels;
     let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).expect("layout");

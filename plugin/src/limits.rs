@@ -10,6 +10,7 @@
 //! Runs in the host program at open/hw_params. RT: no.
 
 use shmix_shared::layout::{MAX_BUFFER_FRAMES, MAX_POOL_BYTES};
+use shmix_shared::limits::min_buffer_frames;
 use shmix_shared::msg::{AudioParams, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use shmix_shared::SampleFormat;
 
@@ -51,17 +52,13 @@ pub struct Bounds {
     pub min_period: u32,
 }
 
-/// Stream frames that cover `device_frames` device frames: `ceil(device_frames * rate / device_rate)`.
-#[must_use]
-pub fn stream_frames_for(device_frames: u32, device_rate: u32, rate: u32) -> u64 {
-    (u64::from(device_frames) * u64::from(rate)).div_ceil(u64::from(device_rate.max(1)))
-}
-
 /// The exact buffer range for a stream of `rate` Hz and `frame_bytes`-byte frames on `device`.
 #[must_use]
 pub fn exact_bounds(device: &AudioParams, max_buffer_ms: u32, rate: u32, frame_bytes: u32) -> Bounds {
     let fb = u64::from(frame_bytes.max(1));
-    let min = (2 * stream_frames_for(device.period_frames, device.rate, rate)).max(2 * u64::from(MIN_PERIOD_FRAMES));
+    // The daemon's rule (it refuses less), and never below two of the smallest periods.
+    let min =
+        u64::from(min_buffer_frames(device.period_frames, device.rate, rate)).max(2 * u64::from(MIN_PERIOD_FRAMES));
     let pool_frames = (MAX_POOL_BYTES - HEADER_ROOM) / fb;
     let max =
         (u64::from(max_buffer_ms) * u64::from(rate) / 1000).min(u64::from(MAX_BUFFER_FRAMES)).min(pool_frames).max(min);
@@ -151,7 +148,6 @@ mod tests {
         assert_eq!(exact_bounds(&d, 500, 192_000, 8).min_buffer, 2048);
         // Never below two minimal periods.
         assert_eq!(exact_bounds(&dev(SampleFormat::S16Le, 48000, 2, 8), 500, 8000, 2).min_buffer, 32);
-        assert_eq!(stream_frames_for(1024, 44100, 48000), 1115); // 1114.56 up
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod wake;
 #[cfg(not(loom))]
 pub mod chmap;
 #[cfg(not(loom))]
+pub mod clock;
+#[cfg(not(loom))]
 mod codec;
 #[cfg(not(loom))]
 pub mod connect;
@@ -17,6 +19,8 @@ pub mod control;
 pub mod cursor;
 #[cfg(not(loom))]
 pub mod error;
+#[cfg(not(loom))]
+pub mod eventfd;
 #[cfg(not(loom))]
 pub mod format;
 #[cfg(not(loom))]

@@ -14,3 +14,24 @@ pub const MAX_BUFFER_FRAMES: u32 = 1 << 20;
 pub const MAX_MSG_RECORDS: u32 = 1024;
 /// Size of one encoded message-ring record.
 pub const RECORD_BYTES: usize = 16;
+
+/// The buffer rule: the smallest stream buffer the daemon accepts (and the plugin offers), two
+/// device periods' worth of stream frames, `2 * ceil(device_period * stream_rate / device_rate)`.
+#[must_use]
+pub fn min_buffer_frames(device_period: u32, device_rate: u32, stream_rate: u32) -> u32 {
+    let per = (u64::from(device_period) * u64::from(stream_rate)).div_ceil(u64::from(device_rate.max(1)));
+    u32::try_from(2 * per).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_rule() {
+        assert_eq!(min_buffer_frames(256, 48000, 48000), 512);
+        assert_eq!(min_buffer_frames(256, 48000, 44100), 2 * 236);
+        assert_eq!(min_buffer_frames(256, 48000, 8000), 2 * 43);
+        assert_eq!(min_buffer_frames(256, 48000, 384_000), 4096);
+    }
+}

@@ -2,17 +2,10 @@
 //! position and device queue, extrapolated with the clock (no syscall: the vDSO). Runs in the
 //! host program's calling thread(s). RT: yes.
 
+pub use shmix_shared::clock::now_ns;
+
 use super::{Pcm, Phase, Stream};
 use crate::Errno;
-
-/// CLOCK_MONOTONIC in nanoseconds (vDSO, no syscall).
-#[must_use]
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Delay math (PROTOCOL.md "Timing"): `write - pos + queued - elapsed*rate`, never negative.
 /// `snapshot` is `(pos, queued_frames, ts_ns)`; `elapsed` is not counted while paused.

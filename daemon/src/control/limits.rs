@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_CLIENT_SHM_MIB: u64 = 256;
 /// Default for `--max-streams-per-uid` in `--system` mode: three quarters of the daemon's stream
 /// slots, so one user cannot take them all. (In user mode every client is the same user: the
 /// default is every slot.)
-pub const DEFAULT_MAX_STREAMS_PER_UID_SYSTEM: usize = crate::mixer::MAX_STREAMS * 3 / 4;
+pub const DEFAULT_MAX_STREAMS_PER_UID_SYSTEM: usize = crate::mix::MAX_STREAMS * 3 / 4;
 /// Default for `--max-uid-shm` in MiB (four clients' worth).
 pub const DEFAULT_MAX_UID_SHM_MIB: u64 = 4 * DEFAULT_MAX_CLIENT_SHM_MIB;
 /// Default for `--handshake-timeout` in seconds.
@@ -50,7 +50,7 @@ impl Default for Limits {
             max_clients: DEFAULT_MAX_CLIENTS,
             max_streams_per_client: DEFAULT_MAX_STREAMS_PER_CLIENT,
             max_client_shm: DEFAULT_MAX_CLIENT_SHM_MIB << 20,
-            max_streams_per_uid: crate::mixer::MAX_STREAMS,
+            max_streams_per_uid: crate::mix::MAX_STREAMS,
             max_uid_shm: DEFAULT_MAX_UID_SHM_MIB << 20,
             handshake_timeout: Duration::from_secs_f64(DEFAULT_HANDSHAKE_TIMEOUT_S),
         }

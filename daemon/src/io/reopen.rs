@@ -8,19 +8,18 @@
 //! wait goes on. `stop` ends the thread at once, wherever it waits.
 //! Runs on its own thread ("shmix-reopen"). RT: no (opening a device allocates and may block).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use log::{info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use rtrb::{Consumer, Producer, RingBuffer};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::AudioParams;
 
-use crate::device::{Device, Request};
-use crate::mixer::{efd_read, efd_write};
+use crate::io::device::{Device, Request};
+use shmix_shared::eventfd::EventFd;
 
 /// First retry delay after the device vanished.
 pub const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -33,8 +32,8 @@ pub const MAX_RETRY: Duration = Duration::from_millis(500);
 pub struct MixEnd {
     lost: Producer<Box<Device>>,
     found: Consumer<Box<Device>>,
-    lost_efd: OwnedFd,
-    found_efd: OwnedFd,
+    lost_efd: EventFd,
+    found_efd: EventFd,
 }
 
 impl MixEnd {
@@ -45,7 +44,7 @@ impl MixEnd {
     /// The device, when the queue is full.
     pub fn lost(&mut self, dev: Box<Device>) -> Result<(), Box<Device>> {
         self.lost.push(dev).map_err(|rtrb::PushError::Full(d)| d)?;
-        efd_write(self.lost_efd.as_raw_fd());
+        self.lost_efd.signal();
         Ok(())
     }
 
@@ -57,19 +56,19 @@ impl MixEnd {
 
     /// Takes the reopened device, if one is waiting (resets the eventfd).
     pub fn take_found(&mut self) -> Option<Box<Device>> {
-        efd_read(self.found_efd.as_raw_fd());
+        self.found_efd.drain();
         self.found.pop().ok()
     }
 }
 
 /// Ends the reopen thread (control thread, at shutdown).
 #[derive(Debug)]
-pub struct Stop(OwnedFd);
+pub struct Stop(EventFd);
 
 impl Stop {
     /// Wakes the reopen thread for good: it returns from wherever it waits.
     pub fn stop(&self) {
-        efd_write(self.0.as_raw_fd());
+        self.0.signal();
     }
 }
 
@@ -82,9 +81,9 @@ pub struct Reopener {
     chmap: ChannelMap,
     lost: Consumer<Box<Device>>,
     found: Producer<Box<Device>>,
-    lost_efd: OwnedFd,
-    found_efd: OwnedFd,
-    stop_efd: OwnedFd,
+    lost_efd: EventFd,
+    found_efd: EventFd,
+    stop_efd: EventFd,
     /// `--wait-for-device` and the device did not open at startup: wait for it first.
     absent: bool,
 }
@@ -102,9 +101,8 @@ fn describe(p: AudioParams, chmap: ChannelMap) -> String {
     )
 }
 
-fn eventfd() -> anyhow::Result<OwnedFd> {
-    let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?;
-    Ok(OwnedFd::from(e))
+fn eventfd() -> anyhow::Result<EventFd> {
+    EventFd::new().context("eventfd")
 }
 
 /// Makes both ends and the stop handle for a device opened as `name` with `req` that settled on
@@ -175,7 +173,7 @@ impl Reopener {
             if self.wait(None, true) {
                 return;
             }
-            efd_read(self.lost_efd.as_raw_fd());
+            self.lost_efd.drain();
             while let Ok(dead) = self.lost.pop() {
                 drop(dead);
                 if !self.bring_back() {
@@ -219,7 +217,7 @@ impl Reopener {
                         drop(dev);
                         continue;
                     }
-                    efd_write(self.found_efd.as_raw_fd());
+                    self.found_efd.signal();
                     return true;
                 }
                 Ok(dev) => format!(

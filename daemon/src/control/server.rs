@@ -28,13 +28,15 @@ use shmix_shared::text::escape_controls;
 use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, WakeFd, PROTOCOL_VERSION};
 
-use crate::access::{Peer, Policy};
-use crate::control::{Control, DeviceCtl, ServerFigures};
-use crate::device::{Device, Request};
-use crate::limits::{AcceptGate, Limits};
-use crate::mixer::{efd_read, Counters, Stream, MAX_STREAMS};
-use crate::mixthread::{kick, Command, Event};
-use crate::pipeline::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
+use crate::control::access::{Peer, Policy};
+use crate::control::limits::{AcceptGate, Limits};
+use crate::control::registry::{Control, ServerFigures};
+use crate::dsp::{DeviceSpec, Pipeline, RecordPipe, StreamSpec};
+use crate::io::device::{Device, Request};
+use crate::mix::ctl::DeviceCtl;
+use crate::mix::thread::{kick, Command, Event};
+use crate::mix::{Counters, Stream, MAX_STREAMS};
+use shmix_shared::eventfd::EventFd;
 
 /// Creates the socket's directory (0700), refuses a directory another user could tamper with
 /// ([`check_socket_dir`]), refuses a path where another daemon answers, removes a stale socket
@@ -185,9 +187,9 @@ pub struct Server {
     device: DeviceSpec,
     cmds: Producer<Command>,
     pending: VecDeque<Command>,
-    cmd_efd: OwnedFd,
+    cmd_efd: EventFd,
     events: Consumer<Event>,
-    ctl_efd: OwnedFd,
+    ctl_efd: EventFd,
     counters: Arc<Counters>,
     /// The capture side: the PCM name, the request it is opened with, and its parameters as
     /// probed at startup (`None`: the device has no usable capture side).
@@ -231,9 +233,9 @@ impl Server {
         signals: SignalFd,
         device: DeviceSpec,
         cmds: Producer<Command>,
-        cmd_efd: OwnedFd,
+        cmd_efd: EventFd,
         events: Consumer<Event>,
-        ctl_efd: OwnedFd,
+        ctl_efd: EventFd,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
@@ -394,7 +396,7 @@ impl Server {
                 }
             }
             if pfds[2].revents != 0 {
-                efd_read(self.ctl_efd.as_raw_fd());
+                self.ctl_efd.drain();
             }
             if self.handle_events() {
                 return Ok(Outcome::DeviceFailed);
@@ -770,7 +772,7 @@ impl Server {
             Ok(())
         };
         // The decoder already checked these; a refusal with a reason beats trusting that.
-        if !crate::convert::is_supported(params.format) {
+        if !crate::dsp::convert::is_supported(params.format) {
             return refuse(self, format!("sample format {} is not supported", params.format));
         }
         if !(1..=MAX_CHANNELS).contains(&params.channels) {
@@ -785,7 +787,7 @@ impl Server {
                 format!("channel map has {} positions for {} channels", chmap.channels(), params.channels),
             );
         }
-        let min_buffer = pipeline::min_buffer_frames(d.period_frames, d.rate, params.rate);
+        let min_buffer = shmix_shared::limits::min_buffer_frames(d.period_frames, d.rate, params.rate);
         if params.buffer_frames < min_buffer {
             return refuse(
                 self,
@@ -818,10 +820,10 @@ impl Server {
         }
         let pid = self.clients[i].pid;
         let (streams, shm) =
-            crate::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
+            crate::control::limits::usage(pid, self.clients.iter().map(|c| (c.pid, c.stream.map(|_| c.shm_bytes))));
         let uid = self.clients[i].uid;
         let (uid_streams, uid_shm) =
-            crate::limits::usage(uid, self.clients.iter().map(|c| (c.uid, c.stream.map(|_| c.shm_bytes))));
+            crate::control::limits::usage(uid, self.clients.iter().map(|c| (c.uid, c.stream.map(|_| c.shm_bytes))));
         let checked = self
             .limits
             .check_stream(pid, streams, shm, layout.total_bytes)

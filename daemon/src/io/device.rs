@@ -12,7 +12,7 @@ use alsa_sys as sys;
 use shmix_shared::chmap::{self, ChannelMap};
 use shmix_shared::{AudioParams, SampleFormat};
 
-use crate::convert;
+use crate::dsp::convert;
 
 /// An alsa-lib call that failed: the function and the (positive) errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

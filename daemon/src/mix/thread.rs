@@ -9,17 +9,19 @@
 //! logging; syscalls: poll, the device's own, reads/writes of its own eventfds, and non-blocking
 //! sends/receives on the streams' wake sockets (`shmix_shared::wakefd`).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use rtrb::{Consumer, Producer};
 
 use crate::audit;
 use shmix_shared::Direction;
 
-use crate::device::{AlsaError, Device};
-use crate::mixer::{efd_read, efd_write, now_ns, MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
-use crate::realtime;
-use crate::reopen;
+use crate::io::device::{AlsaError, Device};
+use crate::io::reopen;
+use crate::mix::realtime;
+use crate::mix::{MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
+use shmix_shared::clock::now_ns;
+use shmix_shared::eventfd::EventFd;
 
 /// Poll descriptors reserved for the playback device (the capture device's follow them; unused
 /// slots hold fd -1, which poll skips).
@@ -83,9 +85,9 @@ pub struct MixThread {
     cmds: Consumer<Command>,
     events: Producer<Event>,
     /// Written by the control thread after each command.
-    cmd_efd: OwnedFd,
+    cmd_efd: EventFd,
     /// Written by us after each event.
-    ctl_efd: OwnedFd,
+    ctl_efd: EventFd,
     pfds: Vec<libc::pollfd>,
     dev_nfds: usize,
     suspended: bool,
@@ -127,8 +129,8 @@ impl MixThread {
         device: Option<Device>,
         cmds: Consumer<Command>,
         events: Producer<Event>,
-        cmd_efd: OwnedFd,
-        ctl_efd: OwnedFd,
+        cmd_efd: EventFd,
+        ctl_efd: EventFd,
     ) -> Self {
         let dev_nfds = device.as_ref().map_or(0, |d| d.poll_count().min(MAX_DEVICE_FDS));
         let mut core = core;
@@ -277,7 +279,7 @@ impl MixThread {
         // Cannot fail while QUEUE_CAPACITY holds (see there); if it did, dropping here is the
         // lesser evil than blocking.
         let _ = self.events.push(ev);
-        efd_write(self.ctl_efd.as_raw_fd());
+        self.ctl_efd.signal();
     }
 
     /// One wait and everything it makes due.
@@ -327,7 +329,7 @@ impl MixThread {
         let pfds = &self.pfds;
         self.core.after_wake(|i| pfds[dn + 2 + i].revents);
         if self.pfds[dn].revents != 0 {
-            efd_read(self.cmd_efd.as_raw_fd());
+            self.cmd_efd.drain();
         }
         if self.pfds[dn + 1].revents != 0 {
             self.device_found()?;
@@ -670,6 +672,6 @@ impl MixThread {
 }
 
 /// Wakes the mix thread after a command was pushed (control thread).
-pub fn kick(cmd_efd: &OwnedFd) {
-    efd_write(cmd_efd.as_raw_fd());
+pub fn kick(cmd_efd: &EventFd) {
+    cmd_efd.signal();
 }

@@ -1,0 +1,337 @@
+//! One playback stream's conversion pipeline, built on the control thread when the stream is set
+//! up and run by the mix thread without allocating: ring bytes in the stream's format -> f32 (one
+//! tight loop per format, `convert::decoder`) -> resample to the device rate with rubato when the
+//! rates differ (fixed output = the device period, `process_into_buffer` only) -> remap channels
+//! by channel map into the device's layout -> the stream's gain with a short linear ramp -> added
+//! into the f32 mix bus.
+//! Built on the control thread (RT: no); `Pipeline::mix` and friends run on the mix thread
+//! (RT: yes — no allocation, no locks, no logging, no syscalls).
+
+use std::fmt;
+
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Async, Indexing, Resampler};
+use shmix_shared::cursor;
+use shmix_shared::shm::StreamShm;
+use shmix_shared::{ResampleQuality, SampleFormat};
+
+use super::convert::{self, DecodeFn};
+use super::gain::{Gain, GAIN_RAMP_MS};
+use super::meter::{fmax, peak_of};
+use super::remap::Remap;
+use super::spec::{DeviceSpec, StreamSpec};
+use super::stage::{Flow, Stage};
+
+/// What one [`Pipeline::mix`] took and gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Stream frames consumed from the ring.
+    pub consumed: u32,
+    /// Device frames added into the bus (the rest of the run stays silent).
+    pub emitted: usize,
+    /// The ring held less than this run needed (an underrun when running).
+    pub short: bool,
+    /// Draining: the ring is empty and the resampler's tail is out.
+    pub tail_done: bool,
+}
+
+/// One stream's conversion state. Every buffer is sized at construction.
+pub struct Pipeline {
+    format: SampleFormat,
+    sc: usize,
+    dc: usize,
+    frame_bytes: usize,
+    decode: DecodeFn,
+    remap: Remap,
+    passthrough: bool,
+    quality: ResampleQuality,
+    resampler: Option<Box<Async<f32>>>,
+    /// Device rate / stream rate.
+    ratio: f64,
+    /// The resampler's delay in device frames.
+    delay: usize,
+    period: usize,
+    raw: Vec<u8>,
+    dec: Vec<f32>,
+    rs_out: Vec<f32>,
+    rs_pos: usize,
+    rs_len: usize,
+    /// Device frames emitted since the last restart.
+    out_total: u64,
+    /// The device's rate (Hz).
+    dev_rate: u32,
+    gain: Gain,
+    /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
+    peak: f32,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("format", &self.format)
+            .field("channels", &self.sc)
+            .field("ratio", &self.ratio)
+            .field("quality", &self.quality)
+            .field("remap", &self.remap)
+            .field("passthrough", &self.passthrough)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Builds everything the stream needs to be mixed into `dev`. Control thread.
+    ///
+    /// # Errors
+    /// A parameter the daemon cannot serve (reason as text).
+    pub fn new(s: &StreamSpec, dev: &DeviceSpec) -> Result<Self, String> {
+        let d = dev.params;
+        let sc = s.chmap.channels() as usize;
+        let dc = d.channels as usize;
+        let period = d.period_frames as usize;
+        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::ToDevice)?;
+        let max_in = resampler.as_ref().map_or(period, |r| r.input_frames_max().max(period));
+        let frame_bytes = s.format.sample_bytes() as usize * sc;
+        let ramp = (u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize;
+        Ok(Self {
+            format: s.format,
+            sc,
+            dc,
+            frame_bytes,
+            decode: convert::decoder(s.format),
+            passthrough,
+            remap,
+            quality,
+            ratio,
+            delay,
+            period,
+            raw: vec![0; max_in * frame_bytes],
+            dec: vec![0.0; max_in * sc],
+            rs_out: vec![0.0; if resampler.is_some() { period * sc } else { 0 }],
+            resampler,
+            rs_pos: 0,
+            rs_len: 0,
+            out_total: 0,
+            dev_rate: d.rate,
+            gain: Gain::new(ramp),
+            peak: 0.0,
+        })
+    }
+
+    /// The stream's peak since the last call (after its gain), and restarts the window. RT: yes.
+    pub fn take_peak(&mut self) -> f32 {
+        std::mem::take(&mut self.peak)
+    }
+
+    /// Folds `p` into the stream's peak (the fast path meters the device's bytes). RT: yes.
+    pub fn note_peak(&mut self, p: f32) {
+        self.peak = fmax(self.peak, p);
+    }
+
+    /// Sets the gain without a ramp (before the stream first plays). RT: yes.
+    pub fn jump_gain(&mut self, g: f32) {
+        self.gain.jump(g);
+    }
+
+    /// Device channels this pipeline writes.
+    #[must_use]
+    pub fn device_channels(&self) -> usize {
+        self.dc
+    }
+
+    /// Largest run it can mix at once (the device period).
+    #[must_use]
+    pub fn max_frames(&self) -> usize {
+        self.period
+    }
+
+    /// Bytes per stream frame.
+    #[must_use]
+    pub fn frame_bytes(&self) -> usize {
+        self.frame_bytes
+    }
+
+    /// The resolved resampling quality.
+    #[must_use]
+    pub fn quality(&self) -> ResampleQuality {
+        self.quality
+    }
+
+    /// True when resampling.
+    #[must_use]
+    pub fn resamples(&self) -> bool {
+        self.resampler.is_some()
+    }
+
+    /// The channel remap.
+    #[must_use]
+    pub fn remap(&self) -> &Remap {
+        &self.remap
+    }
+
+    /// The resampler's delay in device frames (0 without one).
+    #[must_use]
+    pub fn delay_frames(&self) -> usize {
+        self.delay
+    }
+
+    /// Sets the stream's gain (ramped). RT: yes.
+    pub fn set_gain(&mut self, g: f32) {
+        self.gain.set(g);
+    }
+
+    /// The gain aimed at.
+    #[must_use]
+    pub fn gain(&self) -> f32 {
+        self.gain.target()
+    }
+
+    /// True when the ring's bytes may go to the device unchanged: same format, rate and layout,
+    /// unity gain.
+    #[must_use]
+    pub fn is_passthrough(&self) -> bool {
+        self.passthrough && self.gain.is_unity()
+    }
+
+    /// Forgets everything in flight (a new start). RT: yes.
+    pub fn restart(&mut self) {
+        if let Some(r) = self.resampler.as_mut() {
+            r.reset();
+        }
+        self.rs_pos = 0;
+        self.rs_len = 0;
+        self.out_total = 0;
+    }
+
+    /// Fast path bookkeeping: `k` frames went to the device by plain copy.
+    pub fn note_copied(&mut self, k: usize) {
+        self.out_total += k as u64;
+    }
+
+    /// Device frame index (since restart) just after the last input frame's output.
+    fn tail_end(&self, consumed_total: u64) -> u64 {
+        (consumed_total as f64 * self.ratio).ceil() as u64 + self.delay as u64
+    }
+
+    /// Stream frames consumed but not yet heard, given that `device_queued` of the frames
+    /// handed to the device are still queued there: the device's share converted to the stream
+    /// rate plus the resampler's delay. RT: yes.
+    #[must_use]
+    pub fn queued_stream_frames(&self, consumed_total: u64, device_queued: u64) -> u64 {
+        if self.resampler.is_none() {
+            return device_queued.min(consumed_total);
+        }
+        let dq = device_queued.min(self.out_total);
+        let heard_out = (self.out_total - dq) as f64 - self.delay as f64;
+        let heard_in = (heard_out.max(0.0) / self.ratio).floor() as u64;
+        consumed_total.saturating_sub(heard_in)
+    }
+
+    /// How long after now the device starts playing what this stream gave it: the device frames
+    /// queued ahead of all of them (what the device held when the stream started: silence or
+    /// other material), in nanoseconds; 0 once the stream's frames reach the head of the device
+    /// queue. Until then the stream's delay does not shrink. RT: yes.
+    #[must_use]
+    pub fn lead_ns(&self, device_queued: u64) -> u64 {
+        let ahead = device_queued.saturating_sub(self.out_total);
+        ahead.saturating_mul(1_000_000_000) / u64::from(self.dev_rate.max(1))
+    }
+
+    /// Device frames -> stream frames (rounded up).
+    #[must_use]
+    pub fn to_stream_frames(&self, device_frames: u64) -> u64 {
+        if self.resampler.is_none() {
+            device_frames
+        } else {
+            (device_frames as f64 / self.ratio).ceil() as u64
+        }
+    }
+
+    /// Reads `k` frames at ring frame `at` and decodes them into `dec`.
+    fn load(&mut self, shm: &StreamShm, at: u64, k: usize) {
+        let buffer = shm.layout().buffer_frames;
+        let bytes = &mut self.raw[..k * self.frame_bytes];
+        shm.read_audio(cursor::ring_index(at, buffer), bytes);
+        (self.decode)(bytes, &mut self.dec[..k * self.sc]);
+    }
+
+    /// Adds up to `n` device frames (n <= the device period) of this stream into `bus`
+    /// (`n` x device channels), taking stream frames from the ring at `read_count`, of which
+    /// `fill` are there. `draining`: the end of the stream is in the ring (a short ring is not an
+    /// underrun; the resampler's tail is flushed). RT: yes.
+    pub fn mix(
+        &mut self,
+        shm: &StreamShm,
+        read_count: u64,
+        fill: u32,
+        n: usize,
+        bus: &mut [f32],
+        draining: bool,
+    ) -> Taken {
+        let (sc, dc) = (self.sc, self.dc);
+        let fill = fill as usize;
+        let n = n.min(self.period);
+        if self.resampler.is_none() {
+            let k = fill.min(n);
+            if k > 0 {
+                self.load(shm, read_count, k);
+                self.remap.add(&self.dec, bus, k, &mut self.gain);
+                self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
+            }
+            self.out_total += k as u64;
+            return Taken { consumed: k as u32, emitted: k, short: k < n, tail_done: k == fill };
+        }
+        let mut produced = 0;
+        let mut consumed = 0usize;
+        let mut short = false;
+        while produced < n {
+            if self.rs_pos == self.rs_len {
+                if short {
+                    break;
+                }
+                let Some(rs) = self.resampler.as_deref() else { break };
+                let need = rs.input_frames_next();
+                let k = (fill - consumed).min(need);
+                if k < need {
+                    if !draining {
+                        short = true;
+                    } else if k == 0 && self.out_total >= self.tail_end(read_count + consumed as u64) {
+                        break;
+                    }
+                }
+                if k > 0 {
+                    self.load(shm, read_count + consumed as u64, k);
+                }
+                consumed += k;
+                let Some(rs) = self.resampler.as_deref_mut() else { break };
+                let input = InterleavedSlice::new(&self.dec[..k * sc], sc, k);
+                let output = InterleavedSlice::new_mut(&mut self.rs_out[..], sc, self.period);
+                let (Ok(input), Ok(mut output)) = (input, output) else { break };
+                let idx = Indexing { partial_len: (k < need).then_some(k), ..Indexing::default() };
+                self.rs_pos = 0;
+                self.rs_len = match rs.process_into_buffer(&input, &mut output, Some(&idx)) {
+                    Ok((_, out)) => out.min(self.period),
+                    Err(_) => 0,
+                };
+                if self.rs_len == 0 {
+                    break;
+                }
+            }
+            let mut m = (n - produced).min(self.rs_len - self.rs_pos);
+            if draining && consumed == fill {
+                let left = self.tail_end(read_count + consumed as u64).saturating_sub(self.out_total);
+                m = m.min(usize::try_from(left).unwrap_or(usize::MAX));
+                if m == 0 {
+                    break;
+                }
+            }
+            let src = &self.rs_out[self.rs_pos * sc..(self.rs_pos + m) * sc];
+            self.remap.add(src, &mut bus[produced * dc..], m, &mut self.gain);
+            self.peak = fmax(self.peak, peak_of(src) * self.gain.level());
+            self.rs_pos += m;
+            produced += m;
+            self.out_total += m as u64;
+        }
+        let tail_done = consumed == fill && self.out_total >= self.tail_end(read_count + consumed as u64);
+        Taken { consumed: consumed as u32, emitted: produced, short, tail_done }
+    }
+}
