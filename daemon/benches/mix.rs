@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::Resampler;
 use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, StreamSpec};
+use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
@@ -55,7 +56,8 @@ struct Rig {
 impl Rig {
     fn new(n: usize, spec: &StreamSpec, dev_format: SampleFormat) -> Self {
         let dev = device(dev_format);
-        let mut core = MixCore::new(dev_format, 2, PERIOD, Arc::new(Counters::default()));
+        let mut core =
+            MixCore::new(dev_format, Arc::new(DeviceCtl::new(2, RATE)), PERIOD, Arc::new(Counters::default()));
         let fb = spec.format.sample_bytes() * spec.chmap.channels();
         let stream_frames = (PERIOD as u64 * u64::from(spec.rate)).div_ceil(u64::from(RATE)) as usize;
         let buffer = 8 * PERIOD as u32;

@@ -11,8 +11,3 @@ pub mod control;
 pub mod dsp;
 pub mod io;
 pub mod mix;
-
-use std::sync::atomic::AtomicI32;
-
-/// SCHED_FIFO priority the mix thread asks for (set from the command line before it starts).
-pub static RT_PRIORITY: AtomicI32 = AtomicI32::new(20);

@@ -6,7 +6,6 @@ use std::io::Write;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
@@ -14,7 +13,8 @@ use clap::Parser;
 use log::{error, info};
 use shmix_daemon::control::access;
 use shmix_daemon::control::limits::{self, Limits};
-use shmix_daemon::control::server::{self, Outcome, Server};
+use shmix_daemon::control::listen;
+use shmix_daemon::control::server::{Outcome, Server};
 use shmix_daemon::dsp::{DeviceSpec, DEFAULT_QUALITY};
 use shmix_daemon::io::device::{self, Device, Request};
 use shmix_daemon::io::reopen;
@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         if let Some(g) = &group {
             access::prepare_system_dir(&socket_path, g)?;
         }
-        server::check_socket_path(&socket_path)?;
+        listen::check_socket_path(&socket_path)?;
     }
 
     let device_name = match &cli.device {
@@ -264,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let (listen, how) = match activated {
         Some((fd, _)) => (fd, " (socket activation)"),
         None => {
-            let fd = server::listen(&socket_path)?;
+            let fd = listen::listen(&socket_path)?;
             if let Some(g) = &group {
                 access::restrict_system_socket(&socket_path, g)?;
             }
@@ -294,11 +294,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         quality.name()
     );
 
-    let signals = server::signal_fd()?;
+    let signals = listen::signal_fd()?;
     let counters = Arc::new(Counters::default());
     let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
-    let core = MixCore::new(p.format, p.channels, p.period_frames as usize, Arc::clone(&counters))
-        .with_control(Arc::clone(&dctl));
+    let core = MixCore::new(p.format, Arc::clone(&dctl), p.period_frames as usize, Arc::clone(&counters));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
@@ -313,16 +312,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
         .keep_capture_open(cli.keep_capture_open)
         .idle_stop(cli.idle_stop.unwrap_or_default())
+        .rt_priority(cli.rt_priority)
         .reopen(reopen_end);
-    shmix_daemon::RT_PRIORITY.store(cli.rt_priority, Ordering::Relaxed);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
     // Every thread's stack, the device's buffer and the code exist now: lock them.
     realtime::lock_memory();
 
-    let mut srv = Server::new(socket_path.clone(), listen, signals, spec, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
-        .with_control(dctl)
-        .with_access(policy)
-        .with_limits(lim);
+    let mut srv =
+        Server::new(socket_path.clone(), listen, signals, spec, dctl, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
+            .with_access(policy)
+            .with_limits(lim);
     if let Some((creq, cspec)) = capture {
         srv = srv.with_capture(device_name.clone(), creq, cspec);
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use shmix_daemon::audit;
 use shmix_daemon::dsp::convert::{self, EncodeFn};
 use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, RecordPipe, StreamSpec};
+use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
@@ -24,6 +25,11 @@ static GLOBAL: audit::CountingAlloc = audit::CountingAlloc;
 
 const CHANNELS: u32 = 2;
 const PERIOD: usize = 256;
+
+/// The device's shared volume and level state for a 48 kHz device of `CHANNELS`.
+fn device_ctl() -> Arc<DeviceCtl> {
+    Arc::new(DeviceCtl::new(CHANNELS, 48_000))
+}
 
 /// A wake channel: the end the daemon's stream holds, and the client's end.
 fn wake_pair() -> (WakeFd, WakeFd) {
@@ -250,7 +256,7 @@ fn make_stream_as(id: u32, buffer: u32, rng: &mut Rng, spec: &StreamSpec, dev: &
 fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
     let mut rng = Rng(seed);
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let mut clients = Vec::new();
     for i in 0..nstreams {
         let buffer = [1024, 600, 4096, 777][i % 4];
@@ -371,7 +377,7 @@ fn several_streams_saturate_without_allocating() {
 fn three_streams_constant_saturated_sum() {
     // Deterministic values: 3 x 20000 saturates to 32767, 3 x -20000 to -32768, 3 x 5 = 15.
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let mut rng = Rng(1);
     let mut clients = Vec::new();
     for id in 1..=3 {
@@ -419,7 +425,7 @@ fn converted_streams_mix_without_allocating() {
         let dev = device(dev_format);
         let mut rng = Rng(seed);
         let counters = Arc::new(Counters::default());
-        let mut core = MixCore::new(dev_format, CHANNELS, PERIOD, Arc::clone(&counters));
+        let mut core = MixCore::new(dev_format, device_ctl(), PERIOD, Arc::clone(&counters));
         let mut clients = Vec::new();
         for (i, (format, rate, ch, quality)) in specs.iter().enumerate() {
             let spec = StreamSpec { format: *format, rate: *rate, chmap: ChannelMap::standard(*ch), quality: *quality };
@@ -481,7 +487,7 @@ fn mono_stream_reaches_both_sides_exactly() {
     let dev = device(SampleFormat::S16Le);
     let spec = StreamSpec { chmap: ChannelMap::standard(1), ..s16_stereo() };
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let mut rng = Rng(7);
     let (c, s) = make_stream_as(1, 1024, &mut rng, &spec, &dev);
     c.shm.audio_write().pos.store(0, Ordering::Release);
@@ -585,7 +591,7 @@ fn make_recorder(id: u32, dir: Direction, buffer: u32, spec: &StreamSpec, dev: &
 fn capture_and_monitor_streams_without_allocating() {
     let dev = device(SampleFormat::S16Le);
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let mut rng = Rng(0xfeed);
     let (mut player, s) = make_stream(1, 4096, &mut rng);
     core.add(s).unwrap();
@@ -674,12 +680,10 @@ fn capture_and_monitor_streams_without_allocating() {
 /// silence one ramp after the change; the meters see the streams and go quiet with them.
 #[test]
 fn volume_mute_and_metering_do_not_allocate() {
-    use shmix_daemon::mix::ctl::DeviceCtl;
     let mut rng = Rng(0x7777_1234_abcd_0001);
     let counters = Arc::new(Counters::default());
     let dctl = Arc::new(DeviceCtl::new(CHANNELS, 48000));
-    let mut core =
-        MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters)).with_control(Arc::clone(&dctl));
+    let mut core = MixCore::new(SampleFormat::S16Le, Arc::clone(&dctl), PERIOD, Arc::clone(&counters));
     let mut clients = Vec::new();
     let mut ctls = Vec::new();
     for id in 1..=3u32 {
@@ -788,7 +792,7 @@ fn volume_mute_and_metering_do_not_allocate() {
 fn device_waiting_flag_reaches_every_stream_without_allocating() {
     let mut rng = Rng(7);
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, CHANNELS, PERIOD, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let (a, sa) = make_stream(1, 1024, &mut rng);
     let (b, sb) = make_stream(2, 1024, &mut rng);
     core.add(sa).unwrap();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, StreamSpec};
 use shmix_shared::chmap::ChannelMap;
@@ -77,7 +78,7 @@ fuzz_target!(|inp: Input| {
     let shm = StreamShm::map_peer(&memfd, layout).expect("map");
     let pipe = Pipeline::new(&spec, &dev).expect("pipeline");
     let counters = Arc::new(Counters::default());
-    let mut core = MixCore::new(SampleFormat::S16Le, 2, PERIOD as usize, Arc::clone(&counters));
+    let mut core = MixCore::new(SampleFormat::S16Le, Arc::new(DeviceCtl::new(2, 48_000)), PERIOD as usize, Arc::clone(&counters));
     if core.add(Box::new(Stream::new(1, shm, wake(), wake(), pipe))).is_err() {
         return;
     }

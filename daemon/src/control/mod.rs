@@ -1,9 +1,12 @@
-//! The control side, on the main thread: the listener and client sessions (`server`: accept,
-//! handshakes, stream setup and teardown, control clients), who may connect (`access`), limits
+//! The control side, on the main thread: the listening socket (`listen`), the control loop
+//! (`server`: accept, events, control clients, stats) and one client's session (`session`:
+//! handshake, stream setup and teardown), who may connect (`access`), limits
 //! on what a client may hold (`limits`), and the stream registry and control answers
 //! (`registry`). RT: no.
 
 pub mod access;
 pub mod limits;
+pub mod listen;
 pub mod registry;
 pub mod server;
+mod session;

@@ -62,9 +62,14 @@ pub struct MixCore {
 }
 
 impl MixCore {
-    /// Preallocates for cycles of at most `max_frames` frames of `format` x `channels`.
+    /// Preallocates for cycles of at most `max_frames` frames of `format` x the device's
+    /// channels, sharing `dctl` (master and capture volume, device levels) with the control
+    /// thread.
     #[must_use]
-    pub fn new(format: SampleFormat, channels: u32, max_frames: usize, counters: Arc<Counters>) -> Self {
+    pub fn new(format: SampleFormat, dctl: Arc<DeviceCtl>, max_frames: usize, counters: Arc<Counters>) -> Self {
+        let channels = dctl.channels;
+        let mut master = Gain::new(dctl.ramp_frames as usize);
+        master.jump(dctl.master.gain());
         let frame_bytes = (format.sample_bytes() * channels) as usize;
         Self {
             format,
@@ -77,21 +82,12 @@ impl MixCore {
             bus: vec![0.0; max_frames * channels as usize],
             counters,
             decode: convert::decoder(format),
-            dctl: Arc::new(DeviceCtl::new(channels, 48000)),
-            master: Gain::new(DeviceCtl::new(channels, 48000).ramp_frames as usize),
+            dctl,
+            master,
             meter: [0.0; shmix_shared::msg::MAX_CHANNELS as usize],
             meter_frames: 0,
             device_waiting: false,
         }
-    }
-
-    /// Shares `dctl` (master and capture volume, device levels) with the control thread.
-    #[must_use]
-    pub fn with_control(mut self, dctl: Arc<DeviceCtl>) -> Self {
-        self.master = Gain::new(dctl.ramp_frames as usize);
-        self.master.jump(dctl.master.gain());
-        self.dctl = dctl;
-        self
     }
 
     /// The device state shared with the control thread.

@@ -23,6 +23,8 @@ use crate::mix::{MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
 use shmix_shared::clock::now_ns;
 use shmix_shared::eventfd::EventFd;
 
+/// The SCHED_FIFO priority the mix thread asks for unless told otherwise (`--rt-priority`).
+pub const DEFAULT_RT_PRIORITY: i32 = 20;
 /// Poll descriptors reserved for the playback device (the capture device's follow them; unused
 /// slots hold fd -1, which poll skips).
 const MAX_DEVICE_FDS: usize = 8;
@@ -109,6 +111,8 @@ pub struct MixThread {
     /// `--idle-stop` in ns (0: never): how long the playback device runs without any stream
     /// before it is stopped (no wakeups at all while idle).
     idle_stop_ns: u64,
+    /// The SCHED_FIFO priority asked for at start (`--rt-priority`).
+    rt_priority: i32,
     /// CLOCK_MONOTONIC ns since which there has been no stream (while the device runs).
     idle_since_ns: Option<u64>,
     /// The device is stopped for idleness; the next stream starts it again.
@@ -157,6 +161,7 @@ impl MixThread {
             capture_retry_ns: 0,
             capture_retry_ms: 0,
             idle_stop_ns: 0,
+            rt_priority: DEFAULT_RT_PRIORITY,
             idle_since_ns: None,
             idle_stopped: false,
         }
@@ -183,6 +188,13 @@ impl MixThread {
         self
     }
 
+    /// The SCHED_FIFO priority to ask for (default [`DEFAULT_RT_PRIORITY`]).
+    #[must_use]
+    pub fn rt_priority(mut self, priority: i32) -> Self {
+        self.rt_priority = priority;
+        self
+    }
+
     /// Runs until `Shutdown` or a device failure. Everything is dropped on return (streams
     /// unmapped, the device dropped and closed), outside the real-time cycle.
     ///
@@ -190,7 +202,7 @@ impl MixThread {
     /// The device failure that ended the thread.
     pub fn run(mut self) -> Result<(), AlsaError> {
         // Before the loop, where blocking is still harmless: rtkit is a D-Bus round trip.
-        realtime::make_thread_realtime(crate::RT_PRIORITY.load(std::sync::atomic::Ordering::Relaxed));
+        realtime::make_thread_realtime(self.rt_priority);
         realtime::touch_stack();
         self.core.device_ctl().note_mix_thread();
         let r = self.start_device().and_then(|()| loop {
