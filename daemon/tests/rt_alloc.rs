@@ -431,7 +431,7 @@ fn converted_streams_mix_without_allocating() {
             let spec = StreamSpec { format: *format, rate: *rate, chmap: ChannelMap::standard(*ch), quality: *quality };
             let min = shmix_shared::limits::min_buffer_frames(PERIOD as u32, 48_000, *rate);
             let (c, s) = make_stream_as(i as u32 + 1, min + (i as u32 * 97) % min, &mut rng, &spec, &dev);
-            assert_eq!(s.pipeline().resamples(), *rate != 48_000);
+            assert_eq!(s.pipeline().unwrap().resamples(), *rate != 48_000);
             core.add(s).unwrap();
             clients.push(c);
         }
@@ -565,9 +565,8 @@ fn make_recorder(id: u32, dir: Direction, buffer: u32, spec: &StreamSpec, dev: &
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
     let (client_wake, _client_end) = wake_pair();
     let (daemon_wake, _daemon_end) = wake_pair();
-    let pipe = Pipeline::new(spec, dev).unwrap();
     let rec = RecordPipe::new(spec, dev).unwrap();
-    let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, daemon_wake, pipe, dir, rec));
+    let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, daemon_wake, dir, rec));
     let mut r = Recorder {
         shm: client_shm,
         c2d: RingEnd::default(),

@@ -67,6 +67,12 @@ impl Client {
     }
 }
 
+/// The conversion a new stream gets: into the mix (playback) or from a device (recorders).
+enum Conversion {
+    Play(Pipeline),
+    Record(RecordPipe),
+}
+
 /// A reason to disconnect a client: logged once, as one warning line.
 pub(super) struct Disconnect(pub(super) String);
 
@@ -264,17 +270,16 @@ impl Server {
             );
         }
         let spec = StreamSpec { format: params.format, rate: params.rate, chmap, quality };
-        let pipe = match Pipeline::new(&spec, &self.device) {
-            Ok(p) => p,
-            Err(reason) => return refuse(self, reason),
-        };
-        let rec = if direction.is_capture() {
-            match RecordPipe::new(&spec, &src_dev) {
-                Ok(r) => Some(r),
-                Err(reason) => return refuse(self, reason),
-            }
+        // A recorder's conversion comes from the device it records; a playback stream's goes
+        // into the mix bus. Each stream builds only its own.
+        let conversion = if direction.is_capture() {
+            RecordPipe::new(&spec, &src_dev).map(Conversion::Record)
         } else {
-            None
+            Pipeline::new(&spec, &self.device).map(Conversion::Play)
+        };
+        let conversion = match conversion {
+            Ok(c) => c,
+            Err(reason) => return refuse(self, reason),
         };
         if self.streams_attached >= MAX_STREAMS {
             self.reply(fd, &SocketMsg::Refused { errno: libc::EBUSY as u32, reason: "too many streams".into() });
@@ -310,8 +315,8 @@ impl Server {
         })?;
         drop(memfd);
         let id = self.take_stream_id();
-        let (conv, remap, stream) = match rec {
-            Some(rec) => {
+        let (conv, remap, stream) = match conversion {
+            Conversion::Record(rec) => {
                 let conv = if rec.resamples() {
                     format!(" resampled {} -> {} Hz ({})", d.rate, params.rate, rec.quality().name())
                 } else if rec.is_passthrough() {
@@ -320,10 +325,10 @@ impl Server {
                     String::new()
                 };
                 let remap = format!("{rec:?}");
-                let s = Stream::new_recorder(id, shm, client_wake, daemon_wake, pipe, direction, rec);
+                let s = Stream::new_recorder(id, shm, client_wake, daemon_wake, direction, rec);
                 (format!(" {direction:?}{conv}"), remap, Box::new(s))
             }
-            None => {
+            Conversion::Play(pipe) => {
                 let conv = if pipe.resamples() {
                     format!(" resampled {} -> {} Hz ({})", params.rate, d.rate, pipe.quality().name())
                 } else {

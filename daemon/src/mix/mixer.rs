@@ -17,11 +17,11 @@ use shmix_shared::{cursor, Direction, Record, SampleFormat};
 
 use super::counters::Counters;
 use super::ctl::DeviceCtl;
-use super::stream::{State, Stream};
+use super::stream::{Kind, State, Stream};
 use crate::dsp::convert::{self, DecodeFn, EncodeFn};
 use crate::dsp::gain::Gain;
 use crate::dsp::meter::channel_peaks;
-use crate::dsp::pipeline::Taken;
+use crate::dsp::pipeline::{Pipeline, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -104,17 +104,13 @@ impl MixCore {
         for s in &mut self.streams {
             // A stream that is not playing or recording takes the new gain at once (nothing to
             // click); one that is ramps to it.
-            let live = s.active() || s.recording(s.dir);
-            let g = match s.dir {
+            let dir = s.direction();
+            let live = s.active() || s.recording(dir);
+            let g = match dir {
                 Direction::Capture => s.ctl.volume.gain() * capture,
                 _ => s.ctl.volume.gain(),
             };
-            match s.rec.as_mut() {
-                None if live => s.pipe.set_gain(g),
-                None => s.pipe.jump_gain(g),
-                Some(r) if live => r.set_gain(g),
-                Some(r) => r.jump_gain(g),
-            }
+            s.gain_to(g, live);
         }
     }
 
@@ -132,10 +128,7 @@ impl MixCore {
                 l.set(std::mem::take(m));
             }
             for s in &mut self.streams {
-                let p = match s.rec.as_mut() {
-                    Some(r) => r.take_peak(),
-                    None => s.pipe.take_peak(),
-                };
+                let p = s.take_peak();
                 s.ctl.peak.set(p);
             }
         }
@@ -166,10 +159,12 @@ impl MixCore {
     /// The stream itself when [`MAX_STREAMS`] are attached or its pipeline was built for
     /// another device.
     pub fn add(&mut self, s: Box<Stream>) -> Result<(), Box<Stream>> {
-        if self.streams.len() >= MAX_STREAMS
-            || s.pipe.device_channels() != self.channels as usize
-            || s.pipe.max_frames() < self.max_frames
-        {
+        // A playback pipeline must have been built for this device's layout and period; a
+        // recorder's conversion was built for the device it records (capture may differ).
+        let fits = s
+            .pipeline()
+            .is_none_or(|p| p.device_channels() == self.channels as usize && p.max_frames() >= self.max_frames);
+        if self.streams.len() >= MAX_STREAMS || !fits {
             return Err(s);
         }
         s.shm.set_device_waiting(self.device_waiting);
@@ -280,14 +275,15 @@ impl MixCore {
                 self.master.advance(frames);
             }
             // Fast path: the ring's bytes are already what the device wants.
-            Some(s) if s.pipe.is_passthrough() && self.master.is_unity() => {
+            Some(s) if s.pipeline().is_some_and(Pipeline::is_passthrough) && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;
+                let Kind::Play(pipe) = &mut s.kind else { unreachable!("active streams play") };
                 let k = fill.min(frames);
                 let bytes = k * fb;
                 if k > 0 {
                     let idx = cursor::ring_index(s.read_count, s.buffer_frames);
                     s.shm.read_audio(idx, &mut out[..bytes]);
-                    s.pipe.note_copied(k);
+                    pipe.note_copied(k);
                     Counters::bump(&counters.fastpath_frames, k as u64);
                 }
                 convert::silence(self.format, &mut out[bytes..]);
@@ -302,7 +298,7 @@ impl MixCore {
                 for (m, r) in self.meter.iter_mut().zip(&run[..ch]) {
                     *m = m.max(*r);
                 }
-                s.pipe.note_peak(run[..ch].iter().fold(0.0, |a: f32, &b| a.max(b)));
+                pipe.note_peak(run[..ch].iter().fold(0.0, |a: f32, &b| a.max(b)));
                 let t = Taken { consumed: k as u32, emitted: k, short: k < frames, tail_done: k == fill };
                 finish(s, t, now_ns, device_pos, counters);
             }
@@ -313,7 +309,8 @@ impl MixCore {
                     let s = &mut **s;
                     let Some(fill) = s.fill() else { continue };
                     let draining = s.state == State::Draining;
-                    let t = s.pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
+                    let Kind::Play(pipe) = &mut s.kind else { continue };
+                    let t = pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
                     finish(s, t, now_ns, device_pos, counters);
                 }
                 self.master.apply(bus, self.channels as usize);
@@ -338,10 +335,13 @@ impl MixCore {
         let counters = &*self.counters;
         for s in self.streams.iter_mut().filter(|s| s.recording(dir)) {
             // Moved out and back (a pointer move): `deliver` needs the stream mutably.
-            let Some(mut rec) = s.rec.take() else { continue };
+            let Kind::Record(_, slot) = &mut s.kind else { continue };
+            let Some(mut rec) = slot.take() else { continue };
             let bytes = rec.convert(area);
             s.deliver(bytes, now_ns, counters);
-            s.rec = Some(rec);
+            if let Kind::Record(_, slot) = &mut s.kind {
+                *slot = Some(rec);
+            }
         }
     }
 
@@ -366,8 +366,9 @@ impl MixCore {
     }
 
     fn publish_recorder_timing(&mut self, dir: Direction, device_queued: u32, now_ns: u64) {
-        for s in self.streams.iter().filter(|s| s.dir == dir && s.violation.is_none()) {
-            let queued = s.rec.as_ref().map_or(0, |r| r.queued_stream_frames(u64::from(device_queued)));
+        for s in self.streams.iter().filter(|s| s.direction() == dir && s.violation.is_none()) {
+            let Kind::Record(_, Some(rec)) = &s.kind else { continue };
+            let queued = rec.queued_stream_frames(u64::from(device_queued));
             let queued = u32::try_from(queued).unwrap_or(u32::MAX);
             if s.recording(dir) {
                 s.shm.publish_timing(s.pos(), queued, now_ns);
@@ -382,7 +383,7 @@ impl MixCore {
 
     /// Posts `Fatal{errno}` to every stream of `dir` (the capture device is gone).
     pub fn fatal_dir(&mut self, dir: Direction, errno: i32) {
-        for s in self.streams.iter_mut().filter(|s| s.dir == dir && s.violation.is_none()) {
+        for s in self.streams.iter_mut().filter(|s| s.direction() == dir && s.violation.is_none()) {
             s.post(Record::Fatal { errno: errno as u32 }, &self.counters);
         }
     }
@@ -393,29 +394,31 @@ impl MixCore {
     /// Streams whose last frame the device has now played get `Drained`.
     pub fn publish_timing(&mut self, device_queued: u32, now_ns: u64) {
         self.publish_recorder_timing(Direction::Monitor, 0, now_ns);
-        for s in self.streams.iter().filter(|s| s.violation.is_none() && !s.is_recorder()) {
+        for s in self.streams.iter().filter(|s| s.violation.is_none()) {
+            let Kind::Play(pipe) = &s.kind else { continue };
             // Figures for shmixctl: frames written by the client and not yet heard.
             let write = s.shm.audio_write().pos.load(Ordering::Relaxed);
             let unread = write.wrapping_sub(s.read_pos()).min(s.buffer_frames);
             let queued = match s.state {
-                State::Running | State::Draining => s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued)),
+                State::Running | State::Draining => pipe.queued_stream_frames(s.read_count, u64::from(device_queued)),
                 _ => 0,
             };
             s.publish_figures(unread.saturating_add(u32::try_from(queued).unwrap_or(u32::MAX)));
         }
         let played = self.device_pos.saturating_sub(u64::from(device_queued));
-        for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.is_recorder()) {
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none()) {
+            let Kind::Play(pipe) = &s.kind else { continue };
             match s.state {
                 State::Running | State::Draining => {
-                    let queued = s.pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
+                    let queued = pipe.queued_stream_frames(s.read_count, u64::from(device_queued));
                     // A stream that just started sits behind what the device already held: its
                     // queued frames start to play (and its delay to shrink) only after that.
-                    let ts = now_ns.saturating_add(s.pipe.lead_ns(u64::from(device_queued)));
+                    let ts = now_ns.saturating_add(pipe.lead_ns(u64::from(device_queued)));
                     s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);
-                    let queued = s.pipe.to_stream_frames(left).min(s.read_count);
+                    let queued = pipe.to_stream_frames(left).min(s.read_count);
                     s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
                     if left == 0 {
                         s.finish_drain(&self.counters);

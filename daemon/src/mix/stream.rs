@@ -54,16 +54,12 @@ pub struct Stream {
     pub(super) c2d: RingEnd,
     pub(super) d2c: RingEnd,
     pub(super) buffer_frames: u32,
-    /// Conversion from the stream's format, rate and layout into the mix bus.
-    pub(super) pipe: Pipeline,
+    /// Playback or recording, with the conversion that goes with it.
+    pub(super) kind: Kind,
     pub(super) drain_seq: u32,
     /// Device position (frames handed to the device) just after this stream's last frame.
     pub(super) drain_until: u64,
     pub(super) violation: Option<Violation>,
-    /// Playback, or a recorder (capture / monitor).
-    pub(super) dir: Direction,
-    /// Recorders: the conversion from the device into the ring.
-    pub(super) rec: Option<Box<RecordPipe>>,
     /// Recorders: frames written since the last Start (ring index = this % buffer_frames).
     pub(super) write_count: u64,
     /// Its daemon_wake fired in this cycle, or the pre-sleep recheck found a record.
@@ -75,10 +71,40 @@ pub struct Stream {
     pub(super) ctl: Arc<StreamCtl>,
 }
 
+/// What a stream does, and the conversion that goes with it.
+#[derive(Debug)]
+pub enum Kind {
+    /// Playback: the conversion from the stream's format, rate and layout into the mix bus.
+    Play(Box<Pipeline>),
+    /// A recorder of the capture device (`Capture`) or of the mix (`Monitor`): the conversion
+    /// from the device into the stream's ring. `None` only while `MixCore` has lent it out
+    /// (its output is borrowed while the stream takes it in).
+    Record(Direction, Option<Box<RecordPipe>>),
+}
+
 impl Stream {
-    /// Wraps a mapped stream, its two wake descriptors and its conversion pipeline.
+    /// Wraps a mapped playback stream, its two wake descriptors and its conversion pipeline.
     #[must_use]
     pub fn new(id: u32, shm: StreamShm, client_wake: WakeFd, daemon_wake: WakeFd, pipe: Pipeline) -> Self {
+        Self::with_kind(id, shm, client_wake, daemon_wake, Kind::Play(Box::new(pipe)))
+    }
+
+    /// Wraps a recording stream (`Capture` or `Monitor`; `Playback` counts as `Capture`): the
+    /// daemon writes its ring through `rec`.
+    #[must_use]
+    pub fn new_recorder(
+        id: u32,
+        shm: StreamShm,
+        client_wake: WakeFd,
+        daemon_wake: WakeFd,
+        dir: Direction,
+        rec: RecordPipe,
+    ) -> Self {
+        let dir = if dir == Direction::Playback { Direction::Capture } else { dir };
+        Self::with_kind(id, shm, client_wake, daemon_wake, Kind::Record(dir, Some(Box::new(rec))))
+    }
+
+    fn with_kind(id: u32, shm: StreamShm, client_wake: WakeFd, daemon_wake: WakeFd, kind: Kind) -> Self {
         let l = *shm.layout();
         Self {
             id,
@@ -91,12 +117,10 @@ impl Stream {
             c2d: RingEnd::default(),
             d2c: RingEnd::default(),
             buffer_frames: l.buffer_frames,
-            pipe,
+            kind,
             drain_seq: 0,
             drain_until: 0,
             violation: None,
-            dir: Direction::Playback,
-            rec: None,
             write_count: 0,
             woke: false,
             muted: false,
@@ -107,11 +131,7 @@ impl Stream {
     /// Shares `ctl` with the control thread and starts at its volume without a ramp (control
     /// thread, before the stream is added).
     pub fn attach_ctl(&mut self, ctl: Arc<StreamCtl>) {
-        let g = ctl.volume.gain();
-        self.pipe.jump_gain(g);
-        if let Some(r) = self.rec.as_mut() {
-            r.jump_gain(g);
-        }
+        self.gain_to(ctl.volume.gain(), false);
         self.ctl = ctl;
     }
 
@@ -121,36 +141,40 @@ impl Stream {
         &self.ctl
     }
 
-    /// Wraps a recording stream (`Capture` or `Monitor`): the daemon writes its ring through
-    /// `rec`. `pipe` is unused for recording (built for the checks `MixCore::add` makes).
-    #[must_use]
-    pub fn new_recorder(
-        id: u32,
-        shm: StreamShm,
-        client_wake: WakeFd,
-        daemon_wake: WakeFd,
-        pipe: Pipeline,
-        dir: Direction,
-        rec: RecordPipe,
-    ) -> Self {
-        let mut s = Self::new(id, shm, client_wake, daemon_wake, pipe);
-        s.dir = if dir == Direction::Playback { Direction::Capture } else { dir };
-        s.rec = Some(Box::new(rec));
-        s
-    }
-
     /// The stream's direction.
     #[must_use]
     pub fn direction(&self) -> Direction {
-        self.dir
+        match self.kind {
+            Kind::Play(_) => Direction::Playback,
+            Kind::Record(dir, _) => dir,
+        }
     }
 
     pub(super) fn is_recorder(&self) -> bool {
-        self.dir != Direction::Playback
+        matches!(self.kind, Kind::Record(..))
     }
 
     pub(super) fn recording(&self, dir: Direction) -> bool {
-        self.dir == dir && self.violation.is_none() && self.state == State::Running
+        self.direction() == dir && self.violation.is_none() && self.state == State::Running
+    }
+
+    /// Sets the conversion's gain: ramped (`ramp`) or at once. RT: yes.
+    pub(super) fn gain_to(&mut self, g: f32, ramp: bool) {
+        match &mut self.kind {
+            Kind::Play(p) if ramp => p.set_gain(g),
+            Kind::Play(p) => p.jump_gain(g),
+            Kind::Record(_, Some(r)) if ramp => r.set_gain(g),
+            Kind::Record(_, Some(r)) => r.jump_gain(g),
+            Kind::Record(_, None) => {}
+        }
+    }
+
+    /// The conversion's peak since the last call. RT: yes.
+    pub(super) fn take_peak(&mut self) -> f32 {
+        match &mut self.kind {
+            Kind::Play(p) => p.take_peak(),
+            Kind::Record(_, r) => r.as_mut().map_or(0.0, |r| r.take_peak()),
+        }
     }
 
     /// The position reported in answers: read position (playback), write position (recorders).
@@ -242,15 +266,18 @@ impl Stream {
         self.state
     }
 
-    /// The stream's conversion pipeline.
+    /// A playback stream's conversion pipeline.
     #[must_use]
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipe
+    pub fn pipeline(&self) -> Option<&Pipeline> {
+        match &self.kind {
+            Kind::Play(p) => Some(&**p),
+            Kind::Record(..) => None,
+        }
     }
 
     /// Sets the stream's gain (applied with a short linear ramp). RT: yes.
     pub fn set_gain(&mut self, gain: f32) {
-        self.pipe.set_gain(gain);
+        self.gain_to(gain, true);
     }
 
     /// The violation that retired this stream, if any.
@@ -260,7 +287,7 @@ impl Stream {
     }
 
     pub(super) fn active(&self) -> bool {
-        self.dir == Direction::Playback
+        matches!(self.kind, Kind::Play(_))
             && self.violation.is_none()
             && matches!(self.state, State::Running | State::Draining)
     }
@@ -372,9 +399,9 @@ impl Stream {
                     self.state = State::Running;
                     self.read_count = 0;
                     self.write_count = 0;
-                    self.pipe.restart();
-                    if let Some(r) = self.rec.as_mut() {
-                        r.restart();
+                    match &mut self.kind {
+                        Kind::Play(p) => p.restart(),
+                        Kind::Record(_, r) => r.as_mut().map_or((), |r| r.restart()),
                     }
                 }
             }
