@@ -37,9 +37,13 @@ build: deps
 build-release: deps
 	$(CARGO) build --workspace --release
 
+# Formatting, clippy on every target (benches included, so they compile), the docs without a
+# warning, and the fuzz targets (their own workspace) type-checked.
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 
 # The loom model of the wake protocol (its own target dir: different cfg).
 loom:
