@@ -161,7 +161,7 @@ pub struct Stats {
     pub device_suspends: u64,
     /// Stream underruns.
     pub stream_underruns: u64,
-    /// Eventfd writes to sleeping clients.
+    /// Wake signals to sleeping clients.
     pub wakeups_sent: u64,
     /// Wake points where the client was awake (no write needed).
     pub wakeups_skipped: u64,
@@ -383,22 +383,18 @@ impl Reply {
                 put_params(&mut out, &s.device);
                 put_u32(&mut out, s.clients);
                 put_u32(&mut out, s.streams);
-                for v in [
-                    s.uptime_ns,
-                    s.cycles,
-                    s.frames_mixed,
-                    s.fastpath_frames,
-                    s.device_xruns,
-                    s.device_suspends,
-                    s.stream_underruns,
-                    s.wakeups_sent,
-                    s.wakeups_skipped,
-                    s.copied_frames,
-                    s.zero_copy_frames,
-                    s.mix_cpu_ns,
-                ] {
-                    put_u64(&mut out, v);
-                }
+                put_u64(&mut out, s.uptime_ns);
+                put_u64(&mut out, s.cycles);
+                put_u64(&mut out, s.frames_mixed);
+                put_u64(&mut out, s.fastpath_frames);
+                put_u64(&mut out, s.device_xruns);
+                put_u64(&mut out, s.device_suspends);
+                put_u64(&mut out, s.stream_underruns);
+                put_u64(&mut out, s.wakeups_sent);
+                put_u64(&mut out, s.wakeups_skipped);
+                put_u64(&mut out, s.copied_frames);
+                put_u64(&mut out, s.zero_copy_frames);
+                put_u64(&mut out, s.mix_cpu_ns);
                 put_f32(&mut out, s.master_volume);
                 put_u32(&mut out, u32::from(s.master_muted));
                 put_f32(&mut out, s.capture_volume);
@@ -475,10 +471,18 @@ impl Reply {
                 let device = r.listed_params()?;
                 let clients = r.u32("clients")?;
                 let streams = r.u32("streams")?;
-                let mut v = [0u64; 12];
-                for x in &mut v {
-                    *x = r.u64("counter")?;
-                }
+                let uptime_ns = r.u64("uptime_ns")?;
+                let cycles = r.u64("cycles")?;
+                let frames_mixed = r.u64("frames_mixed")?;
+                let fastpath_frames = r.u64("fastpath_frames")?;
+                let device_xruns = r.u64("device_xruns")?;
+                let device_suspends = r.u64("device_suspends")?;
+                let stream_underruns = r.u64("stream_underruns")?;
+                let wakeups_sent = r.u64("wakeups_sent")?;
+                let wakeups_skipped = r.u64("wakeups_skipped")?;
+                let copied_frames = r.u64("copied_frames")?;
+                let zero_copy_frames = r.u64("zero_copy_frames")?;
+                let mix_cpu_ns = r.u64("mix_cpu_ns")?;
                 let master_volume = r.f32("master_volume", 0.0, MAX_VOLUME)?;
                 let master_muted = r.bool("master_muted")?;
                 let capture_volume = r.f32("capture_volume", 0.0, MAX_VOLUME)?;
@@ -494,8 +498,6 @@ impl Reply {
                 let device_lost = r.u64("device_lost")?;
                 let device_reopened = r.u64("device_reopened")?;
                 let device_present = r.bool("device_present")?;
-                let [uptime_ns, cycles, frames_mixed, fastpath_frames, device_xruns, device_suspends, stream_underruns, wakeups_sent, wakeups_skipped, copied_frames, zero_copy_frames, mix_cpu_ns] =
-                    v;
                 Self::Stats(Box::new(Stats {
                     device,
                     clients,
