@@ -101,6 +101,27 @@ impl WakeFd {
     }
 }
 
+/// A sleeper's own wake descriptor as [`crate::wake::Sleeper`] drives it: the end it polls, and
+/// a copy of the other end (the one the peer signals). Signalling itself goes through the other
+/// end, so the polled end turns readable; draining reads the polled end.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnWake<'a> {
+    /// The end that is polled (readable while a wake is pending).
+    pub polled: &'a WakeFd,
+    /// The other end of its pair.
+    pub other: &'a WakeFd,
+}
+
+impl crate::wake::WakeSignal for OwnWake<'_> {
+    fn signal(&self) {
+        self.other.signal();
+    }
+
+    fn drain(&self) {
+        self.polled.drain();
+    }
+}
+
 impl AsFd for WakeFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()

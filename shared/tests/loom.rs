@@ -5,7 +5,7 @@
 
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::Arc;
-use shmix_shared::wake::{prepare_sleep, wake_if_sleeping, SleepDecision};
+use shmix_shared::wake::{prepare_sleep, wake_if_sleeping, SleepDecision, Sleeper, WakeSignal};
 
 struct Shared {
     pos: AtomicU32,
@@ -36,5 +36,87 @@ fn no_wakeup_is_lost() {
             SleepDecision::Ready { peer_signals: false } => assert_eq!(signals, 0),
         }
         assert_eq!(s.sleeping.load(Ordering::Relaxed), 0, "flag left set after the wake");
+    });
+}
+
+/// The sleeper's wake descriptor in the model: pending wakes (a socket's queue).
+struct Descriptor(AtomicU32);
+
+impl WakeSignal for Descriptor {
+    fn signal(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+    fn drain(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+struct Both {
+    pos: AtomicU32,
+    sleeping: AtomicU32,
+    fd: Descriptor,
+}
+
+/// Both halves as the plugin and the daemon run them: the sleeper keeps its descriptor as a
+/// readiness mirror ([`Sleeper::sync`]) while the waker publishes progress and signals it only
+/// if it swaps the flag. Whatever the interleaving: once the waker is done the descriptor is
+/// readable (a program polling it wakes), the mirror then follows readiness both ways, and the
+/// flag is never left set.
+#[test]
+fn the_readiness_mirror_never_loses_a_wake() {
+    loom::model(|| {
+        let s =
+            Arc::new(Both { pos: AtomicU32::new(0), sleeping: AtomicU32::new(0), fd: Descriptor(AtomicU32::new(0)) });
+        let waker = {
+            let s = s.clone();
+            loom::thread::spawn(move || {
+                s.pos.store(1, Ordering::Release);
+                if wake_if_sleeping(&s.sleeping) {
+                    s.fd.signal();
+                }
+            })
+        };
+        let mut sleeper = Sleeper::default();
+        let ready = || s.pos.load(Ordering::Acquire) != 0;
+        // Not ready when it looked: mirror "not ready", arming the flag unless the recheck saw
+        // the progress.
+        sleeper.sync(&s.sleeping, false, true, ready, &s.fd);
+        waker.join().unwrap();
+        assert!(s.fd.0.load(Ordering::Acquire) > 0, "progress made, but the descriptor is not readable");
+        // The program wakes and the sleeper sees it is ready.
+        sleeper.sync(&s.sleeping, true, true, ready, &s.fd);
+        assert!(s.fd.0.load(Ordering::Acquire) > 0, "ready, but the descriptor is not readable");
+        assert!(!sleeper.armed());
+        assert_eq!(s.sleeping.load(Ordering::Relaxed), 0, "flag left set");
+        // It used what was there and is not ready any more: the descriptor is drained.
+        sleeper.sync(&s.sleeping, false, false, || false, &s.fd);
+        assert_eq!(s.fd.0.load(Ordering::Acquire), 0, "not ready, but the descriptor stays readable");
+    });
+}
+
+/// The bounded wait for the peer's next record ([`Sleeper::arm`]): if it decides to wait, the
+/// waker's record makes the descriptor readable.
+#[test]
+fn a_bounded_wait_is_woken_by_the_record() {
+    loom::model(|| {
+        let s =
+            Arc::new(Both { pos: AtomicU32::new(0), sleeping: AtomicU32::new(0), fd: Descriptor(AtomicU32::new(0)) });
+        let waker = {
+            let s = s.clone();
+            loom::thread::spawn(move || {
+                s.pos.store(1, Ordering::Release);
+                if wake_if_sleeping(&s.sleeping) {
+                    s.fd.signal();
+                }
+            })
+        };
+        let mut sleeper = Sleeper::default();
+        let waits = sleeper.arm(&s.sleeping, || s.pos.load(Ordering::Acquire) != 0, &s.fd);
+        waker.join().unwrap();
+        if waits {
+            assert!(s.fd.0.load(Ordering::Acquire) > 0, "waits for a record that came, never woken");
+        } else {
+            assert_eq!(s.pos.load(Ordering::Acquire), 1, "refused to wait with nothing there");
+        }
     });
 }

@@ -10,6 +10,7 @@ use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::msg::{AudioParams, Record};
 use shmix_shared::shm::{RingEnd, StreamShm};
 use shmix_shared::sync::Ordering;
+use shmix_shared::wakefd::OwnWake;
 use shmix_shared::ChannelMap;
 
 use super::{now_ns, poll_two, Pcm, Phase, Stream, DRAIN_GONE_MAX, DRAIN_MARGIN, DRAIN_RECHECK, STOP_WAIT};
@@ -34,9 +35,8 @@ impl Pcm {
             .map_err(|e| fail(libc::ENOMEM, format!("cannot create the stream memory: {e}")))?;
         shm.avail_min().value.store(self.avail_min, Ordering::Release);
         // A stale wake from an earlier stream would make poll lie.
-        self.client_wake.drain();
-        self.efd_signalled = false;
-        self.armed = false;
+        let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
+        self.sleeper.reset(&own);
         let fds = [memfd.as_raw_fd(), self.client_wake_peer.as_raw_fd(), self.daemon_wake_peer.as_raw_fd()];
         if self.chmap.is_some_and(|m| m.channels() != params.channels) {
             self.chmap = None; // set for another channel count
@@ -224,10 +224,10 @@ impl Pcm {
                 Err(e) => self.debug_line(format_args!("cannot post Stop: errno {}", e.0)),
             }
         }
-        if had_drain && !self.efd_signalled {
+        if had_drain {
             // A drain polling in another thread wakes, sees its drain gone and returns.
-            self.client_wake_peer.signal();
-            self.efd_signalled = true;
+            let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
+            self.sleeper.signal_self(&own);
         }
     }
 

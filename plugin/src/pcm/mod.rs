@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use shmix_shared::msg::AudioParams;
 use shmix_shared::shm::{RingEnd, StreamShm};
+use shmix_shared::wake::Sleeper;
 use shmix_shared::{ChannelMap, ResampleQuality, WakeFd};
 
 use crate::conn::Conn;
@@ -147,10 +148,8 @@ pub struct Pcm {
     avail_min: u32,
     /// Set once the daemon is gone or reported `Fatal` (positive errno).
     dead: Option<i32>,
-    /// We believe `client_wake` has a wake queued (signalled by us or the daemon).
-    efd_signalled: bool,
-    /// We set our cursor's `sleeping` and have not looked at it since.
-    armed: bool,
+    /// The sleeper's side of the wake protocol: `client_wake`'s readiness mirror.
+    sleeper: Sleeper,
     /// The process generation this PCM was opened in ([`crate::fork`]).
     born: u32,
 }
@@ -182,8 +181,7 @@ impl Pcm {
             boundary: 0,
             avail_min: 1,
             dead: None,
-            efd_signalled: false,
-            armed: false,
+            sleeper: Sleeper::default(),
             born: crate::fork::generation(),
         })
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shmix_shared::shm::Ring;
 use shmix_shared::sync::Ordering;
-use shmix_shared::wake::{self, SleepDecision};
+use shmix_shared::wakefd::OwnWake;
 
 use super::{poll_two, Pcm, Phase, Stream};
 use crate::Errno;
@@ -20,12 +20,10 @@ impl Pcm {
             self.debug_line(format_args!("shmixd closed the connection"));
             self.dead = Some(libc::ENODEV);
         }
-        if efd_revents & libc::POLLIN != 0 && self.armed {
-            // A late write of the daemon for an earlier sleep (it took the flag, we woke by
-            // other means, drained and armed again, then its write landed): the fd is signalled
-            // while we wait. Believe poll, so sync_readiness drains it instead of letting the
-            // program spin in poll until the daemon's next wake.
-            self.efd_signalled = true;
+        if efd_revents & libc::POLLIN != 0 {
+            // A late signal of the daemon for an earlier sleep (it took the flag, we woke by
+            // other means, drained and armed again, then its byte landed).
+            self.sleeper.note_readable();
         }
         self.refresh();
         self.consume_committed(appl_ptr);
@@ -76,9 +74,8 @@ impl Pcm {
         false
     }
 
-    /// Makes `client_wake`'s readiness mirror [`Self::want_ready`] (PROTOCOL.md "Wakeups").
-    /// Syscalls only on a change: an eventfd read when becoming not ready, a write when we must
-    /// signal ourselves.
+    /// Makes `client_wake`'s readiness mirror [`Self::want_ready`] (PROTOCOL.md "Wakeups",
+    /// `shmix_shared::wake::Sleeper`). Syscalls only on a change.
     pub(super) fn sync_readiness(&mut self) {
         let want = self.want_ready();
         let capture = self.capture;
@@ -89,46 +86,11 @@ impl Pcm {
         line.copied_frames.store(c.copied_frames - s.counters_base.copied_frames, Ordering::Relaxed);
         line.zero_copy_frames.store(c.zero_copy_frames - s.counters_base.zero_copy_frames, Ordering::Relaxed);
         let sleeping = &Self::own_cursor(capture, s).sleeping;
-        if self.armed {
-            if want {
-                // Take the flag back; if the daemon already took it, it writes (or wrote) the fd.
-                let we_took_it = sleeping.swap(0, Ordering::Relaxed) == 1;
-                self.armed = false;
-                self.efd_signalled = !we_took_it;
-            } else if sleeping.load(Ordering::Relaxed) == 1 {
-                if self.efd_signalled {
-                    // We signalled it ourselves meanwhile (stop waking a drain): take it back.
-                    self.client_wake.drain();
-                    self.efd_signalled = false;
-                }
-                return; // still waiting, fd drained: the steady state costs nothing here
-            } else {
-                self.armed = false;
-                self.efd_signalled = true;
-            }
-        }
-        if want {
-            if !self.efd_signalled {
-                self.client_wake_peer.signal();
-                self.efd_signalled = true;
-            }
-            return;
-        }
-        if self.efd_signalled {
-            self.client_wake.drain(); // nothing there when the daemon has not signalled yet: fine
-            self.efd_signalled = false;
-        }
-        if matches!(s.phase, Phase::Setup) {
-            return; // nothing will change until prepare; nobody needs waking
-        }
-        match wake::prepare_sleep(sleeping, || Self::fresh_ready(capture, s, self.avail_min)) {
-            SleepDecision::Sleep => self.armed = true,
-            SleepDecision::Ready { peer_signals: true } => self.efd_signalled = true,
-            SleepDecision::Ready { peer_signals: false } => {
-                self.client_wake_peer.signal();
-                self.efd_signalled = true;
-            }
-        }
+        // Before prepare nothing will change and nobody needs waking.
+        let may_sleep = !matches!(s.phase, Phase::Setup);
+        let avail_min = self.avail_min;
+        let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
+        self.sleeper.sync(sleeping, want, may_sleep, || Self::fresh_ready(capture, s, avail_min), &own);
     }
 
     /// For the bounded waits: arms `sleeping` so the daemon's next record wakes us. Returns false
@@ -136,29 +98,11 @@ impl Pcm {
     pub(super) fn arm_for_records(&mut self) -> bool {
         let capture = self.capture;
         let Some(s) = &self.stream else { return false };
-        if self.armed && Self::own_cursor(capture, s).sleeping.load(Ordering::Relaxed) == 1 {
-            return true;
-        }
-        if self.armed {
-            self.armed = false;
-            self.efd_signalled = true;
-            return false;
-        }
-        self.client_wake.drain();
-        self.efd_signalled = false;
         let d2c_pos = s.d2c_pos;
         let sleeping = &Self::own_cursor(capture, s).sleeping;
         let ring = s.shm.ring_write_cursor(Ring::DaemonToClient);
-        match wake::prepare_sleep(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos) {
-            SleepDecision::Sleep => {
-                self.armed = true;
-                true
-            }
-            SleepDecision::Ready { peer_signals } => {
-                self.efd_signalled = peer_signals;
-                false
-            }
-        }
+        let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
+        self.sleeper.arm(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos, &own)
     }
 
     /// One bounded wait on client_wake + socket (mutex held by the caller: prepare only).
