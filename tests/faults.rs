@@ -71,18 +71,6 @@ fn suspend_is_resumed_by_the_daemon_and_invisible_to_clients() {
     assert_contiguous(&rig.recording_s16(), &sound, 2, "played through a suspend");
 }
 
-/// `secs` of noise on one side (`left` or right) of a stereo WAV, silence on the other; returns
-/// the path and that side's samples.
-fn side_wav(rig: &Rig, name: &str, secs: f64, seed: u32, left: bool) -> (PathBuf, Vec<i16>) {
-    let n = (secs * f64::from(RATE)) as usize;
-    let side = noise(seed, n, 20000);
-    let silent = vec![0i16; n];
-    let both = if left { [side.clone(), silent] } else { [silent, side.clone()] };
-    let wav = rig.path(name);
-    write_wav(&wav, 2, RATE, &interleave(&both));
-    (wav, side)
-}
-
 /// `aplay -D shmix WAV` started in the background, output piped.
 fn spawn_aplay(rig: &Rig, extra: &[&str], wav: &Path) -> Child {
     let mut c = rig.cmd("aplay");

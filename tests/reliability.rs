@@ -4,7 +4,7 @@
 //! recorded sample for sample.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,43 +18,9 @@ use shmix_shared::sync::Ordering;
 use crate::common::*;
 use crate::hostile::{scribble, seqpacket, Raw};
 
-/// The rig for the tests that load the machine with hostile clients next to a reference
-/// stream: a device buffer of 8 periods (43 ms) instead of 4 (21 ms). On this machine's kernel
-/// (`Dynamic Preempt: none`, a virtual machine) a real-time thread can wait 20-40 ms for a CPU
-/// while other processes sit in long kernel paths; measured with a disk writer (dd, fsync)
-/// beside the racing test: with 4 periods the device underran (1024 silent frames, nothing
-/// lost) in 4 of 4 runs, with 8 in 0 of 6. What these tests guard against (a spinning, blocked
-/// or crashed daemon) shows at either size.
-fn hostile_load_rig(daemon_args: &[&str]) -> Rig {
-    let args: Vec<&str> = ["--periods", "8"].iter().chain(daemon_args).copied().collect();
-    Rig::new(Card::default(), &args)
-}
-
-/// A reference stream: `secs` of stereo noise played by aplay through the plugin.
-fn reference(rig: &Rig, seed: u32, secs: usize) -> (Child, Instant, Vec<i16>) {
-    let n = secs * 48000;
-    let sound = interleave(&[noise(seed, n, 30000), noise(seed + 1, n, 30000)]);
-    let wav = rig.path(&format!("ref{seed}.wav"));
-    write_wav(&wav, 2, 48000, &sound);
-    let start = Instant::now();
-    let child = rig
-        .cmd("aplay")
-        .args(["-q", "-D", "shmix"])
-        .arg(&wav)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, start, sound)
-}
-
 fn daemon_alive(rig: &Rig) -> bool {
     std::fs::metadata(format!("/proc/{}/stat", rig.daemon_pid())).is_ok()
         && !std::fs::read_to_string(format!("/proc/{}/stat", rig.daemon_pid())).unwrap_or_default().contains(") Z ")
-}
-
-fn daemon_fds(rig: &Rig) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", rig.daemon_pid())).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Raises this process's descriptor soft limit to its hard limit (floods need a thousand sockets).

@@ -26,8 +26,6 @@ use shmix_shared::{ChannelMap, ResampleQuality};
 use crate::common::*;
 use crate::hostile::{scribble, Raw};
 
-const RATE: u32 = 48000;
-
 /// The rt-audit shmixd, built by `make build` beside the normal target dir.
 fn audit_shmixd() -> PathBuf {
     let target = artifacts_dir().parent().expect("target dir").to_path_buf();
@@ -98,17 +96,6 @@ fn shmixctl(rig: &Rig, args: &[&str]) -> String {
     let r = run(c, Duration::from_secs(10));
     r.assert_ok(&format!("shmixctl {}", args.join(" ")));
     r.stdout
-}
-
-/// `secs` of noise on one side of a stereo WAV (silence on the other); returns that side.
-fn side_wav(rig: &Rig, name: &str, secs: f64, seed: u32, left: bool) -> (PathBuf, Vec<i16>) {
-    let n = (secs * f64::from(RATE)) as usize;
-    let side = noise(seed, n, 20000);
-    let silent = vec![0i16; n];
-    let both = if left { [side.clone(), silent] } else { [silent, side.clone()] };
-    let wav = rig.path(name);
-    write_wav(&wav, 2, RATE, &interleave(&both));
-    (wav, side)
 }
 
 /// Waits until the daemon's log holds `needle` `count` times.

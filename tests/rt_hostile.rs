@@ -4,7 +4,6 @@
 //! the card recorded; the daemon must still stop on SIGTERM.
 
 use std::os::fd::AsRawFd;
-use std::process::{Child, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,24 +15,6 @@ use shmix_shared::sync::Ordering;
 use crate::common::*;
 use crate::hostile::Raw;
 use crate::reliability::{cpu_ticks, RawAt};
-
-/// A rig with an 8-period device buffer (43 ms), as the other hostile-load tests use: what they
-/// guard against (a blocked or spinning mix thread) shows at any size.
-fn rig() -> Rig {
-    Rig::new(Card::default(), &["--periods", "8"])
-}
-
-/// `secs` of stereo noise played by aplay through the plugin.
-fn reference(rig: &Rig, seed: u32, secs: usize) -> (Child, Instant, Vec<i16>) {
-    let n = secs * 48000;
-    let sound = interleave(&[noise(seed, n, 30000), noise(seed + 1, n, 30000)]);
-    let wav = rig.path(&format!("ref{seed}.wav"));
-    write_wav(&wav, 2, 48000, &sound);
-    let start = Instant::now();
-    let child =
-        rig.cmd("aplay").args(["-q", "-D", "shmix"]).arg(&wav).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
-    (child.unwrap(), start, sound)
-}
 
 /// What kind of file `fd` is, as /proc names it (`anon_inode:[eventfd]`, `socket:[N]`).
 fn fd_kind(fd: &impl AsRawFd) -> String {
@@ -75,7 +56,7 @@ fn freeze(fd: &impl AsRawFd) -> String {
 /// stream beside it stays bit-exact, and the daemon still stops on SIGTERM.
 #[test]
 fn frozen_wake_descriptors_do_not_block_the_mix_thread() {
-    let mut rig = rig();
+    let mut rig = hostile_load_rig(&[]);
     let (mut good, start, sound) = reference(&rig, 151, 4);
     rig.wait_for_sound(2, 0, Duration::from_secs(10));
     let c = Raw::connect(&rig);
@@ -121,7 +102,7 @@ fn frozen_wake_descriptors_do_not_block_the_mix_thread() {
 /// thread never blocks. The mix thread's cycles and CPU stay bounded, the reference bit-exact.
 #[test]
 fn a_trickle_of_records_cannot_spin_the_mix_thread() {
-    let rig = rig();
+    let rig = hostile_load_rig(&[]);
     let (mut good, start, sound) = reference(&rig, 161, 6);
     rig.wait_for_sound(2, 0, Duration::from_secs(10));
     let stop = Arc::new(AtomicBool::new(false));

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shmix_shared::layout::DEFAULT_MSG_RECORDS;
@@ -16,29 +16,6 @@ use shmix_shared::{ChannelMap, ResampleQuality};
 
 use crate::common::*;
 use crate::hostile::{seqpacket, Raw};
-
-/// Entries of /proc/PID/fd of the rig's daemon.
-fn daemon_fds(rig: &Rig) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", rig.daemon_pid())).map(|d| d.count()).unwrap_or(0)
-}
-
-/// A reference stream: `secs` of stereo noise played by aplay through the plugin.
-fn reference(rig: &Rig, seed: u32, secs: usize) -> (Child, Instant, Vec<i16>) {
-    let n = secs * 48000;
-    let sound = interleave(&[noise(seed, n, 30000), noise(seed + 1, n, 30000)]);
-    let wav = rig.path(&format!("ref{seed}.wav"));
-    write_wav(&wav, 2, 48000, &sound);
-    let start = Instant::now();
-    let child = rig
-        .cmd("aplay")
-        .args(["-q", "-D", "shmix"])
-        .arg(&wav)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, start, sound)
-}
 
 /// Waits until the daemon hangs up on `sock` (the connection is then gone on its side).
 fn wait_hangup(sock: &OwnedFd, what: &str) {

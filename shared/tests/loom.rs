@@ -57,6 +57,22 @@ struct Both {
     fd: Descriptor,
 }
 
+/// The waker's half in a thread of its own: publish progress, signal the descriptor only if it
+/// swaps the sleeper's flag.
+fn progress_and_wake() -> (Arc<Both>, loom::thread::JoinHandle<()>) {
+    let s = Arc::new(Both { pos: AtomicU32::new(0), sleeping: AtomicU32::new(0), fd: Descriptor(AtomicU32::new(0)) });
+    let waker = {
+        let s = s.clone();
+        loom::thread::spawn(move || {
+            s.pos.store(1, Ordering::Release);
+            if wake_if_sleeping(&s.sleeping) {
+                s.fd.signal();
+            }
+        })
+    };
+    (s, waker)
+}
+
 /// Both halves as the plugin and the daemon run them: the sleeper keeps its descriptor as a
 /// readiness mirror ([`Sleeper::sync`]) while the waker publishes progress and signals it only
 /// if it swaps the flag. Whatever the interleaving: once the waker is done the descriptor is
@@ -65,17 +81,7 @@ struct Both {
 #[test]
 fn the_readiness_mirror_never_loses_a_wake() {
     loom::model(|| {
-        let s =
-            Arc::new(Both { pos: AtomicU32::new(0), sleeping: AtomicU32::new(0), fd: Descriptor(AtomicU32::new(0)) });
-        let waker = {
-            let s = s.clone();
-            loom::thread::spawn(move || {
-                s.pos.store(1, Ordering::Release);
-                if wake_if_sleeping(&s.sleeping) {
-                    s.fd.signal();
-                }
-            })
-        };
+        let (s, waker) = progress_and_wake();
         let mut sleeper = Sleeper::default();
         let ready = || s.pos.load(Ordering::Acquire) != 0;
         // Not ready when it looked: mirror "not ready", arming the flag unless the recheck saw
@@ -99,17 +105,7 @@ fn the_readiness_mirror_never_loses_a_wake() {
 #[test]
 fn a_bounded_wait_is_woken_by_the_record() {
     loom::model(|| {
-        let s =
-            Arc::new(Both { pos: AtomicU32::new(0), sleeping: AtomicU32::new(0), fd: Descriptor(AtomicU32::new(0)) });
-        let waker = {
-            let s = s.clone();
-            loom::thread::spawn(move || {
-                s.pos.store(1, Ordering::Release);
-                if wake_if_sleeping(&s.sleeping) {
-                    s.fd.signal();
-                }
-            })
-        };
+        let (s, waker) = progress_and_wake();
         let mut sleeper = Sleeper::default();
         let waits = sleeper.arm(&s.sleeping, || s.pos.load(Ordering::Acquire) != 0, &s.fd);
         waker.join().unwrap();

@@ -595,3 +595,49 @@ pub fn pieces_of(rec: &[i16], sound: &[i16], ch: usize, what: &str) -> Vec<Piece
     }
     out
 }
+
+/// The rig for the tests that load the machine with hostile clients next to a reference
+/// stream: a device buffer of 8 periods (43 ms) instead of 4 (21 ms). On this machine's kernel
+/// (`Dynamic Preempt: none`, a virtual machine) a real-time thread can wait 20-40 ms for a CPU
+/// while other processes sit in long kernel paths (a disk writer beside the tests is enough), and
+/// 21 ms underruns the device. What these tests guard against (a spinning, blocked or crashed
+/// daemon) shows at either size.
+pub fn hostile_load_rig(daemon_args: &[&str]) -> Rig {
+    let args: Vec<&str> = ["--periods", "8"].iter().chain(daemon_args).copied().collect();
+    Rig::new(Card::default(), &args)
+}
+
+/// A reference stream: `secs` of stereo noise played by aplay through the plugin.
+pub fn reference(rig: &Rig, seed: u32, secs: usize) -> (Child, Instant, Vec<i16>) {
+    let n = secs * 48000;
+    let sound = interleave(&[noise(seed, n, 30000), noise(seed + 1, n, 30000)]);
+    let wav = rig.path(&format!("ref{seed}.wav"));
+    write_wav(&wav, 2, 48000, &sound);
+    let start = Instant::now();
+    let child = rig
+        .cmd("aplay")
+        .args(["-q", "-D", "shmix"])
+        .arg(&wav)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, start, sound)
+}
+
+/// Entries of /proc/PID/fd of the rig's daemon (its open descriptors).
+pub fn daemon_fds(rig: &Rig) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", rig.daemon_pid())).map(|d| d.count()).unwrap_or(0)
+}
+
+/// `secs` of noise on one side (`left` or right) of a stereo 48 kHz WAV, silence on the other;
+/// returns the path and that side's samples.
+pub fn side_wav(rig: &Rig, name: &str, secs: f64, seed: u32, left: bool) -> (PathBuf, Vec<i16>) {
+    let n = (secs * 48000.0) as usize;
+    let side = noise(seed, n, 20000);
+    let silent = vec![0i16; n];
+    let both = if left { [side.clone(), silent] } else { [silent, side.clone()] };
+    let wav = rig.path(name);
+    write_wav(&wav, 2, 48000, &interleave(&both));
+    (wav, side)
+}
