@@ -69,7 +69,7 @@ pub struct Timing {
     /// Frames that had left the ring but not yet reached the speaker at `ts_ns` (device delay).
     pub queued_frames: AtomicU32,
     /// Daemon state bits, written at any time outside the seqlock (Release / Acquire):
-    /// [`DEVICE_WAITING`]. Zero from older daemons.
+    /// [`DEVICE_WAITING`].
     pub flags: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds of the snapshot.
     pub ts_ns: AtomicU64,

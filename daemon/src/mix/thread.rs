@@ -257,7 +257,7 @@ impl MixThread {
         let Some(link) = self.reopen.as_mut() else { return false };
         let Some(dev) = self.device.take() else { return true };
         if let Err(dev) = link.lost(dev) {
-            // Cannot happen (one device is out at a time): keep failing as before.
+            // Cannot happen (one device is out at a time): fail with the device error.
             self.device = Some(dev);
             return false;
         }

@@ -34,8 +34,8 @@ pub const STOP_WAIT: Duration = Duration::from_secs(1);
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// While the daemon says the device is gone (`DEVICE_WAITING`), a drain's deadline moves on with
 /// the clock (that time does not count), for at most this long in all: a card replugged within
-/// it plays the drain's end; one gone for longer ends the drain with ETIMEDOUT as before (a
-/// program at its end does not hang for good; a dead daemon ends it at once anyway).
+/// it plays the drain's end; one gone for longer ends the drain with ETIMEDOUT (a program at its
+/// end does not hang for good; a dead daemon ends it at once anyway).
 pub const DRAIN_GONE_MAX: Duration = Duration::from_secs(60);
 /// Longest single wait of a drain: how often it looks at the daemon's device-waiting flag.
 const DRAIN_RECHECK: Duration = Duration::from_millis(200);
