@@ -30,6 +30,7 @@ pub fn register() {
 
 /// The current process generation: bumped in every child after `fork`.
 #[must_use]
+#[inline]
 pub fn generation() -> u32 {
     GENERATION.load(Ordering::Relaxed)
 }

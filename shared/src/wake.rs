@@ -82,6 +82,7 @@ impl Sleeper {
     /// poll said the descriptor is readable while armed: a late signal of the peer for an
     /// earlier sleep. Believe poll, so the next [`Self::sync`] drains it instead of letting the
     /// program spin in poll until the peer's next wake.
+    #[inline]
     pub fn note_readable(&mut self) {
         if self.armed {
             self.signalled = true;
@@ -89,6 +90,7 @@ impl Sleeper {
     }
 
     /// Makes the descriptor readable now, if it is not (to wake a waiter in another thread).
+    #[inline]
     pub fn signal_self(&mut self, fd: &impl WakeSignal) {
         if !self.signalled {
             fd.signal();
@@ -99,6 +101,7 @@ impl Sleeper {
     /// Makes the descriptor mirror `want` (the sleeper's readiness now). When it is not ready
     /// and `may_sleep`, arms `sleeping` and rechecks with `ready` (a fresh look at the peer's
     /// cursors), exactly as [`prepare_sleep`]. Pairs with the peer's [`wake_if_sleeping`].
+    #[inline]
     pub fn sync(
         &mut self,
         sleeping: &AtomicU32,
@@ -148,6 +151,7 @@ impl Sleeper {
 
     /// For a bounded wait on the peer's next record: arms `sleeping` unless `ready` (something
     /// is already there). Returns true when the caller should wait on the descriptor.
+    #[inline]
     pub fn arm(&mut self, sleeping: &AtomicU32, ready: impl Fn() -> bool, fd: &impl WakeSignal) -> bool {
         if self.armed && sleeping.load(Ordering::Relaxed) == 1 {
             return true;

@@ -190,6 +190,7 @@ impl Pcm {
     ///
     /// # Errors
     /// `EIO` for a poisoned mutex, `EBADFD` in a forked child.
+    #[inline]
     pub fn lock(m: &Mutex<Pcm>) -> Result<MutexGuard<'_, Pcm>, Errno> {
         let mut p = m.lock().map_err(|_| Errno(libc::EIO))?;
         if p.born != crate::fork::generation() {
@@ -202,6 +203,7 @@ impl Pcm {
     /// In a forked child: never touches the parent's stream again. The shared memory is
     /// replaced by private memory at the same address (alsa-lib's mmap areas may point into it),
     /// and the PCM counts as dead, so no record, wake or socket message goes out.
+    #[cold]
     fn orphan(&mut self) {
         if self.dead == Some(libc::EBADFD) {
             return;
