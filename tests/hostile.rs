@@ -2,7 +2,6 @@
 //! logged reason, and a concurrent stream stays bit-exact throughout.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
@@ -227,19 +226,7 @@ fn memfd(bytes: u64, seals: libc::c_int) -> OwnedFd {
 #[test]
 fn hostile_clients_are_refused_and_a_stream_stays_bit_exact() {
     let rig = Rig::new(Card::default(), &[]);
-    let n = 5 * 48000;
-    let sound = interleave(&[noise(71, n, 30000), noise(72, n, 30000)]);
-    let wav = rig.path("noise.wav");
-    write_wav(&wav, 2, 48000, &sound);
-    let start = Instant::now();
-    let mut good = rig
-        .cmd("aplay")
-        .args(["-q", "-D", "shmix"])
-        .arg(&wav)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut good, start, sound) = reference(&rig, 71, 5);
     std::thread::sleep(Duration::from_millis(500));
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 

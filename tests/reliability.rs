@@ -272,6 +272,19 @@ pub(crate) fn cpu_ticks(pid: i32) -> u64 {
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// The daemon's mix cycles per second and CPU share of one core over the next `secs` seconds
+/// (from its once-a-second stats line and /proc), for the tests that load it with hostile clients.
+pub(crate) fn mix_thread_load(rig: &Rig, secs: u64) -> (f64, f64) {
+    let pid = rig.daemon_pid();
+    let (cyc0, cpu0, t0) = (rig.daemon_cycles(), cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (cyc1, cpu1, dt) = (rig.daemon_cycles(), cpu_ticks(pid), t0.elapsed());
+    // SAFETY: sysconf is always safe.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu = (cpu1 - cpu0) as f64 / hz as f64 / dt.as_secs_f64();
+    ((cyc1 - cyc0) as f64 / dt.as_secs_f64(), cpu)
+}
+
 /// The daemon runs out of descriptors (its limit lowered under it): accept fails with EMFILE,
 /// the daemon logs it once, rests instead of spinning, keeps the playing stream bit-exact, and
 /// accepts again once the idle connections were dropped.
@@ -625,17 +638,10 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
         }));
     }
     std::thread::sleep(Duration::from_millis(1200));
-    let pid = rig.daemon_pid();
-    let (cyc0, cpu0, t0) = (rig.daemon_cycles(), cpu_ticks(pid), Instant::now());
-    std::thread::sleep(Duration::from_secs(3));
-    let (cyc1, cpu1, dt) = (rig.daemon_cycles(), cpu_ticks(pid), t0.elapsed());
+    let (rate, cpu) = mix_thread_load(&rig, 3);
     stop.store(true, Ordering::Relaxed);
     let ops: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let r = finish(&mut good, start, Duration::from_secs(40));
-    // SAFETY: sysconf is always safe.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let cpu = (cpu1 - cpu0) as f64 / hz as f64 / dt.as_secs_f64();
-    let rate = (cyc1 - cyc0) as f64 / dt.as_secs_f64();
     eprintln!(
         "flooders did {ops:?} writes/records; daemon: {rate:.0} mix cycles/s (device periods: 187.5/s), \
          CPU {:.0} % of a core",

@@ -14,7 +14,7 @@ use shmix_shared::sync::Ordering;
 
 use crate::common::*;
 use crate::hostile::Raw;
-use crate::reliability::{cpu_ticks, RawAt};
+use crate::reliability::{mix_thread_load, RawAt};
 
 /// What kind of file `fd` is, as /proc names it (`anon_inode:[eventfd]`, `socket:[N]`).
 fn fd_kind(fd: &impl AsRawFd) -> String {
@@ -129,17 +129,10 @@ fn a_trickle_of_records_cannot_spin_the_mix_thread() {
         })
     };
     std::thread::sleep(Duration::from_millis(1200));
-    let pid = rig.daemon_pid();
-    let (cyc0, cpu0, t0) = (rig.daemon_cycles(), cpu_ticks(pid), Instant::now());
-    std::thread::sleep(Duration::from_secs(3));
-    let (cyc1, cpu1, dt) = (rig.daemon_cycles(), cpu_ticks(pid), t0.elapsed());
+    let (rate, cpu) = mix_thread_load(&rig, 3);
     stop.store(true, Ordering::Relaxed);
     let records = trickler.join().unwrap();
     let r = finish(&mut good, start, Duration::from_secs(40));
-    // SAFETY: sysconf is always safe.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let cpu = (cpu1 - cpu0) as f64 / hz as f64 / dt.as_secs_f64();
-    let rate = (cyc1 - cyc0) as f64 / dt.as_secs_f64();
     eprintln!(
         "trickler pushed {records} records; daemon: {rate:.0} mix cycles/s (device periods: 187.5/s), CPU {:.0} % of a core",
         cpu * 100.0
