@@ -436,3 +436,61 @@ impl Manager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmix_shared::SampleFormat;
+
+    /// A setup that every open refuses before alsa-lib is asked (the shmix plugin itself).
+    fn refused() -> Setup {
+        Setup {
+            name: "shmix".into(),
+            req: Request { format: None, rate: None, channels: None, period_frames: 256, periods: 4 },
+            params: AudioParams {
+                format: SampleFormat::S16Le,
+                rate: 48_000,
+                channels: 2,
+                period_frames: 256,
+                buffer_frames: 1024,
+            },
+            chmap: ChannelMap::standard(2),
+        }
+    }
+
+    /// Waits up to 5 s for the next answer.
+    fn next(mix: &mut MixEnd) -> Answer {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(a) = mix.answer() {
+                return a;
+            }
+            assert!(Instant::now() < until, "no answer from the manager");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn every_open_and_reopen_is_answered_once_and_stop_ends_the_thread() {
+        let (mut mix, mgr, stop) = link(refused(), None).unwrap();
+        let t = std::thread::spawn(move || mgr.run());
+        mix.ask(Ask::Open { dir: Direction::Playback, quiet: true }).unwrap();
+        assert!(matches!(next(&mut mix), Answer::Failed(Direction::Playback)));
+        mix.ask(Ask::Open { dir: Direction::Capture, quiet: false }).unwrap();
+        assert!(matches!(next(&mut mix), Answer::Failed(Direction::Capture)));
+        // A side being retried answers only once it is back, or when cancelled.
+        mix.ask(Ask::Reopen(Direction::Playback, None)).unwrap();
+        std::thread::sleep(FIRST_RETRY * 3);
+        assert!(mix.answer().is_none());
+        mix.ask(Ask::Cancel(Direction::Playback)).unwrap();
+        assert!(matches!(next(&mut mix), Answer::Failed(Direction::Playback)));
+        // Nothing to cancel: no answer.
+        mix.ask(Ask::Cancel(Direction::Capture)).unwrap();
+        mix.ask(Ask::Reopen(Direction::Playback, None)).unwrap();
+        let asked = Instant::now();
+        stop.stop();
+        t.join().unwrap();
+        assert!(asked.elapsed() < Duration::from_secs(1), "the manager took {:?} to stop", asked.elapsed());
+        assert!(mix.answer().is_none());
+    }
+}
