@@ -3,7 +3,7 @@
 //!
 //! By role: `control` (the main thread: listener, sessions, access, limits, registry), `mix`
 //! (the real-time thread: its cycle, the mixing core, streams), `dsp` (conversion, resampling,
-//! remapping, gain, metering: no ALSA, no threads), `io` (the ALSA device and its reopening),
+//! remapping, gain, metering: no ALSA, no threads), `io` (the ALSA device and the device manager),
 //! `audit` (the real-time allocation audit).
 
 pub mod audit;

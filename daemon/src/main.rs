@@ -1,5 +1,6 @@
 //! `shmixd`: command line, startup and shutdown. The main thread becomes the control thread
-//! (`server`); one real-time mix thread drives the device (`mixthread`).
+//! (`server`); one real-time mix thread drives the device (`mix::thread`); the device manager's
+//! thread (`io::manager`) opens, reopens and closes its playback and capture sides.
 //! Runs on the main thread. RT: no.
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use shmix_daemon::control::listen;
 use shmix_daemon::control::server::{Outcome, Server};
 use shmix_daemon::dsp::{DeviceSpec, DEFAULT_QUALITY};
 use shmix_daemon::io::device::{self, Device, Request};
-use shmix_daemon::io::reopen;
+use shmix_daemon::io::manager::{self, Setup};
 use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::realtime;
 use shmix_daemon::mix::thread::{MixThread, QUEUE_CAPACITY};
@@ -302,18 +303,24 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
     let ctl_efd = eventfd()?;
-    // A card that vanishes is closed and reopened with this same request by its own thread,
-    // while the clients wait.
-    let (reopen_end, mut reopener, reopen_stop) = reopen::link(&device_name, req, p, spec.chmap)?;
+    // The device manager opens the capture side for the recorders, and closes and reopens a
+    // side that vanishes with this same request while its clients wait.
+    let play_setup = Setup { name: device_name.clone(), req, params: p, chmap: spec.chmap };
+    let cap_setup = capture.as_ref().map(|(creq, cspec)| Setup {
+        name: device_name.clone(),
+        req: *creq,
+        params: cspec.params,
+        chmap: cspec.chmap,
+    });
+    let (devices_end, mut devices, devices_stop) = manager::link(play_setup, cap_setup)?;
     if dev.is_none() {
-        reopener = reopener.absent_at_start();
+        devices = devices.absent_at_start();
     }
-    let reopen_handle = std::thread::Builder::new().name("shmix-reopen".into()).spawn(move || reopener.run())?;
-    let mix = MixThread::new(core, dev, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
+    let devices_handle = std::thread::Builder::new().name("shmix-devices".into()).spawn(move || devices.run())?;
+    let mix = MixThread::new(core, dev, devices_end, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
         .keep_capture_open(cli.keep_capture_open)
         .idle_stop(cli.idle_stop.unwrap_or_default())
-        .rt_priority(cli.rt_priority)
-        .reopen(reopen_end);
+        .rt_priority(cli.rt_priority);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
     // Every thread's stack, the device's buffer and the code exist now: lock them.
     realtime::lock_memory();
@@ -322,16 +329,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Server::new(socket_path.clone(), listen, signals, spec, dctl, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
             .with_access(policy)
             .with_limits(lim);
-    if let Some((creq, cspec)) = capture {
-        srv = srv.with_capture(device_name.clone(), creq, cspec);
+    if let Some((_, cspec)) = capture {
+        srv = srv.with_capture(cspec);
     }
     let outcome = srv.run();
     // Shutdown order: Fatal to every stream and stop the mix thread (it drops the device and
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
     srv.request_shutdown();
     let mix_result = handle.join();
-    reopen_stop.stop();
-    let _ = reopen_handle.join();
+    devices_stop.stop();
+    let _ = devices_handle.join();
     srv.drain_events();
     srv.close_clients();
     if how.is_empty() {

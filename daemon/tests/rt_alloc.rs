@@ -784,7 +784,7 @@ fn volume_mute_and_metering_do_not_allocate() {
 }
 
 /// A vanished device (`set_device_waiting(true)`, what the mix thread does when it hands the
-/// device to the reopen thread) tells every stream through its timing flags, streams added
+/// device to the device manager) tells every stream through its timing flags, streams added
 /// meanwhile get the flag too, and the device's return clears it everywhere, all without
 /// allocating; a stream's timing snapshot is untouched by the flag.
 #[test]

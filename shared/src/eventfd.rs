@@ -1,5 +1,5 @@
 //! An eventfd for wakeups between threads of one process (the daemon's command queue, its event
-//! queue, the reopen thread). Never passed to another process: a peer would share its open
+//! queue, the device manager). Never passed to another process: a peer would share its open
 //! file and could make it block (see `wakefd` for what crosses processes).
 //! Runs in both processes. RT: yes (`signal` and `drain` are one non-blocking syscall).
 

@@ -28,7 +28,6 @@ use crate::control::access::{Peer, Policy};
 use crate::control::limits::{AcceptGate, Limits};
 use crate::control::registry::{Control, ServerFigures};
 use crate::dsp::DeviceSpec;
-use crate::io::device::{Device, Request};
 use crate::mix::ctl::DeviceCtl;
 use crate::mix::thread::{kick, Command, Event};
 use crate::mix::Counters;
@@ -46,9 +45,9 @@ pub struct Server {
     pub(super) events: Consumer<Event>,
     pub(super) ctl_efd: EventFd,
     pub(super) counters: Arc<Counters>,
-    /// The capture side: the PCM name, the request it is opened with, and its parameters as
-    /// probed at startup (`None`: the device has no usable capture side).
-    pub(super) capture: Option<(String, Request, DeviceSpec)>,
+    /// The capture side's parameters as probed at startup, which capture streams are converted
+    /// from (`None`: the device has no usable capture side).
+    pub(super) capture: Option<DeviceSpec>,
     pub(super) clients: Vec<Client>,
     pub(super) next_stream_id: u32,
     pub(super) streams_attached: usize,
@@ -161,11 +160,11 @@ impl Server {
         self
     }
 
-    /// Enables capture streams: the capture side of `name`, opened with `req` (the parameters
-    /// probed at startup, `spec`) whenever a capture stream starts.
+    /// Enables capture streams, converted from `spec` (the capture side as probed at startup;
+    /// the device manager opens it whenever a capture stream starts).
     #[must_use]
-    pub fn with_capture(mut self, name: String, req: Request, spec: DeviceSpec) -> Self {
-        self.capture = Some((name, req, spec));
+    pub fn with_capture(mut self, spec: DeviceSpec) -> Self {
+        self.capture = Some(spec);
         self
     }
 
@@ -344,48 +343,6 @@ impl Server {
                         self.clients[i].stream = None;
                         self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
                     }
-                }
-                Event::OpenCapture { retry } => {
-                    let dev =
-                        self.capture.as_ref().and_then(|(name, req, spec)| match Device::open_capture(name, req) {
-                            Ok(d) if d.params() != spec.params || d.chmap() != spec.chmap => {
-                                // Capture streams were converted for the probed setup.
-                                if !retry {
-                                    error!(
-                                    "the capture side of '{name}' opened with another setup than probed at startup \
-                                     ({:?}, not {:?})",
-                                    d.params(),
-                                    spec.params
-                                );
-                                }
-                                None
-                            }
-                            Ok(d) => {
-                                let p = d.params();
-                                info!(
-                                    "capture device '{name}' {}: {} {} Hz {} ch, period {} buffer {}",
-                                    if retry { "is back, reopened (recorders continue)" } else { "opened" },
-                                    p.format,
-                                    p.rate,
-                                    p.channels,
-                                    p.period_frames,
-                                    p.buffer_frames
-                                );
-                                Some(Box::new(d))
-                            }
-                            Err(e) => {
-                                // A vanished capture side is retried quietly (every 100-500 ms).
-                                if !retry {
-                                    error!("opening the capture side of '{name}': {e}");
-                                }
-                                None
-                            }
-                        });
-                    self.send_cmd(Command::CaptureDevice(dev));
-                }
-                Event::CaptureClosed(d) => {
-                    info!("capture device '{}' closed", d.name());
-                    drop(d);
                 }
                 Event::DeviceFailed(e) => {
                     error!("device failed: {e}; every client got Fatal");

@@ -169,7 +169,7 @@ impl Server {
                 c.direction = direction;
                 debug!("client pid {} ({}) said hello ({direction:?})", c.pid, c.name);
                 let device = match (&self.capture, direction) {
-                    (Some((_, _, spec)), Direction::Capture) => spec.params,
+                    (Some(spec), Direction::Capture) => spec.params,
                     _ => self.device.params,
                 };
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
@@ -234,7 +234,7 @@ impl Server {
         };
         let direction = self.clients[i].direction;
         let src_dev = match (&self.capture, direction) {
-            (Some((_, _, spec)), Direction::Capture) => *spec,
+            (Some(spec), Direction::Capture) => *spec,
             _ => self.device,
         };
         let d = src_dev.params;

@@ -1,0 +1,374 @@
+//! The mix thread's hold on the card's two sides, playback and capture, handled alike: each is a
+//! [`Side`], serviced period by period (`service`), recovered after an xrun or a suspend
+//! (`recover`), handed to the device manager (`io::manager`) when it vanishes (its streams wait
+//! while the manager retries) or is no longer wanted, and taken back when the manager answers.
+//! What differs by direction is a parameter: playback mixes into the device and is prefilled
+//! with silence when it starts, capture is converted from it; a playback failure other than a
+//! loss ends the thread, a capture one ends the recorders (`Fatal`); the capture side is opened
+//! when the first recorder starts and closed when the last one stops (unless
+//! `--keep-capture-open`).
+//! Runs on the mix thread. RT: yes: no allocation, no locks, no logging; devices travel boxed
+//! through the manager's queues, and none is opened or closed here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shmix_shared::clock::now_ns;
+use shmix_shared::Direction;
+
+use super::MixThread;
+use crate::io::device::{AlsaError, Device};
+use crate::io::manager::{Answer, Ask};
+use crate::mix::{Counters, MixCore};
+
+/// How long one `avail_update` may take before the timing snapshot re-reads it (see
+/// `service`): 200 us, about 10 frames at 48 kHz (it takes a few us).
+const STAMP_SLACK_NS: u64 = 200_000;
+
+const NO_FD: libc::pollfd = libc::pollfd { fd: -1, events: 0, revents: 0 };
+
+/// One direction of the card as the mix thread holds it.
+#[derive(Debug)]
+pub(super) struct Side {
+    /// The open device; `None` while closed, being opened, or gone.
+    pub(super) dev: Option<Box<Device>>,
+    /// Its poll descriptors are `pfds[base..base + nfds]`, within `base..base + max_fds`.
+    base: usize,
+    max_fds: usize,
+    pub(super) nfds: usize,
+    /// Suspended and not resumed yet (the cycle looks again every 10 ms).
+    pub(super) suspended: bool,
+    /// An `Ask::Open` or `Ask::Reopen` is out, its answer not in yet.
+    asked: bool,
+    /// The outstanding ask was cancelled: its `Failed` means nothing.
+    cancelled: bool,
+    /// Vanished (or absent): the manager retries it; its streams wait.
+    lost: bool,
+    /// The last open failed: no new ask until none of its streams runs.
+    failed: bool,
+}
+
+impl Side {
+    /// A side with poll slots `base..base + max_fds`; `dev` is open, or the manager was told to
+    /// retry it (`--wait-for-device`).
+    pub(super) fn new(base: usize, max_fds: usize, dev: Option<Box<Device>>, retried: bool) -> Self {
+        let nfds = dev.as_ref().map_or(0, |d| d.poll_count().min(max_fds));
+        Self {
+            dev,
+            base,
+            max_fds,
+            nfds,
+            suspended: false,
+            asked: retried,
+            cancelled: false,
+            lost: retried,
+            failed: false,
+        }
+    }
+
+    /// Unpolls every slot of this side.
+    pub(super) fn clear_fds(&self, pfds: &mut [libc::pollfd]) {
+        pfds[self.base..self.base + self.max_fds].fill(NO_FD);
+    }
+}
+
+/// The xrun counter of `dir`.
+fn xruns(c: &Counters, dir: Direction) -> &AtomicU64 {
+    if dir == Direction::Capture {
+        &c.capture_xruns
+    } else {
+        &c.device_xruns
+    }
+}
+
+/// Prepares and starts `dev` (playback: prefilled with silence, which the core is told).
+fn restart(dev: &mut Device, dir: Direction, core: &mut MixCore) -> Result<(), AlsaError> {
+    if dir == Direction::Capture {
+        return dev.restart_capture();
+    }
+    let n = dev.restart()?;
+    core.device_restarted(n);
+    Ok(())
+}
+
+fn direction_of(dev: &Device) -> Direction {
+    if dev.is_capture() {
+        Direction::Capture
+    } else {
+        Direction::Playback
+    }
+}
+
+impl MixThread {
+    fn side(&mut self, dir: Direction) -> &mut Side {
+        if dir == Direction::Capture {
+            &mut self.cap
+        } else {
+            &mut self.play
+        }
+    }
+
+    /// The side, the core and the poll descriptors, borrowed at once.
+    fn parts(&mut self, dir: Direction) -> (&mut Side, &mut MixCore, &mut [libc::pollfd]) {
+        let side = if dir == Direction::Capture { &mut self.cap } else { &mut self.play };
+        (side, &mut self.core, &mut self.pfds)
+    }
+
+    /// Starts `dir`'s device (at the beginning, after it was opened, after an idle stop);
+    /// failures go to [`MixThread::fail`] (`Fatal{EIO}` for recorders).
+    pub(super) fn start(&mut self, dir: Direction) -> Result<(), AlsaError> {
+        let (side, core, pfds) = self.parts(dir);
+        let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
+        let fds = &mut pfds[side.base..side.base + side.nfds];
+        match restart(dev, dir, core).and_then(|()| dev.poll_fill(fds)) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(dir, e, libc::EIO),
+        }
+    }
+
+    /// Services `dir`'s device and recovers it after an error.
+    ///
+    /// # Errors
+    /// A playback failure that ends the thread.
+    pub(super) fn serve(&mut self, dir: Direction) -> Result<(), AlsaError> {
+        match self.service(dir).or_else(|e| self.recover(dir, e)) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(dir, e, libc::ENODEV),
+        }
+    }
+
+    /// Moves whole periods while the device holds one: mixed into it (playback), converted out
+    /// of it into the recorders (capture); then publishes the timing.
+    fn service(&mut self, dir: Direction) -> Result<(), AlsaError> {
+        let (side, core, pfds) = self.parts(dir);
+        let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
+        // POLLERR comes back as the error of the device's state (-EPIPE / -ESTRPIPE / -ENODEV).
+        dev.revents(&mut pfds[side.base..side.base + side.nfds])?;
+        let params = dev.params();
+        let period = params.period_frames as usize;
+        let fb = params.frame_bytes() as usize;
+        let mut stamp = now_ns();
+        let mut avail = dev.avail_update()?;
+        let mut moved = false;
+        while avail >= period {
+            let mut left = period;
+            while left > 0 {
+                let now = now_ns();
+                let n = if dir == Direction::Capture {
+                    dev.read_mmap(left, |area| core.capture(area, fb, now))?
+                } else {
+                    dev.write_mmap(left, |area| core.mix(area, now))?
+                };
+                if n == 0 {
+                    break;
+                }
+                left -= n;
+            }
+            moved = true;
+            stamp = now_ns();
+            avail = dev.avail_update()?;
+        }
+        if moved && dir == Direction::Capture {
+            core.publish_capture_timing(avail as u32, now_ns());
+        } else if moved {
+            // The device read its clock inside avail_update, between `stamp` and now: the
+            // snapshot is dated at the middle. A thread preempted in there (a kernel without
+            // preemption kept it off the CPU for 2.8 ms once: the delay read 133 frames high)
+            // reads again, once.
+            let mut after = now_ns();
+            if after.saturating_sub(stamp) > STAMP_SLACK_NS {
+                stamp = after;
+                avail = dev.avail_update()?;
+                after = now_ns();
+            }
+            let queued = (params.buffer_frames as usize).saturating_sub(avail);
+            core.publish_timing(queued as u32, stamp + (after.saturating_sub(stamp)) / 2);
+        }
+        side.suspended = false;
+        Ok(())
+    }
+
+    /// After an error of `service`: an xrun restarts the device (counted), a suspend resumes
+    /// it (counted for playback; `EAGAIN`: still asleep, looked at again in 10 ms; a device
+    /// that cannot resume is restarted).
+    ///
+    /// # Errors
+    /// What cannot be recovered here (`ENODEV` among them).
+    fn recover(&mut self, dir: Direction, e: AlsaError) -> Result<(), AlsaError> {
+        let counters = Arc::clone(self.core.counters());
+        let (side, core, pfds) = self.parts(dir);
+        let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
+        match e.errno {
+            libc::EPIPE => {
+                xruns(&counters, dir).fetch_add(1, Ordering::Relaxed);
+                restart(dev, dir, core)?;
+            }
+            libc::ESTRPIPE => {
+                if dir == Direction::Playback && !side.suspended {
+                    counters.device_suspends.fetch_add(1, Ordering::Relaxed);
+                }
+                match dev.resume() {
+                    Ok(()) => side.suspended = false,
+                    Err(r) if r.errno == libc::EAGAIN => side.suspended = true,
+                    Err(_) => {
+                        side.suspended = false;
+                        restart(dev, dir, core)?;
+                    }
+                }
+            }
+            libc::EAGAIN => {}
+            _ => return Err(e),
+        }
+        dev.poll_fill(&mut pfds[side.base..side.base + side.nfds])
+    }
+
+    /// A failure of `dir`'s device that servicing could not recover: a vanished one (`ENODEV`)
+    /// goes to the manager while its streams wait; otherwise playback ends the thread and
+    /// capture ends the recorders with `Fatal{fatal_errno}` and is closed.
+    ///
+    /// # Errors
+    /// `e`, for playback.
+    pub(super) fn fail(&mut self, dir: Direction, e: AlsaError, fatal_errno: i32) -> Result<(), AlsaError> {
+        if e.errno == libc::ENODEV && self.lose(dir) {
+            return Ok(());
+        }
+        if dir == Direction::Playback {
+            return Err(e);
+        }
+        if e.errno == libc::ESTRPIPE {
+            self.cap.suspended = true;
+            return Ok(());
+        }
+        self.cap.failed = true;
+        self.core.fatal_dir(dir, fatal_errno);
+        self.release(dir);
+        Ok(())
+    }
+
+    /// `dir`'s device vanished (or could not be opened while the card is gone): hands the dead
+    /// handle to the manager, which retries until the device is back; its streams wait
+    /// (nothing is consumed, their positions hold). False when the manager could not be told.
+    fn lose(&mut self, dir: Direction) -> bool {
+        let side = self.side(dir);
+        if side.dev.is_none() && side.asked {
+            // Already out with the manager.
+            return true;
+        }
+        let dead = side.dev.take();
+        if let Err(Ask::Reopen(_, dead)) = self.devices.ask(Ask::Reopen(dir, dead)) {
+            // Cannot happen (see the manager's queue capacity): fail with the device error.
+            self.side(dir).dev = dead;
+            return false;
+        }
+        let (side, core, pfds) = self.parts(dir);
+        side.clear_fds(pfds);
+        side.nfds = 0;
+        side.suspended = false;
+        side.asked = true;
+        side.cancelled = false;
+        let counted = !std::mem::replace(&mut side.lost, true);
+        let counters = core.counters();
+        if dir == Direction::Playback {
+            if counted {
+                counters.device_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            counters.device_present.store(false, Ordering::Relaxed);
+            core.set_device_waiting(true);
+            // The device that comes back is started and serviced, whatever stopped this one.
+            self.idle_stopped = false;
+        } else if counted {
+            counters.capture_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Sends `dir`'s device to the manager to be closed (kept when the queue is full, which it
+    /// cannot be: the next cycle tries again).
+    fn release(&mut self, dir: Direction) {
+        let Some(dev) = self.side(dir).dev.take() else { return };
+        match self.devices.ask(Ask::Close(dev)) {
+            Ok(()) => self.side(dir).nfds = 0,
+            Err(Ask::Close(dev)) => self.side(dir).dev = Some(dev),
+            Err(_) => {}
+        }
+    }
+
+    /// Takes the manager's answers (its eventfd was readable).
+    ///
+    /// # Errors
+    /// A playback device that came back and failed to start (not with `ENODEV`).
+    pub(super) fn take_answers(&mut self) -> Result<(), AlsaError> {
+        self.devices.drain();
+        while let Some(a) = self.devices.answer() {
+            match a {
+                Answer::Opened(dev) => self.install(dev)?,
+                Answer::Failed(dir) => self.not_opened(dir),
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a device the manager opened (or reopened) and starts it.
+    fn install(&mut self, dev: Box<Device>) -> Result<(), AlsaError> {
+        let dir = direction_of(&dev);
+        let side = self.side(dir);
+        side.asked = false;
+        side.cancelled = false;
+        if side.dev.is_some() {
+            // Cannot happen (one ask per side at a time): close the newcomer.
+            let _ = self.devices.ask(Ask::Close(dev));
+            return Ok(());
+        }
+        side.nfds = dev.poll_count().min(side.max_fds);
+        side.dev = Some(dev);
+        let reopened = std::mem::take(&mut side.lost);
+        let counters = Arc::clone(self.core.counters());
+        if dir == Direction::Playback {
+            counters.device_reopened.fetch_add(1, Ordering::Relaxed);
+            counters.device_present.store(true, Ordering::Relaxed);
+            self.core.set_device_waiting(false);
+        } else if reopened {
+            counters.capture_reopened.fetch_add(1, Ordering::Relaxed);
+        }
+        self.start(dir)
+    }
+
+    /// An `Open` failed (or a cancelled retry ended): while the card is gone the streams wait
+    /// and it is retried; otherwise they get `Fatal{ENODEV}`.
+    fn not_opened(&mut self, dir: Direction) {
+        let card_gone = self.play.dev.is_none();
+        let side = self.side(dir);
+        side.asked = false;
+        if std::mem::take(&mut side.cancelled) {
+            return;
+        }
+        if (side.lost || card_gone) && self.lose(dir) {
+            return;
+        }
+        self.side(dir).failed = true;
+        self.core.fatal_dir(dir, libc::ENODEV);
+    }
+
+    /// Asks for the capture device when a recorder runs and it is not open; closes it when none
+    /// runs (unless `--keep-capture-open`), and stops retrying a vanished one no one waits for.
+    pub(super) fn manage_capture(&mut self) {
+        let want = self.core.wants_capture();
+        let quiet = self.play.dev.is_none();
+        let cap = &mut self.cap;
+        if !want {
+            cap.failed = false;
+            if cap.lost && cap.asked && !cap.cancelled && self.devices.ask(Ask::Cancel(Direction::Capture)).is_ok() {
+                cap.cancelled = true;
+                cap.lost = false;
+            }
+        }
+        if want && cap.dev.is_none() && !cap.asked && !cap.failed {
+            // While the card is gone a failure is expected (the recorders wait): quietly.
+            if self.devices.ask(Ask::Open { dir: Direction::Capture, quiet }).is_ok() {
+                cap.asked = true;
+            }
+        } else if !want && !self.keep_capture_open && cap.dev.is_some() {
+            self.release(Direction::Capture);
+        }
+    }
+}
