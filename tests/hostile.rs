@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
 use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{ClientHalves, Ring, StreamShm};
 use shmix_shared::socket;
 use shmix_shared::sync::Ordering;
 use shmix_shared::{ChannelMap, ResampleQuality, WakeFd};
@@ -118,7 +118,7 @@ impl Raw {
     }
 
     /// A valid stream of `params`, ready: its memfd, mapping, and wake descriptors.
-    pub(crate) fn ready_stream(&self, params: AudioParams, name: &str) -> (OwnedFd, StreamShm, Wakes) {
+    pub(crate) fn ready_stream(&self, params: AudioParams, name: &str) -> (OwnedFd, ClientHalves, Wakes) {
         self.ready_stream_with_records(params, DEFAULT_MSG_RECORDS, name)
     }
 
@@ -128,20 +128,20 @@ impl Raw {
         params: AudioParams,
         msg_records: u32,
         name: &str,
-    ) -> (OwnedFd, StreamShm, Wakes) {
+    ) -> (OwnedFd, ClientHalves, Wakes) {
         let layout = Layout::new(params.frame_bytes(), params.buffer_frames, msg_records).unwrap();
         let (fd, shm) = StreamShm::create(layout, name).unwrap();
         let wakes = self.create_with_records(params, msg_records, fd.as_raw_fd(), layout.total_bytes);
         assert!(matches!(self.answer(), Some(SocketMsg::StreamReady { .. })), "valid stream refused");
-        (fd, shm, wakes)
+        (fd, client_halves(shm), wakes)
     }
 
     /// Asks for a stream of `params` on a fresh memfd; the daemon's answer and the mapping.
-    pub(crate) fn try_stream(&self, params: AudioParams) -> (Option<SocketMsg>, OwnedFd, StreamShm) {
+    pub(crate) fn try_stream(&self, params: AudioParams) -> (Option<SocketMsg>, OwnedFd, ClientHalves) {
         let layout = Layout::new(params.frame_bytes(), params.buffer_frames, DEFAULT_MSG_RECORDS).unwrap();
         let (fd, shm) = StreamShm::create(layout, "hostile").unwrap();
         let _ = self.create_with(params, fd.as_raw_fd(), layout.total_bytes);
-        (self.answer(), fd, shm)
+        (self.answer(), fd, client_halves(shm))
     }
 
     /// The daemon's next answer; None when it closed the connection.
@@ -154,11 +154,11 @@ impl Raw {
     }
 
     /// A valid stream, ready, and its memfd.
-    pub(crate) fn stream(&self) -> (OwnedFd, StreamShm) {
+    pub(crate) fn stream(&self) -> (OwnedFd, ClientHalves) {
         let (fd, shm) = StreamShm::create(self.layout(), "hostile").unwrap();
         self.create(fd.as_raw_fd(), self.layout().total_bytes);
         assert!(matches!(self.answer(), Some(SocketMsg::StreamReady { .. })), "valid stream refused");
-        (fd, shm)
+        (fd, client_halves(shm))
     }
 
     /// Waits until the daemon hangs up on us.
@@ -177,6 +177,13 @@ impl Raw {
             assert!(Instant::now() < deadline, "{what}: the daemon did not disconnect the client");
         }
     }
+}
+
+/// A raw client's halves of its mapping: its record sender is what it pushes with; its audio half
+/// (a playback writer, whatever it asked for) goes unused: these clients store into the cursors
+/// themselves, as a hostile client may.
+fn client_halves(shm: StreamShm) -> ClientHalves {
+    shm.into_client(Direction::Playback)
 }
 
 /// Writes `bytes` at `offset` of the memfd through a mapping of our own (what a hostile client
@@ -245,10 +252,9 @@ fn hostile_clients_are_refused_and_a_stream_stays_bit_exact() {
 
     // 3. A cursor beyond the ring.
     let c = Raw::connect(&rig);
-    let (_fd, shm) = c.stream();
-    let mut end = RingEnd::default();
+    let (_fd, mut shm) = c.stream();
     shm.audio_write().pos.store(c.params().buffer_frames * 3, Ordering::Release);
-    shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 1 }).unwrap();
+    shm.c2d.push(Record::Start { seq: 1 }).unwrap();
     c.assert_disconnected("cursor beyond the ring");
 
     // 4. Garbage message records.
@@ -261,9 +267,8 @@ fn hostile_clients_are_refused_and_a_stream_stays_bit_exact() {
 
     // 5. A record only the daemon may send.
     let c = Raw::connect(&rig);
-    let (_fd, shm) = c.stream();
-    let mut end = RingEnd::default();
-    shm.push_record(Ring::ClientToDaemon, &mut end, Record::Drained { seq: 0, pos: 0 }).unwrap();
+    let (_fd, mut shm) = c.stream();
+    shm.c2d.push(Record::Drained { seq: 0, pos: 0 }).unwrap();
     c.assert_disconnected("daemon-only record");
 
     // 6. Disconnect in the middle of the handshake, and a packet of garbage.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shmix_shared::layout::DEFAULT_MSG_RECORDS;
 use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{Ring, StreamShm};
 use shmix_shared::socket;
 use shmix_shared::sync::Ordering;
 
@@ -76,15 +76,14 @@ fn racing_clients_never_disturb_another_stream() {
                 let dir = if mode == 3 { Direction::Monitor } else { Direction::Playback };
                 let Ok(c) = RawAt::connect(&sock, dir) else { continue };
                 let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
-                let (answer, fd, shm) = c.0.try_stream(params);
+                let (answer, fd, mut shm) = c.0.try_stream(params);
                 if !matches!(answer, Some(SocketMsg::StreamReady { .. })) {
                     continue;
                 }
                 let buffer = params.buffer_frames;
                 let total = shm.layout().total_bytes as usize;
                 let c2d = shm.layout().c2d_offset as usize;
-                let mut end = RingEnd::default();
-                let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 1 });
+                let _ = shm.c2d.push(Record::Start { seq: 1 });
                 let until = Instant::now() + Duration::from_millis(if mode == 0 { 4000 } else { 700 });
                 let mut i = 0u64;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -104,7 +103,7 @@ fn racing_clients_never_disturb_another_stream() {
                                     2 => Record::Start { seq: i as u32 },
                                     _ => Record::Drain { seq: i as u32 },
                                 };
-                                let _ = shm.push_record(Ring::ClientToDaemon, &mut end, rec);
+                                let _ = shm.c2d.push(rec);
                             }
                         }
                         1 => {
@@ -392,7 +391,7 @@ fn one_stream_over_the_memory_limit_is_refused() {
     let small = AudioParams { period_frames: 1024, buffer_frames: 4096, ..a.device };
     let (ans, _f2, shm) = a.try_stream(small);
     assert!(matches!(ans, Some(SocketMsg::StreamReady { .. })), "{ans:?}");
-    let _: &StreamShm = &shm;
+    let _: &StreamShm = &shm.shm;
 }
 
 /// How the fake daemon lies once the plugin's stream is set up.
@@ -468,10 +467,10 @@ fn fake_daemon(listen: &OwnedFd, lie: Lie) {
     };
     let [memfd, client_wake, _daemon_wake]: [OwnedFd; 3] = p.fds.try_into().expect("3 fds");
     let layout = shmix_shared::layout::Layout::new(params.frame_bytes(), params.buffer_frames, msg_records).unwrap();
-    let shm = StreamShm::map_peer(&memfd, layout).unwrap();
+    // We play the daemon: its halves (a lying daemon sends what only a client may).
+    let mut shm = StreamShm::map_peer(&memfd, layout).unwrap().into_daemon(direction);
     socket::send(c.as_fd(), &SocketMsg::StreamReady { stream_id: 1 }, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut end = RingEnd::default();
     let mut lied = false;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -491,7 +490,7 @@ fn fake_daemon(listen: &OwnedFd, lie: Lie) {
                     shm.ring_write_cursor(Ring::DaemonToClient).pos.store(1_000_000, Ordering::Release)
                 }
                 Lie::ClientRecord => {
-                    let _ = shm.push_record(Ring::DaemonToClient, &mut end, Record::Start { seq: 1 });
+                    let _ = shm.d2c.push(Record::Start { seq: 1 });
                 }
                 Lie::CaptureWriteBeyondBuffer => {
                     shm.audio_write().pos.store(params.buffer_frames * 3 + 17, Ordering::Release)
@@ -612,9 +611,8 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
             let c = RawAt::connect(&sock, Direction::Playback).expect("connect");
             let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
-            let (fd, shm, wakes) = c.0.ready_stream(params, "flood");
-            let mut end = RingEnd::default();
-            let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 0 });
+            let (fd, mut shm, wakes) = c.0.ready_stream(params, "flood");
+            let _ = shm.c2d.push(Record::Start { seq: 0 });
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -623,7 +621,7 @@ fn flooding_clients_cannot_spin_the_mix_thread() {
                         wakes.daemon.signal();
                     }
                     1 => {
-                        let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Resume { seq: n as u32 });
+                        let _ = shm.c2d.push(Record::Resume { seq: n as u32 });
                         wakes.daemon.signal();
                     }
                     _ => {
@@ -663,20 +661,19 @@ fn records_are_answered_while_the_card_is_gone() {
     let card = Card { extra: vec![format!("gone_file \"{}\"", marker.display())], ..Default::default() };
     let rig = Rig::new(card, &[]);
     let c = Raw::connect(&rig);
-    let (fd, shm, wakes) = c.ready_stream(c.params(), "gone");
+    let (fd, mut shm, wakes) = c.ready_stream(c.params(), "gone");
     std::fs::write(&marker, b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while !rig.daemon_log().contains("vanished") {
         assert!(Instant::now() < deadline, "the card did not vanish:\n{}", rig.daemon_log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (mut c2d, mut d2c) = (RingEnd::default(), RingEnd::default());
     for seq in 1..=3u32 {
         let t = Instant::now();
-        assert!(shm.push_record(Ring::ClientToDaemon, &mut c2d, Record::Pause { seq }).unwrap());
+        assert!(shm.c2d.push(Record::Pause { seq }).unwrap());
         wakes.daemon.signal();
         loop {
-            if let Some(Ok(Record::Stopped { seq: s, .. })) = shm.pop_record(Ring::DaemonToClient, &mut d2c).unwrap() {
+            if let Some(Ok(Record::Stopped { seq: s, .. })) = shm.d2c.pop().unwrap() {
                 assert_eq!(s, seq);
                 break;
             }

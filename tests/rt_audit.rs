@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shmix_shared::layout::DEFAULT_MSG_RECORDS;
 use shmix_shared::msg::{AudioParams, Record, SocketMsg};
-use shmix_shared::shm::{Ring, RingEnd};
+use shmix_shared::shm::Ring;
 use shmix_shared::socket;
 use shmix_shared::sync::Ordering;
 use shmix_shared::{ChannelMap, ResampleQuality};
@@ -113,15 +113,14 @@ fn flooder(rig: &Rig, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     let c = Raw::connect(rig);
     std::thread::spawn(move || {
         let params = AudioParams { period_frames: 256, buffer_frames: 1024, ..c.device };
-        let (fd, shm, wakes) = c.ready_stream_with_records(params, 1024, "flood");
-        let mut end = RingEnd::default();
-        let _ = shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 0 });
+        let (fd, mut shm, wakes) = c.ready_stream_with_records(params, 1024, "flood");
+        let _ = shm.c2d.push(Record::Start { seq: 0 });
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let read = shm.audio_read().pos.load(Ordering::Acquire);
             shm.audio_write().pos.store(read.wrapping_add(params.buffer_frames), Ordering::Release);
             shm.audio_write().sleeping.store(1, Ordering::Release);
-            while shm.push_record(Ring::ClientToDaemon, &mut end, Record::Resume { seq: n as u32 }).unwrap_or(false) {
+            while shm.c2d.push(Record::Resume { seq: n as u32 }).unwrap_or(false) {
                 n += 1;
             }
             wakes.daemon.signal();
@@ -138,10 +137,9 @@ fn flooder(rig: &Rig, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 fn hostile_round(rig: &Rig) {
     let c = Raw::connect(rig);
     let params = c.params();
-    let (_fd, shm, _w) = c.ready_stream(params, "beyond");
-    let mut end = RingEnd::default();
+    let (_fd, mut shm, _w) = c.ready_stream(params, "beyond");
     shm.audio_write().pos.store(params.buffer_frames * 3, Ordering::Release);
-    shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 1 }).unwrap();
+    shm.c2d.push(Record::Start { seq: 1 }).unwrap();
     c.assert_disconnected("cursor beyond the ring");
 
     let c = Raw::connect(rig);

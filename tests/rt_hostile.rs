@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmix_shared::msg::{AudioParams, Direction, Record};
-use shmix_shared::shm::{Ring, RingEnd};
 use shmix_shared::sync::Ordering;
 
 use crate::common::*;
@@ -61,13 +60,12 @@ fn frozen_wake_descriptors_do_not_block_the_mix_thread() {
     rig.wait_for_sound(2, 0, Duration::from_secs(10));
     let c = Raw::connect(&rig);
     let params = AudioParams { period_frames: 256, buffer_frames: 1024, ..c.device };
-    let (fd, shm, wakes) = c.ready_stream(params, "freezer");
+    let (fd, mut shm, wakes) = c.ready_stream(params, "freezer");
     let done = [&wakes.client, &wakes.client_peer, &wakes.daemon, &wakes.daemon_peer].map(freeze);
     eprintln!("hostile wake descriptors: {done:?}");
     // A full ring of silence, started; then ask for a wake after every period it consumes.
     shm.audio_write().pos.store(params.buffer_frames, Ordering::Release);
-    let mut end = RingEnd::default();
-    assert!(shm.push_record(Ring::ClientToDaemon, &mut end, Record::Start { seq: 1 }).unwrap());
+    assert!(shm.c2d.push(Record::Start { seq: 1 }).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let asker = {
         let stop = Arc::clone(&stop);
@@ -112,11 +110,10 @@ fn a_trickle_of_records_cannot_spin_the_mix_thread() {
         std::thread::spawn(move || {
             let c = RawAt::connect(&sock, Direction::Playback).expect("connect");
             let params = AudioParams { period_frames: 512, buffer_frames: 2048, ..c.0.device };
-            let (fd, shm, wakes) = c.0.ready_stream_with_records(params, 1024, "trickle");
-            let mut end = RingEnd::default();
+            let (fd, mut shm, wakes) = c.0.ready_stream_with_records(params, 1024, "trickle");
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                if shm.push_record(Ring::ClientToDaemon, &mut end, Record::Resume { seq: n }).unwrap_or(false) {
+                if shm.c2d.push(Record::Resume { seq: n }).unwrap_or(false) {
                     n = n.wrapping_add(1);
                 }
                 let t = Instant::now();

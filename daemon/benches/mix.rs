@@ -15,9 +15,9 @@ use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{AudioHalf, ClientHalves, StreamShm};
 use shmix_shared::ResampleQuality;
-use shmix_shared::{AudioParams, Record, SampleFormat, WakeFd};
+use shmix_shared::{AudioParams, Direction, Record, SampleFormat, WakeFd};
 
 const PERIOD: usize = 1024;
 const RATE: u32 = 48_000;
@@ -45,7 +45,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
 /// write position is pushed ahead before every period (the ring holds a sine).
 struct Rig {
     core: MixCore,
-    clients: Vec<StreamShm>,
+    clients: Vec<ClientHalves>,
     written: Vec<u32>,
     out: Vec<u8>,
     src: Vec<u8>,
@@ -65,14 +65,16 @@ impl Rig {
         for id in 0..n {
             let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).unwrap();
             let (memfd, client) = StreamShm::create(layout, "bench").unwrap();
+            let mut client = client.into_client(Direction::Playback);
             let daemon = StreamShm::map_peer(&memfd, layout).unwrap();
             let sine: Vec<f32> =
                 (0..buffer as usize * spec.chmap.channels() as usize).map(|i| 0.3 * (i as f32 * 0.01).sin()).collect();
             let mut bytes = vec![0u8; buffer as usize * fb as usize];
             shmix_daemon::dsp::convert::encoder(spec.format)(&sine, &mut bytes);
-            client.write_audio(0, &bytes);
-            let mut c2d = RingEnd::default();
-            client.push_record(Ring::ClientToDaemon, &mut c2d, Record::Start { seq: 1 }).unwrap();
+            if let AudioHalf::Writer(audio) = &mut client.audio {
+                audio.write(0, &bytes);
+            }
+            client.c2d.push(Record::Start { seq: 1 }).unwrap();
             let pipe = Pipeline::new(spec, &dev).unwrap();
             core.add(Box::new(Stream::new(id as u32 + 1, daemon, wake(), wake(), pipe))).unwrap();
             clients.push(client);
@@ -91,11 +93,13 @@ impl Rig {
     }
 
     fn period(&mut self) {
-        for (c, w) in self.clients.iter().zip(&mut self.written) {
+        for (c, w) in self.clients.iter_mut().zip(&mut self.written) {
             // Keep the ring full: the daemon consumes about `stream_frames` per period.
-            let read = c.audio_read().pos.load(Ordering::Acquire);
+            let read = c.shm.audio_read().pos.load(Ordering::Acquire);
             *w = read.wrapping_add(4 * PERIOD as u32);
-            c.audio_write().pos.store(*w, Ordering::Release);
+            if let AudioHalf::Writer(audio) = &mut c.audio {
+                audio.publish(*w);
+            }
         }
         let n = self.core.mix(&mut self.out, 0);
         debug_assert_eq!(n, PERIOD);

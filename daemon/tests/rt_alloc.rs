@@ -15,7 +15,7 @@ use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::{Counters, MixCore, Stream};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{AudioHalf, AudioReader, AudioWriter, RecordReceiver, RecordSender, StreamShm};
 use shmix_shared::ResampleQuality;
 use shmix_shared::{wake, AudioParams, Direction, Record, SampleFormat, WakeFd};
 
@@ -66,9 +66,12 @@ enum CState {
 
 /// The plugin's side of one stream, as the test plays it.
 struct Client {
-    shm: StreamShm,
-    c2d: RingEnd,
-    d2c: RingEnd,
+    shm: Arc<StreamShm>,
+    c2d: RecordSender,
+    d2c: RecordReceiver,
+    audio: AudioWriter,
+    /// A third mapping of the ring, for the oracle to read what the daemon was given.
+    observer: AudioReader,
     buffer: u32,
     written: u64,
     seq: u32,
@@ -107,21 +110,20 @@ impl Client {
             }
             (self.encode)(&self.samples, &mut self.frame);
             let idx = (self.written % u64::from(self.buffer)) as u32;
-            self.shm.write_audio(idx, &self.frame[..fb]);
+            self.audio.write(idx, &self.frame[..fb]);
             self.written += 1;
         }
-        self.shm.audio_write().pos.store(self.written as u32, Ordering::Release);
+        self.audio.publish(self.written as u32);
     }
     fn send(&mut self, make: impl FnOnce(u32) -> Record) {
         self.seq += 1;
         let r = make(self.seq);
-        assert!(self.shm.push_record(Ring::ClientToDaemon, &mut self.c2d, r).unwrap());
+        assert!(self.c2d.push(r).unwrap());
         // Takes the daemon's sleeping flag as a client would before signalling (the test does not poll).
-        let _ = wake::wake_if_sleeping(&self.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping);
+        let _ = wake::wake_if_sleeping(&self.c2d.read_cursor().sleeping);
     }
     fn reset_and_start(&mut self, rng: &mut Rng) {
-        self.shm.audio_write().pos.store(0, Ordering::Release);
-        self.shm.audio_read().pos.store(0, Ordering::Release);
+        self.audio.reset();
         self.written = 0;
         let pre = (rng.next() % u64::from(self.buffer)) as u32 + 1;
         self.write(pre, rng);
@@ -131,7 +133,7 @@ impl Client {
     /// Reads the daemon's records and the client's eventfd; advances the client's state machine.
     fn step(&mut self, rng: &mut Rng) {
         self.client_wake.drain();
-        while let Some(r) = self.shm.pop_record(Ring::DaemonToClient, &mut self.d2c).unwrap() {
+        while let Some(r) = self.d2c.pop().unwrap() {
             match r.unwrap() {
                 Record::Xrun { .. } => {
                     self.got.xruns += 1;
@@ -228,15 +230,24 @@ fn make_stream_as(id: u32, buffer: u32, rng: &mut Rng, spec: &StreamSpec, dev: &
     let layout = Layout::new(fb, buffer, DEFAULT_MSG_RECORDS).unwrap();
     let (memfd, client_shm) = StreamShm::create(layout, "rt-test").unwrap();
     let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
+    let AudioHalf::Reader(observer) =
+        StreamShm::map_peer(&memfd, layout).unwrap().into_daemon(Direction::Playback).audio
+    else {
+        unreachable!("the daemon reads playback")
+    };
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
+    let client_shm = client_shm.into_client(Direction::Playback);
+    let AudioHalf::Writer(audio) = client_shm.audio else { unreachable!("a playback client writes") };
     let (client_wake_daemon, client_wake) = wake_pair();
     let (daemon_wake, daemon_wake_client) = wake_pair();
     let pipe = Pipeline::new(spec, dev).unwrap();
     let stream = Box::new(Stream::new(id, daemon_shm, client_wake_daemon, daemon_wake, pipe));
     let mut c = Client {
-        shm: client_shm,
-        c2d: RingEnd::default(),
-        d2c: RingEnd::default(),
+        shm: client_shm.shm,
+        c2d: client_shm.c2d,
+        d2c: client_shm.d2c,
+        audio,
+        observer,
         buffer,
         written: 0,
         seq: 0,
@@ -309,7 +320,7 @@ fn run(nstreams: usize, periods: usize, seed: u64) -> (Counts, u64) {
                 continue;
             }
             let idx = (r0[i] % u64::from(c.buffer)) as u32;
-            c.shm.read_audio(idx, &mut scratch[..k * fb]);
+            c.observer.read(idx, &mut scratch[..k * fb]);
             for (e, s) in expect.iter_mut().zip(scratch[..k * fb].chunks_exact(2)) {
                 *e += i32::from(i16::from_le_bytes([s[0], s[1]]));
             }
@@ -383,12 +394,12 @@ fn three_streams_constant_saturated_sum() {
     for id in 1..=3 {
         let (mut c, s) = make_stream(id, 1024, &mut rng);
         // Replace the random prefill by a known pattern.
-        c.shm.audio_write().pos.store(0, Ordering::Release);
+        c.audio.publish(0);
         c.written = 0;
         let pat: Vec<u8> = (0..PERIOD * 2).flat_map(|i| [20000i16, -20000, 5][i % 3].to_le_bytes()).collect();
-        c.shm.write_audio(0, &pat);
+        c.audio.write(0, &pat);
         c.written = PERIOD as u64;
-        c.shm.audio_write().pos.store(PERIOD as u32, Ordering::Release);
+        c.audio.publish(PERIOD as u32);
         core.add(s).unwrap();
         clients.push(c);
     }
@@ -489,12 +500,12 @@ fn mono_stream_reaches_both_sides_exactly() {
     let counters = Arc::new(Counters::default());
     let mut core = MixCore::new(SampleFormat::S16Le, device_ctl(), PERIOD, Arc::clone(&counters));
     let mut rng = Rng(7);
-    let (c, s) = make_stream_as(1, 1024, &mut rng, &spec, &dev);
-    c.shm.audio_write().pos.store(0, Ordering::Release);
+    let (mut c, s) = make_stream_as(1, 1024, &mut rng, &spec, &dev);
+    c.audio.publish(0);
     let vals: Vec<i16> = (0..PERIOD).map(|i| [i16::MIN, -1, 0, 1, 12345, i16::MAX][i % 6]).collect();
     let pat: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    c.shm.write_audio(0, &pat);
-    c.shm.audio_write().pos.store(PERIOD as u32, Ordering::Release);
+    c.audio.write(0, &pat);
+    c.audio.publish(PERIOD as u32);
     core.add(s).unwrap();
     core.process_records();
     let mut out = vec![0u8; PERIOD * 4];
@@ -510,9 +521,10 @@ fn mono_stream_reaches_both_sides_exactly() {
 
 /// The client side of one recording stream (capture or monitor) as the test plays it.
 struct Recorder {
-    shm: StreamShm,
-    c2d: RingEnd,
-    d2c: RingEnd,
+    shm: Arc<StreamShm>,
+    c2d: RecordSender,
+    d2c: RecordReceiver,
+    audio: AudioReader,
     buffer: u32,
     fb: usize,
     read: u64,
@@ -530,28 +542,27 @@ impl Recorder {
     fn read_all(&mut self, keep: bool) {
         let n = self.fill() as usize;
         let mut buf = vec![0u8; n * self.fb];
-        self.shm.read_audio((self.read % u64::from(self.buffer)) as u32, &mut buf);
+        self.audio.read((self.read % u64::from(self.buffer)) as u32, &mut buf);
         if keep {
             self.got.extend_from_slice(&buf);
         }
         self.read += n as u64;
-        self.shm.audio_read().pos.store(self.read as u32, Ordering::Release);
+        self.audio.consume(self.read as u32);
     }
     fn send(&mut self, make: impl FnOnce(u32) -> Record) {
         self.seq += 1;
         let r = make(self.seq);
-        assert!(self.shm.push_record(Ring::ClientToDaemon, &mut self.c2d, r).unwrap());
+        assert!(self.c2d.push(r).unwrap());
     }
     fn records(&mut self) -> Vec<Record> {
         let mut v = Vec::new();
-        while let Some(r) = self.shm.pop_record(Ring::DaemonToClient, &mut self.d2c).unwrap() {
+        while let Some(r) = self.d2c.pop().unwrap() {
             v.push(r.unwrap());
         }
         v
     }
     fn start(&mut self) {
-        self.shm.audio_write().pos.store(0, Ordering::Release);
-        self.shm.audio_read().pos.store(0, Ordering::Release);
+        self.audio.reset();
         self.read = 0;
         self.send(|seq| Record::Start { seq });
     }
@@ -563,14 +574,17 @@ fn make_recorder(id: u32, dir: Direction, buffer: u32, spec: &StreamSpec, dev: &
     let (memfd, client_shm) = StreamShm::create(layout, "rt-rec").unwrap();
     let daemon_shm = StreamShm::map_peer(&memfd, layout).unwrap();
     client_shm.avail_min().value.store(PERIOD as u32, Ordering::Relaxed);
+    let client_shm = client_shm.into_client(dir);
+    let AudioHalf::Reader(audio) = client_shm.audio else { unreachable!("a recording client reads") };
     let (client_wake, _client_end) = wake_pair();
     let (daemon_wake, _daemon_end) = wake_pair();
     let rec = RecordPipe::new(spec, dev).unwrap();
     let stream = Box::new(Stream::new_recorder(id, daemon_shm, client_wake, daemon_wake, dir, rec));
     let mut r = Recorder {
-        shm: client_shm,
-        c2d: RingEnd::default(),
-        d2c: RingEnd::default(),
+        shm: client_shm.shm,
+        c2d: client_shm.c2d,
+        d2c: client_shm.d2c,
+        audio,
         buffer,
         fb: fb as usize,
         read: 0,

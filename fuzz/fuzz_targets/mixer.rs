@@ -15,8 +15,8 @@ use shmix_daemon::dsp::{self, DeviceSpec, Pipeline, StreamSpec};
 use shmix_shared::chmap::ChannelMap;
 use shmix_shared::ResampleQuality;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
-use shmix_shared::{AudioParams, Record, SampleFormat, WakeFd};
+use shmix_shared::shm::{Ring, StreamShm};
+use shmix_shared::{AudioParams, Direction, Record, SampleFormat, WakeFd};
 
 const PERIOD: u32 = 64;
 
@@ -82,7 +82,7 @@ fuzz_target!(|inp: Input| {
     if core.add(Box::new(Stream::new(1, shm, wake(), wake(), pipe))).is_err() {
         return;
     }
-    let mut c2d = RingEnd::default();
+    let mut client = client.into_client(Direction::Playback);
     let mut out = vec![0u8; PERIOD as usize * 4];
     let mut retired = false;
     for op in inp.ops.iter().take(200) {
@@ -99,13 +99,13 @@ fuzz_target!(|inp: Input| {
                     7 => Record::Drained { seq, pos: 0 },
                     _ => Record::Fatal { errno: seq },
                 };
-                let _ = client.push_record(Ring::ClientToDaemon, &mut c2d, r);
+                let _ = client.c2d.push(r);
             }
             Op::RawRecord { bytes } => {
-                let w = client.ring_write_cursor(Ring::ClientToDaemon);
+                let w = client.shm.ring_write_cursor(Ring::ClientToDaemon);
                 let pos = w.pos.load(Ordering::Relaxed);
                 let slot = (pos & (DEFAULT_MSG_RECORDS - 1)) as usize * 16;
-                let base = client.audio_ptr().wrapping_sub(layout.audio_offset as usize);
+                let base = client.shm.audio_ptr().wrapping_sub(layout.audio_offset as usize);
                 for (i, b) in bytes.iter().enumerate() {
                     // SAFETY: c2d_offset + slot + 16 lies inside the client's own mapping.
                     unsafe { std::ptr::write_volatile(base.add(layout.c2d_offset as usize + slot + i), *b) };
@@ -113,22 +113,22 @@ fuzz_target!(|inp: Input| {
                 w.pos.store(pos.wrapping_add(1), Ordering::Release);
             }
             Op::Write { delta } => {
-                let read = client.audio_read().pos.load(Ordering::Acquire);
-                client.audio_write().pos.store(read.wrapping_add(delta), Ordering::Release);
+                let read = client.shm.audio_read().pos.load(Ordering::Acquire);
+                client.shm.audio_write().pos.store(read.wrapping_add(delta), Ordering::Release);
             }
             Op::Store { which, value } => {
                 let c = match which % 6 {
-                    0 => client.audio_write(),
-                    1 => client.audio_read(),
-                    2 => client.ring_write_cursor(Ring::ClientToDaemon),
-                    3 => client.ring_read_cursor(Ring::ClientToDaemon),
-                    4 => client.ring_write_cursor(Ring::DaemonToClient),
-                    _ => client.ring_read_cursor(Ring::DaemonToClient),
+                    0 => client.shm.audio_write(),
+                    1 => client.shm.audio_read(),
+                    2 => client.shm.ring_write_cursor(Ring::ClientToDaemon),
+                    3 => client.shm.ring_read_cursor(Ring::ClientToDaemon),
+                    4 => client.shm.ring_write_cursor(Ring::DaemonToClient),
+                    _ => client.shm.ring_read_cursor(Ring::DaemonToClient),
                 };
                 match which / 6 % 3 {
                     0 => c.pos.store(value, Ordering::Release),
                     1 => c.sleeping.store(value, Ordering::Release),
-                    _ => client.avail_min().value.store(value, Ordering::Release),
+                    _ => client.shm.avail_min().value.store(value, Ordering::Release),
                 }
             }
             Op::Mix { frames } => {

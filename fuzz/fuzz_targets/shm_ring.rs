@@ -1,6 +1,7 @@
 //! A hostile peer writes anything anywhere in a real stream memfd (cursors, sleeping flags,
 //! records, identity, audio) between the accesses both sides make through `StreamShm`: popping
-//! and pushing records, checking the peer's audio cursor and copying the frames it covers.
+//! and pushing records, checking the peer's audio cursor and copying the frames it covers (the
+//! daemon's playback halves and, over a second mapping, a recorder's audio writer).
 //! Nothing panics, and every copy stays inside the audio ring (checked by `read_audio` /
 //! `write_audio` themselves).
 #![no_main]
@@ -11,8 +12,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shmix_shared::cursor;
 use shmix_shared::layout::{Cursor, Layout};
-use shmix_shared::msg::Record;
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::msg::{Direction, Record};
+use shmix_shared::shm::{AudioHalf, Ring, StreamShm};
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -57,9 +58,15 @@ fuzz_target!(|inp: Input| {
     let buffer = u32::from(inp.buffer_frames % 2048) + 1;
     let Ok(layout) = Layout::new(fb, buffer, 8) else { return };
     let (fd, client) = StreamShm::create(layout, "fuzz").expect("memfd");
-    let daemon = StreamShm::map_peer(&fd, layout).expect("map");
+    let mut daemon = StreamShm::map_peer(&fd, layout).expect("map").into_daemon(Direction::Playback);
+    let AudioHalf::Reader(mut d_reader) = daemon.audio else { unreachable!("the daemon reads playback") };
+    let AudioHalf::Writer(mut d_writer) =
+        StreamShm::map_peer(&fd, layout).expect("map").into_daemon(Direction::Capture).audio
+    else {
+        unreachable!("the daemon writes capture")
+    };
+    let mut client = client.into_client(Direction::Playback);
     let total = layout.total_bytes as usize;
-    let (mut d_c2d, mut d_d2c, mut c_d2c) = (RingEnd::default(), RingEnd::default(), RingEnd::default());
     let (mut read_count, mut write_count) = (0u64, 0u64);
     let (mut peer_seen, write_total) = (0u32, 0u32);
     let mut scratch = vec![0u8; (buffer * fb) as usize];
@@ -69,63 +76,63 @@ fuzz_target!(|inp: Input| {
             Op::Scribble { offset, bytes } => {
                 let at = usize::from(offset) % (total - 8);
                 // The hostile peer's own mapping: raw writes through the audio pointer's base.
-                let base = client.audio_ptr().wrapping_sub(layout.audio_offset as usize);
+                let base = client.shm.audio_ptr().wrapping_sub(layout.audio_offset as usize);
                 for (i, b) in bytes.iter().enumerate() {
                     // SAFETY: at + i < total: inside the client's own mapping.
                     unsafe { std::ptr::write_volatile(base.add(at + i), *b) };
                 }
             }
             Op::SetCursor { which, value } => {
-                let c = cursor_of(&client, which);
+                let c = cursor_of(&client.shm, which);
                 if which & 0x80 == 0 {
                     c.pos.store(value, Ordering::Release);
                 } else {
                     c.sleeping.store(value, Ordering::Release);
                 }
             }
-            Op::DaemonPop if daemon_ok => match daemon.pop_record(Ring::ClientToDaemon, &mut d_c2d) {
+            Op::DaemonPop if daemon_ok => match daemon.c2d.pop() {
                 Ok(None) => {}
                 Ok(Some(Ok(r))) => daemon_ok = r.is_client_request(),
                 Ok(Some(Err(_))) | Err(_) => daemon_ok = false,
             },
             Op::DaemonPush { seq, pos } if daemon_ok => {
-                if daemon.push_record(Ring::DaemonToClient, &mut d_d2c, Record::Stopped { seq, pos }).is_err() {
+                if daemon.d2c.push(Record::Stopped { seq, pos }).is_err() {
                     daemon_ok = false;
                 }
             }
             Op::DaemonConsume { frames } if daemon_ok => {
-                let write = daemon.audio_write().pos.load(Ordering::Acquire);
+                let write = daemon.shm.audio_write().pos.load(Ordering::Acquire);
                 match cursor::fill(write, read_count as u32, buffer) {
                     Ok(fill) => {
                         let k = fill.min(u32::from(frames));
                         let idx = cursor::ring_index(read_count, buffer);
-                        daemon.read_audio(idx, &mut scratch[..(k * fb) as usize]);
+                        d_reader.read(idx, &mut scratch[..(k * fb) as usize]);
                         read_count += u64::from(k);
-                        daemon.audio_read().pos.store(read_count as u32, Ordering::Release);
+                        d_reader.consume(read_count as u32);
                     }
                     Err(_) => daemon_ok = false,
                 }
             }
             Op::DaemonProduce { frames } if daemon_ok => {
-                let read = daemon.audio_read().pos.load(Ordering::Acquire);
+                let read = daemon.shm.audio_read().pos.load(Ordering::Acquire);
                 match cursor::fill(write_count as u32, read, buffer) {
                     Ok(fill) => {
                         let k = (buffer - fill).min(u32::from(frames));
                         let idx = cursor::ring_index(write_count, buffer);
-                        daemon.write_audio(idx, &scratch[..(k * fb) as usize]);
+                        d_writer.write(idx, &scratch[..(k * fb) as usize]);
                         write_count += u64::from(k);
-                        daemon.audio_write().pos.store(write_count as u32, Ordering::Release);
+                        d_writer.publish(write_count as u32);
                     }
                     Err(_) => daemon_ok = false,
                 }
             }
-            Op::ClientPop if client_ok => match client.pop_record(Ring::DaemonToClient, &mut c_d2c) {
+            Op::ClientPop if client_ok => match client.d2c.pop() {
                 Ok(None) => {}
                 Ok(Some(Ok(r))) => client_ok = !r.is_client_request(),
                 Ok(Some(Err(_))) | Err(_) => client_ok = false,
             },
             Op::ClientRefresh if client_ok => {
-                let new = client.audio_read().pos.load(Ordering::Acquire);
+                let new = client.shm.audio_read().pos.load(Ordering::Acquire);
                 match cursor::advance(peer_seen, new, write_total) {
                     Ok(_) => peer_seen = new,
                     Err(_) => client_ok = false,

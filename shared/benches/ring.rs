@@ -21,17 +21,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shmix_shared::cursor;
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{AudioHalf, AudioReader, AudioWriter, ClientHalves, DaemonHalves, StreamShm};
 use shmix_shared::wake::{prepare_sleep, wake_if_sleeping, SleepDecision};
-use shmix_shared::Record;
+use shmix_shared::{Direction, Record};
 
 const FRAME_BYTES: usize = 4; // S16 stereo
 const BUFFER_FRAMES: u32 = 4096;
 
 /// Both ends of one stream memfd, mapped twice as the client and the daemon map it.
 struct Shm {
-    client: StreamShm,
-    daemon: StreamShm,
+    client: ClientHalves,
+    daemon: DaemonHalves,
     // client (producer) and daemon (consumer) private positions, as frame counts
     written: u64,
     read: u64,
@@ -41,34 +41,52 @@ impl Shm {
     fn new() -> Self {
         let layout = Layout::new(FRAME_BYTES as u32, BUFFER_FRAMES, DEFAULT_MSG_RECORDS).unwrap();
         let (fd, client) = StreamShm::create(layout, "bench").unwrap();
-        let daemon = StreamShm::map_peer(&fd, layout).unwrap();
-        Self { client, daemon, written: 0, read: 0 }
+        let daemon = StreamShm::map_peer(&fd, layout).unwrap().into_daemon(Direction::Playback);
+        Self { client: client.into_client(Direction::Playback), daemon, written: 0, read: 0 }
+    }
+
+    fn writer(&mut self) -> &mut AudioWriter {
+        match &mut self.client.audio {
+            AudioHalf::Writer(w) => w,
+            AudioHalf::Reader(_) => unreachable!("a playback client writes"),
+        }
+    }
+
+    fn reader(&mut self) -> &mut AudioReader {
+        match &mut self.daemon.audio {
+            AudioHalf::Reader(r) => r,
+            AudioHalf::Writer(_) => unreachable!("the daemon reads playback"),
+        }
     }
 
     /// Producer: room check against the consumer's cursor, copy, publish.
     fn push(&mut self, src: &[u8]) -> bool {
         let frames = (src.len() / FRAME_BYTES) as u32;
-        let read = self.client.audio_read().pos.load(Ordering::Acquire);
+        let read = self.client.shm.audio_read().pos.load(Ordering::Acquire);
         let fill = cursor::fill(self.written as u32, read, BUFFER_FRAMES).unwrap();
         if BUFFER_FRAMES - fill < frames {
             return false;
         }
-        self.client.write_audio(cursor::ring_index(self.written, BUFFER_FRAMES), src);
+        let index = cursor::ring_index(self.written, BUFFER_FRAMES);
+        self.writer().write(index, src);
         self.written += u64::from(frames);
-        self.client.audio_write().pos.store(self.written as u32, Ordering::Release);
+        let pos = self.written as u32;
+        self.writer().publish(pos);
         true
     }
 
     /// Consumer: fill check against the producer's cursor, copy out, publish.
     fn pop(&mut self, dst: &mut [u8]) -> bool {
         let frames = (dst.len() / FRAME_BYTES) as u32;
-        let write = self.daemon.audio_write().pos.load(Ordering::Acquire);
+        let write = self.daemon.shm.audio_write().pos.load(Ordering::Acquire);
         if cursor::fill(write, self.read as u32, BUFFER_FRAMES).unwrap() < frames {
             return false;
         }
-        self.daemon.read_audio(cursor::ring_index(self.read, BUFFER_FRAMES), dst);
+        let index = cursor::ring_index(self.read, BUFFER_FRAMES);
+        self.reader().read(index, dst);
         self.read += u64::from(frames);
-        self.daemon.audio_read().pos.store(self.read as u32, Ordering::Release);
+        let pos = self.read as u32;
+        self.reader().consume(pos);
         true
     }
 }
@@ -108,15 +126,11 @@ fn audio_ring(c: &mut Criterion) {
 fn record_ring(c: &mut Criterion) {
     let mut g = c.benchmark_group("ring_records");
     g.throughput(Throughput::Elements(1));
-    let shm = Shm::new();
-    let (mut pe, mut ce) = (RingEnd::default(), RingEnd::default());
+    let mut shm = Shm::new();
     g.bench_function("shmix", |b| {
         b.iter(|| {
-            assert!(shm
-                .client
-                .push_record(Ring::ClientToDaemon, &mut pe, black_box(Record::Start { seq: 7 }))
-                .unwrap());
-            black_box(shm.daemon.pop_record(Ring::ClientToDaemon, &mut ce).unwrap());
+            assert!(shm.client.c2d.push(black_box(Record::Start { seq: 7 })).unwrap());
+            black_box(shm.daemon.c2d.pop().unwrap());
         });
     });
     let (mut p, mut q) = rtrb::RingBuffer::<Record>::new(DEFAULT_MSG_RECORDS as usize);

@@ -121,7 +121,7 @@ fn version_constant_is_three() {
 // ----- decoders under hostile input (mirrors fuzz/fuzz_targets; these run in every `cargo test`) -----
 
 use shmix_shared::layout::{Identity, Layout, HEADER_BYTES, MAX_POOL_BYTES};
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{Ring, StreamShm};
 use shmix_shared::sync::Ordering;
 
 proptest! {
@@ -182,15 +182,14 @@ proptest! {
     fn hostile_ring_cursors_are_violations(write in any::<u32>(), read in any::<u32>()) {
         let l = Layout::new(4, 256, 8).unwrap();
         let (fd, client) = StreamShm::create(l, "prop").unwrap();
-        let daemon = StreamShm::map_peer(&fd, l).unwrap();
+        let mut daemon = StreamShm::map_peer(&fd, l).unwrap().into_daemon(Direction::Playback);
         client.ring_write_cursor(Ring::ClientToDaemon).pos.store(write, Ordering::Release);
         // Pop a few first (each either takes a record or is refused) so our end is anywhere.
-        let mut end = RingEnd::default();
         for _ in 0..read % 64 {
-            let _ = daemon.pop_record(Ring::ClientToDaemon, &mut end);
+            let _ = daemon.c2d.pop();
         }
-        let r = daemon.pop_record(Ring::ClientToDaemon, &mut end);
-        let consumed = daemon.ring_read_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire);
+        let r = daemon.c2d.pop();
+        let consumed = daemon.shm.ring_read_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire);
         let fill = write.wrapping_sub(consumed);
         prop_assert_eq!(r.is_err(), fill > 8);
     }

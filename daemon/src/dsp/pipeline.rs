@@ -12,7 +12,7 @@ use std::fmt;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Async, Indexing, Resampler};
 use shmix_shared::cursor;
-use shmix_shared::shm::StreamShm;
+use shmix_shared::shm::AudioReader;
 use shmix_shared::{ResampleQuality, SampleFormat};
 
 use super::convert::{self, DecodeFn};
@@ -247,10 +247,10 @@ impl Pipeline {
     }
 
     /// Reads `k` frames at ring frame `at` and decodes them into `dec`.
-    fn load(&mut self, shm: &StreamShm, at: u64, k: usize) {
-        let buffer = shm.layout().buffer_frames;
+    fn load(&mut self, audio: &AudioReader, at: u64, k: usize) {
+        let buffer = audio.layout().buffer_frames;
         let bytes = &mut self.raw[..k * self.frame_bytes];
-        shm.read_audio(cursor::ring_index(at, buffer), bytes);
+        audio.read(cursor::ring_index(at, buffer), bytes);
         (self.decode)(bytes, &mut self.dec[..k * self.sc]);
     }
 
@@ -260,7 +260,7 @@ impl Pipeline {
     /// underrun; the resampler's tail is flushed). RT: yes.
     pub fn mix(
         &mut self,
-        shm: &StreamShm,
+        audio: &AudioReader,
         read_count: u64,
         fill: u32,
         n: usize,
@@ -273,7 +273,7 @@ impl Pipeline {
         if self.resampler.is_none() {
             let k = fill.min(n);
             if k > 0 {
-                self.load(shm, read_count, k);
+                self.load(audio, read_count, k);
                 self.remap.add(&self.dec, bus, k, &mut self.gain);
                 self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
             }
@@ -299,7 +299,7 @@ impl Pipeline {
                     }
                 }
                 if k > 0 {
-                    self.load(shm, read_count + consumed as u64, k);
+                    self.load(audio, read_count + consumed as u64, k);
                 }
                 consumed += k;
                 let Some(rs) = self.resampler.as_deref_mut() else { break };

@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use shmix_shared::shm::Ring;
+use shmix_shared::shm::AudioHalf;
 use shmix_shared::wake;
 use shmix_shared::{cursor, Direction, Record, SampleFormat};
 
@@ -158,7 +158,7 @@ impl MixCore {
     /// # Errors
     /// The stream itself when [`MAX_STREAMS`] are attached or its pipeline was built for
     /// another device.
-    pub fn add(&mut self, s: Box<Stream>) -> Result<(), Box<Stream>> {
+    pub fn add(&mut self, mut s: Box<Stream>) -> Result<(), Box<Stream>> {
         // A playback pipeline must have been built for this device's layout and period; a
         // recorder's conversion was built for the device it records (capture may differ).
         let fits = s
@@ -167,7 +167,7 @@ impl MixCore {
         if self.streams.len() >= MAX_STREAMS || !fits {
             return Err(s);
         }
-        s.shm.set_device_waiting(self.device_waiting);
+        s.timing.set_device_waiting(self.device_waiting);
         self.streams.push(s);
         Ok(())
     }
@@ -198,13 +198,13 @@ impl MixCore {
         let mut ready = false;
         // Muted streams are not rechecked (their records wait for the next period).
         for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && !s.muted) {
-            let flag = &s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping;
+            let flag = &s.c2d.read_cursor().sleeping;
             let ours = s.c2d.pos();
             let d = wake::prepare_sleep(flag, || {
                 // Pairs with the client's Release store in push_record. Compared with our private
                 // read position: the copy in the header is client-writable (a client that
                 // rewrote it would otherwise keep us from ever sleeping).
-                s.shm.ring_write_cursor(Ring::ClientToDaemon).pos.load(Ordering::Acquire) != ours
+                s.c2d.write_cursor().pos.load(Ordering::Acquire) != ours
             });
             if matches!(d, wake::SleepDecision::Ready { .. }) {
                 s.woke = true;
@@ -219,7 +219,7 @@ impl MixCore {
     /// index `i`). One that hung up is not polled again.
     pub fn after_wake(&mut self, revents: impl Fn(usize) -> i16) {
         for (i, s) in self.streams.iter_mut().enumerate() {
-            s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping.store(0, Ordering::Relaxed);
+            s.c2d.read_cursor().sleeping.store(0, Ordering::Relaxed);
             let r = revents(i);
             if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                 s.wake_closed = true;
@@ -277,12 +277,14 @@ impl MixCore {
             // Fast path: the ring's bytes are already what the device wants.
             Some(s) if s.pipeline().is_some_and(Pipeline::is_passthrough) && self.master.is_unity() => {
                 let fill = s.fill().unwrap_or(0) as usize;
-                let Kind::Play(pipe) = &mut s.kind else { unreachable!("active streams play") };
+                let (Kind::Play(pipe), AudioHalf::Reader(audio)) = (&mut s.kind, &s.audio) else {
+                    unreachable!("active streams play")
+                };
                 let k = fill.min(frames);
                 let bytes = k * fb;
                 if k > 0 {
                     let idx = cursor::ring_index(s.read_count, s.buffer_frames);
-                    s.shm.read_audio(idx, &mut out[..bytes]);
+                    audio.read(idx, &mut out[..bytes]);
                     pipe.note_copied(k);
                     Counters::bump(&counters.fastpath_frames, k as u64);
                 }
@@ -309,8 +311,8 @@ impl MixCore {
                     let s = &mut **s;
                     let Some(fill) = s.fill() else { continue };
                     let draining = s.state == State::Draining;
-                    let Kind::Play(pipe) = &mut s.kind else { continue };
-                    let t = pipe.mix(&s.shm, s.read_count, fill, frames, bus, draining);
+                    let (Kind::Play(pipe), AudioHalf::Reader(audio)) = (&mut s.kind, &s.audio) else { continue };
+                    let t = pipe.mix(audio, s.read_count, fill, frames, bus, draining);
                     finish(s, t, now_ns, device_pos, counters);
                 }
                 self.master.apply(bus, self.channels as usize);
@@ -366,12 +368,13 @@ impl MixCore {
     }
 
     fn publish_recorder_timing(&mut self, dir: Direction, device_queued: u32, now_ns: u64) {
-        for s in self.streams.iter().filter(|s| s.direction() == dir && s.violation.is_none()) {
+        for s in self.streams.iter_mut().filter(|s| s.direction() == dir && s.violation.is_none()) {
             let Kind::Record(_, Some(rec)) = &s.kind else { continue };
             let queued = rec.queued_stream_frames(u64::from(device_queued));
             let queued = u32::try_from(queued).unwrap_or(u32::MAX);
             if s.recording(dir) {
-                s.shm.publish_timing(s.pos(), queued, now_ns);
+                let pos = s.pos();
+                s.timing.publish(pos, queued, now_ns);
             }
             // Figures for shmixctl: the client's unread frames plus what the device holds.
             let read = s.shm.audio_read().pos.load(Ordering::Relaxed);
@@ -414,12 +417,14 @@ impl MixCore {
                     // A stream that just started sits behind what the device already held: its
                     // queued frames start to play (and its delay to shrink) only after that.
                     let ts = now_ns.saturating_add(pipe.lead_ns(u64::from(device_queued)));
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), ts);
+                    let pos = s.read_pos();
+                    s.timing.publish(pos, u32::try_from(queued).unwrap_or(u32::MAX), ts);
                 }
                 State::DrainingDevice => {
                     let left = s.drain_until.saturating_sub(played);
                     let queued = pipe.to_stream_frames(left).min(s.read_count);
-                    s.shm.publish_timing(s.read_pos(), u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
+                    let pos = s.read_pos();
+                    s.timing.publish(pos, u32::try_from(queued).unwrap_or(u32::MAX), now_ns);
                     if left == 0 {
                         s.finish_drain(&self.counters);
                     }
@@ -433,8 +438,8 @@ impl MixCore {
     /// RT: yes (one store per stream).
     pub fn set_device_waiting(&mut self, waiting: bool) {
         self.device_waiting = waiting;
-        for s in &self.streams {
-            s.shm.set_device_waiting(waiting);
+        for s in &mut self.streams {
+            s.timing.set_device_waiting(waiting);
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use shmix_shared::cursor;
-use shmix_shared::shm::{Ring, RingEnd, StreamShm};
+use shmix_shared::shm::{AudioHalf, RecordReceiver, RecordSender, StreamShm, TimingWriter};
 use shmix_shared::wake;
 use shmix_shared::{Direction, Record, Violation, WakeFd};
 
@@ -40,7 +40,12 @@ pub enum State {
 pub struct Stream {
     /// Daemon-wide id.
     pub id: u32,
-    pub(super) shm: StreamShm,
+    /// The mapping, for what the daemon reads (the client's cursors, avail_min, counters).
+    pub(super) shm: Arc<StreamShm>,
+    /// Our half of the audio ring: the reader for playback, the writer for recorders.
+    pub(super) audio: AudioHalf,
+    /// The timing snapshot and flags (we are their only writer).
+    pub(super) timing: TimingWriter,
     /// We signal it when the client sleeps and has something to do.
     pub(super) client_wake: WakeFd,
     /// The client signals it when it posted a record while we slept.
@@ -51,8 +56,10 @@ pub struct Stream {
     pub(super) state: State,
     /// Frames consumed since the last Start (ring index = this % buffer_frames).
     pub(super) read_count: u64,
-    pub(super) c2d: RingEnd,
-    pub(super) d2c: RingEnd,
+    /// Records from the client (we consume).
+    pub(super) c2d: RecordReceiver,
+    /// Records to the client (we produce).
+    pub(super) d2c: RecordSender,
     pub(super) buffer_frames: u32,
     /// Playback or recording, with the conversion that goes with it.
     pub(super) kind: Kind,
@@ -86,7 +93,7 @@ impl Stream {
     /// Wraps a mapped playback stream, its two wake descriptors and its conversion pipeline.
     #[must_use]
     pub fn new(id: u32, shm: StreamShm, client_wake: WakeFd, daemon_wake: WakeFd, pipe: Pipeline) -> Self {
-        Self::with_kind(id, shm, client_wake, daemon_wake, Kind::Play(Box::new(pipe)))
+        Self::with_kind(id, shm, client_wake, daemon_wake, Direction::Playback, Kind::Play(Box::new(pipe)))
     }
 
     /// Wraps a recording stream (`Capture` or `Monitor`; `Playback` counts as `Capture`): the
@@ -101,21 +108,31 @@ impl Stream {
         rec: RecordPipe,
     ) -> Self {
         let dir = if dir == Direction::Playback { Direction::Capture } else { dir };
-        Self::with_kind(id, shm, client_wake, daemon_wake, Kind::Record(dir, Some(Box::new(rec))))
+        Self::with_kind(id, shm, client_wake, daemon_wake, dir, Kind::Record(dir, Some(Box::new(rec))))
     }
 
-    fn with_kind(id: u32, shm: StreamShm, client_wake: WakeFd, daemon_wake: WakeFd, kind: Kind) -> Self {
+    fn with_kind(
+        id: u32,
+        shm: StreamShm,
+        client_wake: WakeFd,
+        daemon_wake: WakeFd,
+        dir: Direction,
+        kind: Kind,
+    ) -> Self {
         let l = *shm.layout();
+        let halves = shm.into_daemon(dir);
         Self {
             id,
-            shm,
+            shm: halves.shm,
+            audio: halves.audio,
+            timing: halves.timing,
             client_wake,
             daemon_wake,
             wake_closed: false,
             state: State::Stopped,
             read_count: 0,
-            c2d: RingEnd::default(),
-            d2c: RingEnd::default(),
+            c2d: halves.c2d,
+            d2c: halves.d2c,
             buffer_frames: l.buffer_frames,
             kind,
             drain_seq: 0,
@@ -213,10 +230,12 @@ impl Stream {
         let k = n.min(room);
         if k > 0 {
             let idx = cursor::ring_index(self.write_count, self.buffer_frames);
-            self.shm.write_audio(idx, &bytes[..k * fb]);
+            // Recorders always hold the writer (`into_daemon` of a capture or monitor stream).
+            let AudioHalf::Writer(audio) = &mut self.audio else { return };
+            audio.write(idx, &bytes[..k * fb]);
             self.write_count += k as u64;
             // Pairs with the client's Acquire load of `audio_write.pos` before it reads.
-            self.shm.audio_write().pos.store(self.write_count as u32, Ordering::Release);
+            audio.publish(self.write_count as u32);
         }
         if k < n {
             self.state = State::Stopped;
@@ -317,7 +336,7 @@ impl Stream {
 
     /// Posts a record to the client and wakes it if it sleeps.
     pub(super) fn post(&mut self, rec: Record, counters: &Counters) {
-        match self.shm.push_record(Ring::DaemonToClient, &mut self.d2c, rec) {
+        match self.d2c.push(rec) {
             Ok(true) => {}
             // The client does not read its ring: it only starves itself.
             Ok(false) => Counters::bump(&counters.records_dropped, 1),
@@ -342,9 +361,12 @@ impl Stream {
         }
     }
 
-    pub(super) fn publish_read(&self) {
-        // Pairs with the client's Acquire load of `audio_read.pos` (it reuses the space).
-        self.shm.audio_read().pos.store(self.read_pos(), Ordering::Release);
+    pub(super) fn publish_read(&mut self) {
+        let pos = self.read_pos();
+        if let AudioHalf::Reader(audio) = &mut self.audio {
+            // Pairs with the client's Acquire load of `audio_read.pos` (it reuses the space).
+            audio.consume(pos);
+        }
     }
 
     pub(super) fn finish_drain(&mut self, counters: &Counters) {
@@ -381,7 +403,7 @@ impl Stream {
         if self.violation.is_some() {
             return false;
         }
-        let rec = match self.shm.pop_record(Ring::ClientToDaemon, &mut self.c2d) {
+        let rec = match self.c2d.pop() {
             Ok(None) => return false,
             Ok(Some(Ok(r))) => r,
             Ok(Some(Err(e))) => {

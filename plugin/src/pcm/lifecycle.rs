@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shmix_shared::layout::{Layout, DEFAULT_MSG_RECORDS};
-use shmix_shared::msg::{AudioParams, Record};
-use shmix_shared::shm::{RingEnd, StreamShm};
+use shmix_shared::msg::{AudioParams, Direction, Record};
+use shmix_shared::shm::{AudioHalf, StreamShm};
 use shmix_shared::sync::Ordering;
 use shmix_shared::wakefd::OwnWake;
 use shmix_shared::ChannelMap;
@@ -63,11 +63,15 @@ impl Pcm {
             chmap.positions(),
             self.quality.name()
         ));
+        // Monitor streams take the same reader half as capture.
+        let dir = if self.capture { Direction::Capture } else { Direction::Playback };
+        let halves = shm.into_client(dir);
         self.stream = Some(Stream {
-            shm,
+            shm: halves.shm,
+            audio: halves.audio,
             params,
-            c2d: RingEnd::default(),
-            d2c: RingEnd::default(),
+            c2d: halves.c2d,
+            d2c: halves.d2c,
             d2c_pos: 0,
             seq: 0,
             write_total: 0,
@@ -150,7 +154,9 @@ impl Pcm {
             // Not started: nothing consumed, the frames written so far sit at ring index 0.
             let frames = s.write_total.min(u64::from(params.buffer_frames)) as usize;
             let mut buf = vec![0u8; frames * fb];
-            s.shm.read_audio(0, &mut buf);
+            if let AudioHalf::Writer(audio) = &s.audio {
+                audio.read_back(0, &mut buf);
+            }
             buf
         } else {
             Vec::new()
@@ -165,10 +171,12 @@ impl Pcm {
             let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
             s.phase = Phase::Prepared;
             if !queued.is_empty() {
-                s.shm.write_audio(0, &queued);
                 s.write_total = (queued.len() / fb) as u64;
-                // Publish: pairs with the daemon's Acquire load of audio_write.
-                s.shm.audio_write().pos.store(s.write_total as u32, Ordering::Release);
+                if let AudioHalf::Writer(audio) = &mut s.audio {
+                    audio.write(0, &queued);
+                    // Publish: pairs with the daemon's Acquire load of audio_write.
+                    audio.publish(s.write_total as u32);
+                }
             }
             self.sync_readiness();
         }
@@ -296,8 +304,7 @@ impl Pcm {
 
     /// Both audio cursors and our counts back to 0 (the daemon side must be STOPPED).
     pub(super) fn zero_positions(s: &mut Stream) {
-        s.shm.audio_write().pos.store(0, Ordering::Release);
-        s.shm.audio_read().pos.store(0, Ordering::Release);
+        s.audio.reset();
         s.write_total = 0;
         s.read_total = 0;
         s.peer_seen = 0;

@@ -17,11 +17,11 @@ mod transfer;
 pub use timing::{mmap_skip, now_ns};
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shmix_shared::msg::AudioParams;
-use shmix_shared::shm::{RingEnd, StreamShm};
+use shmix_shared::shm::{AudioHalf, RecordReceiver, RecordSender, StreamShm};
 use shmix_shared::wake::Sleeper;
 use shmix_shared::{ChannelMap, ResampleQuality, WakeFd};
 
@@ -81,10 +81,15 @@ pub enum Source<'a> {
 
 #[derive(Debug)]
 struct Stream {
-    shm: StreamShm,
+    /// The mapping, for what we read (the daemon's cursors, timing) and alsa-lib's mmap areas.
+    shm: Arc<StreamShm>,
+    /// Ours of the audio ring: the writer for playback, the reader for capture and monitor.
+    audio: AudioHalf,
     params: AudioParams,
-    c2d: RingEnd,
-    d2c: RingEnd,
+    /// Records to the daemon (we produce).
+    c2d: RecordSender,
+    /// Records from the daemon (we consume).
+    d2c: RecordReceiver,
     d2c_pos: u32,
     seq: u32,
     /// Frames produced since prepare (ours for playback, the daemon's for capture).

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use shmix_shared::shm::Ring;
 use shmix_shared::sync::Ordering;
 use shmix_shared::wakefd::OwnWake;
 
@@ -57,7 +56,7 @@ impl Pcm {
     /// The recheck after setting `sleeping`: a fresh look at the read cursor and the d2c ring.
     pub(super) fn fresh_ready(capture: bool, s: &Stream, avail_min: u32) -> bool {
         // Pairs with the daemon's Release stores of its cursors.
-        let d2c_write = s.shm.ring_write_cursor(Ring::DaemonToClient).pos.load(Ordering::Acquire);
+        let d2c_write = s.d2c.write_cursor().pos.load(Ordering::Acquire);
         if d2c_write != s.d2c_pos {
             return true;
         }
@@ -100,7 +99,7 @@ impl Pcm {
         let Some(s) = &self.stream else { return false };
         let d2c_pos = s.d2c_pos;
         let sleeping = &Self::own_cursor(capture, s).sleeping;
-        let ring = s.shm.ring_write_cursor(Ring::DaemonToClient);
+        let ring = s.d2c.write_cursor();
         let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
         self.sleeper.arm(sleeping, || ring.pos.load(Ordering::Acquire) != d2c_pos, &own)
     }

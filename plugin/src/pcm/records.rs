@@ -3,7 +3,6 @@
 //! RT: yes (no allocation, no syscall but the wake of a sleeping daemon).
 
 use shmix_shared::msg::Record;
-use shmix_shared::shm::Ring;
 use shmix_shared::sync::Ordering;
 use shmix_shared::{cursor, wake};
 
@@ -15,12 +14,12 @@ impl Pcm {
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         s.seq = s.seq.wrapping_add(1);
         let seq = s.seq;
-        let ok = s.shm.push_record(Ring::ClientToDaemon, &mut s.c2d, make(seq)).map_err(|_| Errno(libc::EPROTO))?;
+        let ok = s.c2d.push(make(seq)).map_err(|_| Errno(libc::EPROTO))?;
         if !ok {
             // 64 records unread: the daemon is not serving this stream.
             return Err(Errno(libc::EIO));
         }
-        if wake::wake_if_sleeping(&s.shm.ring_read_cursor(Ring::ClientToDaemon).sleeping) {
+        if wake::wake_if_sleeping(&s.c2d.read_cursor().sleeping) {
             self.daemon_wake.signal();
         }
         Ok(seq)
@@ -34,7 +33,7 @@ impl Pcm {
         // At most one ring's worth per call: a daemon that keeps writing records cannot hold the
         // program's thread here.
         for _ in 0..s.shm.layout().msg_records {
-            match s.shm.pop_record(Ring::DaemonToClient, &mut s.d2c) {
+            match s.d2c.pop() {
                 Ok(None) => break,
                 Ok(Some(Ok(rec))) => {
                     s.d2c_pos = s.d2c_pos.wrapping_add(1);

@@ -4,7 +4,7 @@
 
 use shmix_shared::cursor;
 use shmix_shared::layout::Cursor;
-use shmix_shared::sync::Ordering;
+use shmix_shared::shm::AudioHalf;
 
 use super::{wrap, Pcm, Phase, Source, Stream};
 use crate::Errno;
@@ -84,7 +84,8 @@ impl Pcm {
                 if bytes.len() != frames as usize * s.params.frame_bytes() as usize {
                     return Err(Errno(libc::EINVAL));
                 }
-                s.shm.write_audio(cursor::ring_index(start, buffer), bytes);
+                let AudioHalf::Writer(audio) = &mut s.audio else { return Err(Errno(libc::EBADFD)) };
+                audio.write(cursor::ring_index(start, buffer), bytes);
                 self.counters.copied_frames += u64::from(frames);
             }
             Source::Dest(_) => return Err(Errno(libc::EINVAL)),
@@ -92,7 +93,9 @@ impl Pcm {
         if end > s.write_total {
             s.write_total = end;
             // Publish: pairs with the daemon's Acquire load of audio_write.
-            s.shm.audio_write().pos.store(end as u32, Ordering::Release);
+            if let AudioHalf::Writer(audio) = &mut s.audio {
+                audio.publish(end as u32);
+            }
         }
         if s.restart_pending && s.phase == Phase::Running {
             self.start()?; // the first frames after a reset while running
@@ -124,7 +127,8 @@ impl Pcm {
                 if bytes.len() != frames as usize * s.params.frame_bytes() as usize {
                     return Err(Errno(libc::EINVAL));
                 }
-                s.shm.read_audio(cursor::ring_index(first, buffer), bytes);
+                let AudioHalf::Reader(audio) = &s.audio else { return Err(Errno(libc::EBADFD)) };
+                audio.read(cursor::ring_index(first, buffer), bytes);
                 self.counters.copied_frames += u64::from(frames);
             }
             Source::Frames(_) => return Err(Errno(libc::EINVAL)),
@@ -151,7 +155,9 @@ impl Pcm {
         s.read_total = pos;
         // Publish: pairs with the daemon's Acquire load of audio_read (the frames before `pos`
         // are free for it to overwrite).
-        s.shm.audio_read().pos.store(pos as u32, Ordering::Release);
+        if let AudioHalf::Reader(audio) = &mut s.audio {
+            audio.consume(pos as u32);
+        }
     }
 
     /// Capture with MMAP access: the program commits (moves `appl_ptr`) without a callback, so
