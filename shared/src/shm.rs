@@ -4,6 +4,12 @@
 //! Memory the peer can write is never seen through `&[u8]`/`&T` of plain data: identity fields
 //! are read once with `read_volatile`, audio and records are copied through raw pointers, and the
 //! cursors are atomics. Runs in both processes. RT: the accessors yes; create/map no.
+//!
+//! Ownership by type: a side splits its mapping ([`StreamShm::into_client`],
+//! [`StreamShm::into_daemon`]) into the halves it may write through, each taking `&mut self`
+//! where it writes: [`RecordSender`] / [`RecordReceiver`] (one per message ring, owning the
+//! side's private ring position), [`AudioWriter`] / [`AudioReader`] (by direction), and the
+//! daemon's [`TimingWriter`]. The writing methods of `StreamShm` itself are crate-private.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -56,9 +62,10 @@ pub enum Ring {
     DaemonToClient,
 }
 
-/// One side's private position in a message ring (rtrb's cached own cursor).
+/// One side's private position in a message ring (rtrb's cached own cursor), owned by the
+/// ring's [`RecordSender`] or [`RecordReceiver`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RingEnd {
+pub(crate) struct RingEnd {
     pos: u32,
 }
 
@@ -66,7 +73,7 @@ impl RingEnd {
     /// The private position (records taken or put so far, modulo 2^32). The copy of it in the
     /// shared header may have been rewritten by the peer; this one cannot.
     #[must_use]
-    pub fn pos(self) -> u32 {
+    pub(crate) fn pos(self) -> u32 {
         self.pos
     }
 }
@@ -566,7 +573,7 @@ impl RecordSender {
     #[must_use]
     #[inline]
     pub fn pos(&self) -> u32 {
-        self.end.pos
+        self.end.pos()
     }
 
     /// The consumer's cursor (its `sleeping` flag says the consumer waits for records).
@@ -601,7 +608,7 @@ impl RecordReceiver {
     #[must_use]
     #[inline]
     pub fn pos(&self) -> u32 {
-        self.end.pos
+        self.end.pos()
     }
 
     /// The producer's cursor (read its `pos` with Acquire before trusting the records).
