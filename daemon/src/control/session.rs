@@ -304,9 +304,9 @@ impl Server {
             self.reply(fd, &SocketMsg::Refused { errno: r.errno as u32, reason: r.reason });
             return Ok(());
         }
-        // Checked once, and nothing the client does to them later matters: every send and
-        // receive on them is non-blocking by its own flags (see `shmix_shared::wakefd`).
-        let uid = self.clients[i].uid;
+        // Checked once (their kind and their creator's uid cannot change), and nothing the client
+        // does to them later matters: every send and receive on them is non-blocking by its own
+        // flags (see `shmix_shared::wakefd`).
         let client_wake = WakeFd::adopt(client_wake, uid).map_err(|e| Disconnect(format!("client_wake: {e}")))?;
         let daemon_wake = WakeFd::adopt(daemon_wake, uid).map_err(|e| Disconnect(format!("daemon_wake: {e}")))?;
         let shm = StreamShm::map_peer(&memfd, layout).map_err(|e| match e {
