@@ -121,6 +121,28 @@ pub struct Config {
     /// `start <CLOCK_MONOTONIC ns> <frames in playback_file>` is appended, so a test can tell
     /// which recorded frame the card played when.
     pub clock_file: Option<PathBuf>,
+    /// `fifo` in frames, default 0 (`0..=buffer_max`): the card has fetched this many frames
+    /// ahead of its play position, like a DMA FIFO. Whenever it advances it copies the frames
+    /// from its play position up to play position + `fifo` (those the application has written)
+    /// and later plays that copy, not what the buffer holds then. A fetched frame whose bytes in
+    /// the buffer differ when it is played was rewritten too late: a FIFO violation (one per run
+    /// of consecutive changed frames; the frames are counted too). So is an application pointer
+    /// that moves back below play position + `fifo` (a rewind into fetched frames; with `batch`,
+    /// the play position is the real one, not the rounded one alsa-lib sees). Playback only.
+    pub fifo_frames: u32,
+    /// `batch`: the hardware pointer moves in whole periods only (the reported position is
+    /// rounded down to a multiple of the period size), like a BATCH device. The card still plays
+    /// and detects xruns on the real clock. Default false.
+    pub batch: bool,
+    /// `rewind`: whether the card allows rewinds. When false (the default), every backward move
+    /// of the application pointer (`snd_pcm_rewind`, seen by the card as appl_ptr going back
+    /// between two of its callbacks) is a rewind violation, as on a device with
+    /// `SNDRV_PCM_INFO_NO_REWINDS`. When true, rewinds are legal (still subject to `fifo`).
+    pub rewind: bool,
+    /// `stats_file`: rewritten (`key value` lines: `fifo_violations`, `fifo_violation_frames`,
+    /// `rewinds`, `rewind_violations`, `frames_played`) at close and, at most 4 times a second,
+    /// after violations. Counts add up over every card on this path (see `card.rs`).
+    pub stats_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -143,6 +165,10 @@ impl Default for Config {
             suspend_at_ms: None,
             suspend_ms: 200,
             clock_file: None,
+            fifo_frames: 0,
+            batch: false,
+            rewind: false,
+            stats_file: None,
         }
     }
 }
@@ -236,7 +262,8 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError::UnknownKey`] for a key it does not know, [`ConfigError::BadValue`] for a value
-    /// of the wrong type or out of range (also when `buffer_max < 2 * period_min`).
+    /// of the wrong type or out of range (also when `buffer_max < 2 * period_min` or
+    /// `fifo > buffer_max`).
     pub fn from_entries<I>(entries: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (String, Value)>,
@@ -276,6 +303,11 @@ impl Config {
                 "suspend_at_ms" => c.suspend_at_ms = Some(int_in(k, &v, 0, i64::from(u32::MAX))? as u64),
                 "suspend_ms" => c.suspend_ms = int_in(k, &v, 0, i64::from(u32::MAX))? as u64,
                 "clock_file" => c.clock_file = Some(string(k, &v)?.into()),
+                // The upper bound is buffer_max's, checked below (it may come later in the block).
+                "fifo" => c.fifo_frames = int_in(k, &v, 0, 1 << 22)? as u32,
+                "batch" => c.batch = boolean(k, &v)?,
+                "rewind" => c.rewind = boolean(k, &v)?,
+                "stats_file" => c.stats_file = Some(string(k, &v)?.into()),
                 _ => return Err(ConfigError::UnknownKey { key }),
             }
         }
@@ -284,6 +316,9 @@ impl Config {
                 "buffer_max",
                 format!("{} is less than two periods of period_min {}", c.buffer_max_frames, c.period_min_frames),
             ));
+        }
+        if c.fifo_frames > c.buffer_max_frames {
+            return Err(bad("fifo", format!("{} is outside 0..=buffer_max ({})", c.fifo_frames, c.buffer_max_frames)));
         }
         Ok(c)
     }
@@ -359,5 +394,36 @@ mod tests {
         assert!(e.to_string().contains("'xrun_every_ms'"), "{e}");
         let e = Config::from_entries([kv("gone_file", Value::Str(String::new()))]).unwrap_err();
         assert!(e.to_string().contains("'gone_file'"), "{e}");
+    }
+
+    #[test]
+    fn hardware_model_keys() {
+        let c = Config::from_entries([
+            kv("fifo", Value::Int(256)),
+            kv("batch", Value::Str("true".into())),
+            kv("rewind", Value::Int(1)),
+            kv("stats_file", Value::Str("/s".into())),
+        ])
+        .unwrap();
+        assert_eq!((c.fifo_frames, c.batch, c.rewind), (256, true, true));
+        assert_eq!(c.stats_file, Some(PathBuf::from("/s")));
+        let d = Config::default();
+        assert_eq!((d.fifo_frames, d.batch, d.rewind, d.stats_file), (0, false, false, None));
+        // fifo may be as large as buffer_max, given before or after it, but not larger.
+        let c =
+            Config::from_entries([kv("fifo", Value::Str("4096".into())), kv("buffer_max", Value::Int(4096))]).unwrap();
+        assert_eq!(c.fifo_frames, 4096);
+        let e = Config::from_entries([kv("buffer_max", Value::Int(4096)), kv("fifo", Value::Int(4097))]).unwrap_err();
+        assert!(e.to_string().contains("'fifo'"), "{e}");
+        for (k, v) in [
+            ("fifo", Value::Int(-1)),
+            ("fifo", Value::Str("lots".into())),
+            ("batch", Value::Str("maybe".into())),
+            ("rewind", Value::Int(2)),
+            ("stats_file", Value::Str(String::new())),
+        ] {
+            let e = Config::from_entries([kv(k, v)]).unwrap_err();
+            assert!(e.to_string().contains(&format!("'{k}'")), "{e}");
+        }
     }
 }

@@ -59,7 +59,7 @@ static CALLBACKS: sys::snd_pcm_ioplug_callback_t = sys::snd_pcm_ioplug_callback_
     start: Some(cb_start),
     stop: Some(cb_stop),
     pointer: Some(cb_pointer),
-    transfer: None,
+    transfer: Some(cb_transfer),
     close: Some(cb_close),
     hw_params: Some(cb_hw_params),
     hw_free: None,
@@ -99,7 +99,9 @@ impl Plugin {
         self.card.lock().map_err(|_| Errno(libc::EIO))
     }
 
-    /// alsa-lib's side of the stream right now.
+    /// alsa-lib's side of the stream right now. Callbacks read it holding the card's lock, so
+    /// that successive reads are ordered and appl_ptr only reads as going back after a real
+    /// rewind (a read taken before the lock could be older than one another thread took later).
     fn view(&self) -> IoView {
         // SAFETY: `self.io` is live while callbacks run. appl_ptr and state are plain integers that
         // alsa-lib updates (under its lock, which some callbacks run without): a volatile read
@@ -118,8 +120,14 @@ impl Plugin {
     fn area(&self) -> Result<Area, Errno> {
         // SAFETY: `self.io` is live; hw_params has run (prepare comes after it), so these fields
         // are filled; snd_pcm_ioplug_mmap_areas only reads the pcm.
-        let (areas, channels, buffer_frames) =
-            unsafe { (sys::snd_pcm_ioplug_mmap_areas(self.io), (*self.io).channels, (*self.io).buffer_size) };
+        let (areas, channels, buffer_frames, period_frames) = unsafe {
+            (
+                sys::snd_pcm_ioplug_mmap_areas(self.io),
+                (*self.io).channels,
+                (*self.io).buffer_size,
+                (*self.io).period_size,
+            )
+        };
         if areas.is_null() || channels == 0 {
             return Err(Errno(libc::EBADFD));
         }
@@ -136,7 +144,7 @@ impl Plugin {
         if base.is_null() || !interleaved {
             return Err(Errno(libc::EINVAL));
         }
-        Ok(Area { base: base.cast(), frames: frames(buffer_frames) })
+        Ok(Area { base: base.cast(), frames: frames(buffer_frames), period_frames: frames(period_frames) })
     }
 }
 
@@ -146,8 +154,9 @@ unsafe extern "C" fn cb_start(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| {
+        let mut card = p.lock()?;
         let view = p.view();
-        p.lock()?.start(now_ns(), view).map(|()| 0)
+        card.start(now_ns(), view).map(|()| 0)
     })
 }
 
@@ -157,8 +166,9 @@ unsafe extern "C" fn cb_stop(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| {
+        let mut card = p.lock()?;
         let view = p.view();
-        p.lock()?.stop(now_ns(), view);
+        card.stop(now_ns(), view);
         Ok(0)
     })
 }
@@ -169,8 +179,9 @@ unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| {
+        let mut card = p.lock()?;
         let view = p.view();
-        match p.lock()?.pointer(now_ns(), view) {
+        match card.pointer(now_ns(), view) {
             Ok(pos) => Ok(pos as c_long),
             Err(PointerError::Xrun) => Err(Errno(libc::EPIPE)),
             Err(e @ (PointerError::Gone | PointerError::Suspended)) => {
@@ -188,6 +199,31 @@ unsafe extern "C" fn cb_pointer(io: *mut sys::snd_pcm_ioplug_t) -> sys::snd_pcm_
                 Ok(unsafe { std::ptr::addr_of!((*io).hw_ptr).read_volatile() } as c_long)
             }
         }
+    })
+}
+
+/// alsa-lib calls `transfer` in `snd_pcm_mmap_commit` of an MMAP-access playback (before it moves
+/// appl_ptr) and in `mmap_begin` of an MMAP-access capture, also with `mmap_rw = 1`
+/// (pcm_ioplug.c 1.2.8: `snd_pcm_ioplug_mmap_commit`, `snd_pcm_ioplug_mmap_begin_capture`); RW
+/// access never calls it. The card copies nothing here (the data is already in the buffer): it
+/// only looks at appl_ptr, so that a rewind followed by a bigger mmap write is seen. Returning
+/// `size` is what alsa-lib does without the callback.
+///
+/// # Safety
+/// See [`cb_start`]; `areas` is not used.
+unsafe extern "C" fn cb_transfer(
+    io: *mut sys::snd_pcm_ioplug_t,
+    _areas: *const sys::snd_pcm_channel_area_t,
+    _offset: sys::snd_pcm_uframes_t,
+    size: sys::snd_pcm_uframes_t,
+) -> sys::snd_pcm_sframes_t {
+    // SAFETY: alsa-lib passes the live ioplug this plugin created.
+    let p = unsafe { plugin(io) };
+    ffi_guard(|| {
+        let mut card = p.lock()?;
+        let view = p.view();
+        card.mmap_commit(now_ns(), view);
+        Ok(size as c_long)
     })
 }
 
@@ -246,8 +282,9 @@ unsafe extern "C" fn cb_prepare(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
         // The mmap areas exist from here on (hw_params -> sw_params -> snd_pcm_mmap -> prepare) and
         // change with each hw_params: take them at every prepare.
         let area = p.area()?;
+        let mut card = p.lock()?;
         let view = p.view();
-        p.lock()?.prepare(now_ns(), area, view).map(|()| 0)
+        card.prepare(now_ns(), area, view).map(|()| 0)
     })
 }
 
@@ -257,8 +294,9 @@ unsafe extern "C" fn cb_pause(io: *mut sys::snd_pcm_ioplug_t, enable: c_int) -> 
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| {
+        let mut card = p.lock()?;
         let view = p.view();
-        p.lock()?.pause(now_ns(), enable != 0, view).map(|()| 0)
+        card.pause(now_ns(), enable != 0, view).map(|()| 0)
     })
 }
 
@@ -273,8 +311,8 @@ unsafe extern "C" fn cb_poll_revents(
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| {
-        let view = p.view();
         let mut card = p.lock()?;
+        let view = p.view();
         let ready = card.poll_ready(now_ns(), view)?;
         let io_event = if card.direction() == Direction::Playback { libc::POLLOUT } else { libc::POLLIN };
         let events = match ready {
@@ -304,8 +342,8 @@ unsafe extern "C" fn cb_resume(io: *mut sys::snd_pcm_ioplug_t) -> c_int {
     // SAFETY: alsa-lib passes the live ioplug this plugin created.
     let p = unsafe { plugin(io) };
     ffi_guard(|| loop {
-        let view = p.view();
         let mut card = p.lock()?;
+        let view = p.view();
         match card.resume(now_ns(), view) {
             Ok(state) => {
                 // SAFETY: `io` is live; set_state only stores the state. resume runs without the

@@ -415,6 +415,35 @@ fn gone_file_refuses_open_until_removed() {
 }
 
 #[test]
+fn aplay_through_fifo_and_batch_card_is_bit_exact_without_violations() {
+    // aplay never rewinds or rewrites what it wrote: a 256-frame FIFO and a period-stepping
+    // pointer change neither what is played nor the counts (RW, and mmap where each commit
+    // reaches the card's `transfer`).
+    let rig = Rig::new("format S16_LE playback_file \"{dir}/rec.raw\" fifo 256 batch true stats_file \"{dir}/stats\"");
+    let data = Fmt::S16.noise(1.0, 0x5eed_000d);
+    std::fs::write(rig.path("in.wav"), wav(Fmt::S16, &data)).unwrap();
+    for mmap in [false, true] {
+        let _ = std::fs::remove_file(rig.path("rec.raw"));
+        let _ = std::fs::remove_file(rig.path("stats"));
+        let args: &[&str] = if mmap { &["-D", "card", "--mmap", "in.wav"] } else { &["-D", "card", "in.wav"] };
+        let (out, _) = rig.run("aplay", args);
+        assert!(out.status.success(), "aplay (mmap {mmap}) failed: {}", describe(&out));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("violation"), "{}", describe(&out));
+        assert_recorded_exactly(&std::fs::read(rig.path("rec.raw")).unwrap(), &data, 4);
+        let stats = std::fs::read_to_string(rig.path("stats")).expect("the card wrote no stats_file");
+        let count = |key: &str| -> u64 {
+            let line = stats.lines().find(|l| l.split_whitespace().next() == Some(key));
+            let value = line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
+            value.unwrap_or_else(|| panic!("no '{key}' in stats_file: {stats}"))
+        };
+        for key in ["fifo_violations", "fifo_violation_frames", "rewinds", "rewind_violations"] {
+            assert_eq!(count(key), 0, "mmap {mmap}: {key}: {stats}");
+        }
+        assert!(count("frames_played") >= data.len() as u64 / 4, "mmap {mmap}: {stats}");
+    }
+}
+
+#[test]
 fn plugin_file_is_found() {
     assert!(Path::new(&plugin_path()).is_file());
 }
