@@ -21,6 +21,7 @@ use shmix_daemon::io::device::{self, Device, Request};
 use shmix_daemon::io::manager::{self, Setup};
 use shmix_daemon::mix::ctl::DeviceCtl;
 use shmix_daemon::mix::realtime;
+use shmix_daemon::mix::schedule;
 use shmix_daemon::mix::thread::{MixThread, QUEUE_CAPACITY};
 use shmix_daemon::mix::{Counters, MixCore};
 use shmix_shared::eventfd::EventFd;
@@ -56,12 +57,17 @@ struct Cli {
     /// Channels [default: 2 if offered]
     #[arg(long)]
     channels: Option<u32>,
-    /// Frames per device period
-    #[arg(long, value_name = "FRAMES", default_value_t = 256)]
-    period: u32,
-    /// Periods per device buffer
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    periods: u32,
+    /// Fixed timing: frames per device period, one wakeup per period, the same latency for
+    /// every client [default: timer scheduling, the device queue following the lowest latency
+    /// the clients ask for; 256 when only --periods is given]
+    #[arg(long, value_name = "FRAMES")]
+    period: Option<u32>,
+    /// Fixed timing: periods per device buffer [default: 4 when --period is given]
+    #[arg(long, value_name = "N")]
+    periods: Option<u32>,
+    /// Timer scheduling: the longest device buffer to ask for, in ms (the device may offer less)
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    max_device_buffer_ms: u32,
     /// Resampling quality for streams whose rate differs from the device's and that ask for no
     /// quality of their own: fast, medium or high [default: medium, THD+N below -100 dB]
     #[arg(long, value_name = "QUALITY", value_parser = parse_quality)]
@@ -101,10 +107,22 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
     handshake_timeout: Option<std::time::Duration>,
     /// Stop the device after this many seconds without any stream (an idle daemon then sleeps
-    /// until a client comes; the next stream starts it again) [default: never]
+    /// until a client comes; the next stream starts it again); 0: never [default: 5]
     #[arg(long, value_name = "SECONDS", value_parser = limits::parse_seconds)]
     idle_stop: Option<std::time::Duration>,
 }
+
+/// Fixed timing's period when only --periods is given.
+const DEFAULT_PERIOD: u32 = 256;
+/// Fixed timing's periods when only --period is given.
+const DEFAULT_PERIODS: u32 = 4;
+/// Timer scheduling: the period asked of the device (its interrupt rate where period wakeups
+/// cannot be turned off, and a BATCH device's pointer step).
+const TIMER_PERIOD_HINT: u32 = 256;
+/// Timer scheduling: most frames mixed in one run (the bus size).
+const TIMER_RUN_FRAMES: u32 = 1024;
+/// `--idle-stop` unless given.
+const DEFAULT_IDLE_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn parse_format(s: &str) -> Result<SampleFormat, String> {
     SampleFormat::from_name(s).ok_or_else(|| format!("unknown sample format '{s}'"))
@@ -139,15 +157,24 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Some(d) => d.clone(),
         None => device::first_card().ok_or_else(|| anyhow!("no sound card found; pass --device"))?,
     };
-    if cli.period == 0 || cli.periods < 2 {
+    let fixed = cli.period.is_some() || cli.periods.is_some();
+    let (period, periods) = (cli.period.unwrap_or(DEFAULT_PERIOD), cli.periods.unwrap_or(DEFAULT_PERIODS));
+    if period == 0 || periods < 2 {
         return Err(anyhow!("--period must be > 0 and --periods >= 2"));
     }
+    if cli.max_device_buffer_ms < 10 {
+        return Err(anyhow!("--max-device-buffer-ms must be at least 10"));
+    }
+    // Timer scheduling asks for the period hint only as the interrupt rate (or a BATCH
+    // device's pointer step).
+    let timer_buffer_ms = (!fixed).then_some(cli.max_device_buffer_ms);
     let req = Request {
         format: cli.format,
         rate: cli.rate,
         channels: cli.channels,
-        period_frames: cli.period,
-        periods: cli.periods,
+        period_frames: if fixed { period } else { TIMER_PERIOD_HINT },
+        periods,
+        timer_buffer_ms,
     };
     let dev = match Device::open(&device_name, &req) {
         Ok(d) => Some(d),
@@ -168,8 +195,12 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 format: cli.format.unwrap_or(SampleFormat::S16Le),
                 rate: cli.rate.unwrap_or(48000),
                 channels,
-                period_frames: cli.period,
-                buffer_frames: cli.period.saturating_mul(cli.periods),
+                period_frames: req.period_frames,
+                buffer_frames: if fixed {
+                    period.saturating_mul(periods)
+                } else {
+                    cli.max_device_buffer_ms.saturating_mul(cli.rate.unwrap_or(48000) / 1000)
+                },
             };
             (p, shmix_shared::chmap::ChannelMap::standard(channels))
         }
@@ -178,7 +209,18 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         None | Some(ResampleQuality::Default) => DEFAULT_QUALITY,
         Some(q) => q,
     };
-    let spec = DeviceSpec { params: p, chmap, quality };
+    // What streams are converted for: with timer scheduling the quantum (the smallest queue
+    // step) stands for the period, and the mix runs in longer runs.
+    let spec_of = |p: shmix_shared::AudioParams, chmap| {
+        if fixed {
+            DeviceSpec { params: p, chmap, quality, run_frames: p.period_frames }
+        } else {
+            let quantum = schedule::floor_frames(p.rate);
+            let params = shmix_shared::AudioParams { period_frames: quantum, ..p };
+            DeviceSpec { params, chmap, quality, run_frames: TIMER_RUN_FRAMES.max(quantum) }
+        }
+    };
+    let spec = spec_of(p, chmap);
     // Probe the capture side once (opened for real when the first recorder starts): its
     // parameters are what capture streams are converted from. Later opens ask for exactly these.
     let capture = if dev.is_none() {
@@ -188,8 +230,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             format: Some(p.format),
             rate: Some(p.rate),
             channels: Some(p.channels),
-            period_frames: p.period_frames,
-            periods: cli.periods,
+            period_frames: req.period_frames,
+            periods,
+            timer_buffer_ms,
         };
         Some((creq, spec))
     } else {
@@ -199,8 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 format: Some(p.format),
                 rate: Some(p.rate),
                 channels: Some(p.channels),
-                period_frames: p.period_frames,
-                periods: cli.periods,
+                period_frames: req.period_frames,
+                periods,
+                timer_buffer_ms,
             },
         ) {
             Ok(c) => {
@@ -219,10 +263,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     format: Some(cp.format),
                     rate: Some(cp.rate),
                     channels: Some(cp.channels),
-                    period_frames: cp.period_frames,
-                    periods: cli.periods,
+                    period_frames: req.period_frames,
+                    periods,
+                    timer_buffer_ms,
                 };
-                Some((creq, DeviceSpec { params: cp, chmap: c.chmap(), quality }))
+                Some((creq, spec_of(cp, c.chmap())))
             }
             Err(e) => {
                 info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");
@@ -283,7 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     info!(
         "shmixd listening on {}{how} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
-         resampling {}",
+         resampling {}, {}",
         socket_path.display(),
         device_name,
         p.format,
@@ -292,13 +337,24 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         spec.chmap.positions(),
         p.period_frames,
         p.buffer_frames,
-        quality.name()
+        quality.name(),
+        match dev.as_ref().map(Device::caps) {
+            _ if fixed => "fixed timing (one wakeup per period)".to_string(),
+            Some(c) => format!(
+                "timer scheduling (queue from {} frames, follows the clients; rewind {}, batch {}, fifo {})",
+                spec.params.period_frames,
+                if c.rewind { "yes" } else { "no" },
+                if c.batch { "yes" } else { "no" },
+                c.fifo_frames
+            ),
+            None => "timer scheduling".to_string(),
+        }
     );
 
     let signals = listen::signal_fd()?;
     let counters = Arc::new(Counters::default());
     let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
-    let core = MixCore::new(p.format, Arc::clone(&dctl), p.period_frames as usize, Arc::clone(&counters));
+    let core = MixCore::new(p.format, Arc::clone(&dctl), spec.run_frames as usize, Arc::clone(&counters));
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
     let cmd_efd = eventfd()?;
@@ -319,7 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let devices_handle = std::thread::Builder::new().name("shmix-devices".into()).spawn(move || devices.run())?;
     let mix = MixThread::new(core, dev, devices_end, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
         .keep_capture_open(cli.keep_capture_open)
-        .idle_stop(cli.idle_stop.unwrap_or_default())
+        .idle_stop(cli.idle_stop.unwrap_or(DEFAULT_IDLE_STOP))
         .rt_priority(cli.rt_priority);
     let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
     // Every thread's stack, the device's buffer and the code exist now: lock them.

@@ -208,6 +208,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
         },
         chmap: ChannelMap::standard(CHANNELS),
         quality: dsp::DEFAULT_QUALITY,
+        run_frames: PERIOD as u32,
     }
 }
 

@@ -63,6 +63,7 @@ fuzz_target!(|inp: Input| {
         },
         chmap: ChannelMap::standard(2),
         quality: dsp::DEFAULT_QUALITY,
+        run_frames: PERIOD,
     };
     let (format, rate, channels) = match inp.kind % 3 {
         0 => (SampleFormat::S16Le, 48_000, 2),

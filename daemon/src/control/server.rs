@@ -276,7 +276,7 @@ impl Server {
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} lost {} reopened {} \
-             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {} | idle stops {}",
+             stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {} | idle stops {} | queue {} wake level {} late wakes {} rewound {} skew {} ppm",
             self.clients.len(),
             self.streams_attached,
             g(&c.cycles),
@@ -298,6 +298,11 @@ impl Server {
             g(&c.capture_lost),
             g(&c.capture_reopened),
             g(&c.idle_stops),
+            g(&c.queue_frames),
+            g(&c.wake_level_frames),
+            g(&c.late_wakes),
+            g(&c.rewound_frames),
+            g(&c.skew_ppm) as i64,
         );
         if crate::audit::enabled() {
             s.push_str(&format!(" | rt allocations {}", crate::audit::rt_allocations()));

@@ -264,7 +264,7 @@ impl Server {
             return refuse(
                 self,
                 format!(
-                    "buffer of {} frames is less than two device periods ({min_buffer} frames at {} Hz)",
+                    "buffer of {} frames is less than two device quanta ({min_buffer} frames at {} Hz)",
                     params.buffer_frames, params.rate
                 ),
             );
@@ -275,7 +275,10 @@ impl Server {
         let conversion = if direction.is_capture() {
             RecordPipe::new(&spec, &src_dev).map(Conversion::Record)
         } else {
-            Pipeline::new(&spec, &self.device).map(Conversion::Play)
+            // The resampler works in chunks of the stream's period (at least the quantum).
+            let chunk = u64::from(params.period_frames) * u64::from(d.rate) / u64::from(params.rate.max(1));
+            Pipeline::with_chunk(&spec, &self.device, usize::try_from(chunk).unwrap_or(usize::MAX))
+                .map(Conversion::Play)
         };
         let conversion = match conversion {
             Ok(c) => c,
@@ -339,6 +342,7 @@ impl Server {
             }
         };
         let mut stream = stream;
+        stream.set_ask(params.period_frames, params.rate, d.rate);
         let c = &self.clients[i];
         stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params));
         self.notify(Target::Stream(id));

@@ -1,7 +1,7 @@
 //! One playback stream's conversion pipeline, built on the control thread when the stream is set
 //! up and run by the mix thread without allocating: ring bytes in the stream's format -> f32 (one
 //! tight loop per format, `convert::decoder`) -> resample to the device rate with rubato when the
-//! rates differ (fixed output = the device period, `process_into_buffer` only) -> remap channels
+//! rates differ (fixed output = one chunk of device frames, `process_into_buffer` only) -> remap channels
 //! by channel map into the device's layout -> the stream's gain with a short linear ramp -> added
 //! into the f32 mix bus.
 //! Built on the control thread (RT: no); `Pipeline::mix` and friends run on the mix thread
@@ -50,7 +50,10 @@ pub struct Pipeline {
     ratio: f64,
     /// The resampler's delay in device frames.
     delay: usize,
-    period: usize,
+    /// Device frames the resampler makes per call (its fixed output chunk).
+    chunk: usize,
+    /// Most device frames one [`Pipeline::mix`] call handles (the mix core's run).
+    run: usize,
     raw: Vec<u8>,
     dec: Vec<f32>,
     rs_out: Vec<f32>,
@@ -79,17 +82,28 @@ impl fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Builds everything the stream needs to be mixed into `dev`. Control thread.
+    /// Builds everything the stream needs to be mixed into `dev`, the resampler making one
+    /// device quantum per call. Control thread.
     ///
     /// # Errors
     /// A parameter the daemon cannot serve (reason as text).
     pub fn new(s: &StreamSpec, dev: &DeviceSpec) -> Result<Self, String> {
+        Self::with_chunk(s, dev, dev.params.period_frames as usize)
+    }
+
+    /// As [`Pipeline::new`], the resampler making `chunk` device frames per call (clamped to
+    /// the device quantum and the mix run): a stream with long periods resamples in long chunks.
+    ///
+    /// # Errors
+    /// A parameter the daemon cannot serve (reason as text).
+    pub fn with_chunk(s: &StreamSpec, dev: &DeviceSpec, chunk: usize) -> Result<Self, String> {
         let d = dev.params;
         let sc = s.chmap.channels() as usize;
         let dc = d.channels as usize;
-        let period = d.period_frames as usize;
-        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::ToDevice)?;
-        let max_in = resampler.as_ref().map_or(period, |r| r.input_frames_max().max(period));
+        let run = dev.run_frames.max(d.period_frames).max(1) as usize;
+        let chunk = chunk.clamp(d.period_frames.max(1) as usize, run);
+        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::ToDevice, chunk)?;
+        let max_in = resampler.as_ref().map_or(run, |r| r.input_frames_max().max(run));
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         let ramp = (u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize;
         Ok(Self {
@@ -103,10 +117,11 @@ impl Pipeline {
             quality,
             ratio,
             delay,
-            period,
+            chunk,
+            run,
             raw: vec![0; max_in * frame_bytes],
             dec: vec![0.0; max_in * sc],
-            rs_out: vec![0.0; if resampler.is_some() { period * sc } else { 0 }],
+            rs_out: vec![0.0; if resampler.is_some() { chunk * sc } else { 0 }],
             resampler,
             rs_pos: 0,
             rs_len: 0,
@@ -138,10 +153,10 @@ impl Pipeline {
         self.dc
     }
 
-    /// Largest run it can mix at once (the device period).
+    /// Largest run it can mix at once (the mix core's run).
     #[must_use]
     pub fn max_frames(&self) -> usize {
-        self.period
+        self.run
     }
 
     /// Bytes per stream frame.
@@ -254,7 +269,7 @@ impl Pipeline {
         (self.decode)(bytes, &mut self.dec[..k * self.sc]);
     }
 
-    /// Adds up to `n` device frames (n <= the device period) of this stream into `bus`
+    /// Adds up to `n` device frames (n <= the mix run) of this stream into `bus`
     /// (`n` x device channels), taking stream frames from the ring at `read_count`, of which
     /// `fill` are there. `draining`: the end of the stream is in the ring (a short ring is not an
     /// underrun; the resampler's tail is flushed). RT: yes.
@@ -269,7 +284,7 @@ impl Pipeline {
     ) -> Taken {
         let (sc, dc) = (self.sc, self.dc);
         let fill = fill as usize;
-        let n = n.min(self.period);
+        let n = n.min(self.run);
         if self.resampler.is_none() {
             let k = fill.min(n);
             if k > 0 {
@@ -304,12 +319,12 @@ impl Pipeline {
                 consumed += k;
                 let Some(rs) = self.resampler.as_deref_mut() else { break };
                 let input = InterleavedSlice::new(&self.dec[..k * sc], sc, k);
-                let output = InterleavedSlice::new_mut(&mut self.rs_out[..], sc, self.period);
+                let output = InterleavedSlice::new_mut(&mut self.rs_out[..], sc, self.chunk);
                 let (Ok(input), Ok(mut output)) = (input, output) else { break };
                 let idx = Indexing { partial_len: (k < need).then_some(k), ..Indexing::default() };
                 self.rs_pos = 0;
                 self.rs_len = match rs.process_into_buffer(&input, &mut output, Some(&idx)) {
-                    Ok((_, out)) => out.min(self.period),
+                    Ok((_, out)) => out.min(self.chunk),
                     Err(_) => 0,
                 };
                 if self.rs_len == 0 {

@@ -1,6 +1,6 @@
 //! A recording stream's conversion (capture and monitor): device bytes -> f32 -> remap from the
 //! device's layout to the stream's channel map -> resample device rate -> stream rate (rubato,
-//! fixed input = the device period, `process_into_buffer` only) -> the stream's format. A stream
+//! fixed input = one quantum of device frames, `process_into_buffer` only) -> the stream's format. A stream
 //! in the device's format, rate and layout gets the device's bytes unchanged (bit-exact).
 //! Built on the control thread; [`RecordPipe::convert`] runs on the mix thread (RT: yes — no
 //! allocation, no locks, no syscalls).
@@ -20,7 +20,7 @@ use super::stage::{Flow, Stage};
 
 /// A recording stream's conversion (capture and monitor): device bytes -> f32 -> remap from the
 /// device's layout to the stream's channel map -> resample device rate -> stream rate (rubato,
-/// fixed input = the device period, `process_into_buffer` only) -> the stream's format. A stream
+/// fixed input = one quantum of device frames, `process_into_buffer` only) -> the stream's format. A stream
 /// in the device's format, rate and layout gets the device's bytes unchanged (bit-exact).
 /// Built on the control thread; [`RecordPipe::convert`] runs on the mix thread (RT: yes — no
 /// allocation, no locks, no syscalls).
@@ -39,9 +39,12 @@ pub struct RecordPipe {
     ratio: f64,
     /// The resampler's delay in stream frames.
     delay: usize,
-    period: usize,
+    /// Device frames the resampler takes per call (its fixed input chunk).
+    chunk: usize,
+    /// Most device frames one [`RecordPipe::convert`] call takes.
+    run: usize,
     dec: Vec<f32>,
-    /// Remapped input waiting for a whole device period (resampling only).
+    /// Remapped input waiting for a whole chunk (resampling only).
     pend: Vec<f32>,
     pend_len: usize,
     rs_out: Vec<f32>,
@@ -73,9 +76,13 @@ impl RecordPipe {
         let d = dev.params;
         let sc = s.chmap.channels() as usize;
         let dc = d.channels as usize;
-        let period = d.period_frames as usize;
-        let Stage { remap, passthrough, quality, resampler, ratio, delay } = Stage::new(s, dev, Flow::FromDevice)?;
-        let max_out = resampler.as_ref().map_or(period, |r| r.output_frames_max().max(period));
+        let run = dev.run_frames.max(d.period_frames).max(1) as usize;
+        let chunk = d.period_frames.max(1) as usize;
+        let Stage { remap, passthrough, quality, resampler, ratio, delay } =
+            Stage::new(s, dev, Flow::FromDevice, chunk)?;
+        // One call may complete a chunk per `chunk` frames of input, plus the one pending.
+        let calls = run.div_ceil(chunk) + 1;
+        let max_out = resampler.as_ref().map_or(run, |r| (r.output_frames_max() * calls).max(run));
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         Ok(Self {
             dc,
@@ -90,9 +97,10 @@ impl RecordPipe {
             resampler,
             ratio,
             delay,
-            period,
-            dec: vec![0.0; period * dc],
-            pend: vec![0.0; period * sc],
+            chunk,
+            run,
+            dec: vec![0.0; run.max(chunk) * dc],
+            pend: vec![0.0; run.max(chunk) * sc],
             pend_len: 0,
             rs_out: vec![0.0; max_out * sc],
             out: vec![0; max_out * frame_bytes],
@@ -166,12 +174,12 @@ impl RecordPipe {
         ((device_queued + self.pend_len as u64) as f64 * self.ratio).ceil() as u64 + self.delay as u64
     }
 
-    /// Converts one run of device frames (`src`, whole device frames, at most one device period)
+    /// Converts one run of device frames (`src`, whole device frames, at most the mix run)
     /// into the stream's format; returns the stream frames ready (possibly none while the
     /// resampler waits for a whole period). RT: yes.
     pub fn convert<'a>(&'a mut self, src: &'a [u8]) -> &'a [u8] {
         let (dc, sc) = (self.dc, self.sc);
-        let k = (src.len() / self.dev_frame_bytes).min(self.period);
+        let k = (src.len() / self.dev_frame_bytes).min(self.run);
         if self.passthrough && self.gain.is_unity() {
             // Metering only: the bytes go out unchanged.
             (self.decode)(&src[..k * self.dev_frame_bytes], &mut self.dec[..k * dc]);
@@ -190,7 +198,7 @@ impl RecordPipe {
         let mut out_len = 0;
         let mut i = 0;
         while i < k {
-            let m = (k - i).min(self.period - self.pend_len);
+            let m = (k - i).min(self.chunk - self.pend_len);
             let bytes = &src[i * self.dev_frame_bytes..(i + m) * self.dev_frame_bytes];
             (self.decode)(bytes, &mut self.dec[..m * dc]);
             let dst = &mut self.pend[self.pend_len * sc..(self.pend_len + m) * sc];
@@ -199,11 +207,11 @@ impl RecordPipe {
             self.peak = fmax(self.peak, peak_of(dst));
             self.pend_len += m;
             i += m;
-            if self.pend_len == self.period {
+            if self.pend_len == self.chunk {
                 self.pend_len = 0;
                 let Some(rs) = self.resampler.as_deref_mut() else { break };
                 let room = self.rs_out.len() / sc - out_len;
-                let input = InterleavedSlice::new(&self.pend[..], sc, self.period);
+                let input = InterleavedSlice::new(&self.pend[..self.chunk * sc], sc, self.chunk);
                 let output = InterleavedSlice::new_mut(&mut self.rs_out[out_len * sc..], sc, room);
                 let (Ok(input), Ok(mut output)) = (input, output) else { break };
                 if let Ok((_, n)) = rs.process_into_buffer(&input, &mut output, None) {

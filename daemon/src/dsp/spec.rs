@@ -15,8 +15,14 @@ pub const DEFAULT_QUALITY: ResampleQuality = ResampleQuality::Medium;
 /// default resampling quality (never `Default`).
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceSpec {
-    /// The device's format, rate, channels, period and buffer.
+    /// The device's format, rate, channels and buffer; `period_frames` is the quantum: the
+    /// device period with fixed timing, the smallest queue step with timer scheduling (what
+    /// clients are told, two of which make the smallest stream buffer, and a resampler's
+    /// smallest chunk).
     pub params: AudioParams,
+    /// Most device frames one mix or record call handles (the bus size): the device period with
+    /// fixed timing, a longer run with timer scheduling.
+    pub run_frames: u32,
     /// The device's channel map (`snd_pcm_get_chmap`, else the standard map).
     pub chmap: ChannelMap,
     /// `--resample-quality`.

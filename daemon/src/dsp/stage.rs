@@ -32,7 +32,7 @@ pub(super) struct Stage {
 }
 
 impl Stage {
-    pub(super) fn new(s: &StreamSpec, dev: &DeviceSpec, flow: Flow) -> Result<Self, String> {
+    pub(super) fn new(s: &StreamSpec, dev: &DeviceSpec, flow: Flow, chunk: usize) -> Result<Self, String> {
         let d = dev.params;
         if dev.chmap.channels() != d.channels {
             return Err(format!("device map has {} channels, device {}", dev.chmap.channels(), d.channels));
@@ -46,7 +46,7 @@ impl Stage {
             (None, 1.0, 0)
         } else {
             let channels = s.chmap.channels() as usize;
-            let r = build_resampler_fixed(quality, from, to, d.period_frames as usize, channels, fixed)?;
+            let r = build_resampler_fixed(quality, from, to, chunk, channels, fixed)?;
             let delay = r.output_delay();
             (Some(Box::new(r)), f64::from(to) / f64::from(from), delay)
         };

@@ -47,6 +47,19 @@ fn check<T: Into<i64> + Copy>(func: &'static str, r: T) -> Result<T, AlsaError> 
         Ok(r)
     }
 }
+/// What the scheduler may do with a device, found when it is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Opened for timer scheduling (long buffer, no period wakeups).
+    pub timer: bool,
+    /// Frames queued on it may be rewritten (`snd_pcm_rewind`).
+    pub rewind: bool,
+    /// Its pointer moves in whole periods only.
+    pub batch: bool,
+    /// Frames it fetches ahead of its play position (never to be rewritten).
+    pub fifo_frames: u32,
+}
+
 /// An open playback PCM, configured for mmap interleaved access.
 #[derive(Debug)]
 pub struct Device {
@@ -56,6 +69,7 @@ pub struct Device {
     chmap: ChannelMap,
     frame_bytes: usize,
     capture: bool,
+    caps: Caps,
 }
 
 // SAFETY: alsa-lib PCM handles may be used from any thread as long as calls are not concurrent;
@@ -73,6 +87,33 @@ impl Device {
     #[must_use]
     pub fn params(&self) -> AudioParams {
         self.params
+    }
+
+    /// What the scheduler may do with it.
+    #[must_use]
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    /// Frames queued that may be taken back (`snd_pcm_rewindable`). RT: yes.
+    ///
+    /// # Errors
+    /// The alsa-lib error.
+    pub fn rewindable(&self) -> Result<usize, AlsaError> {
+        // SAFETY: `pcm` is open.
+        let r = check("snd_pcm_rewindable", unsafe { sys::snd_pcm_rewindable(self.pcm) })?;
+        Ok(r as usize)
+    }
+
+    /// Takes back up to `frames` queued frames (`snd_pcm_rewind`); returns how many it took.
+    /// RT: yes.
+    ///
+    /// # Errors
+    /// The alsa-lib error.
+    pub fn rewind(&mut self, frames: usize) -> Result<usize, AlsaError> {
+        // SAFETY: `pcm` is open.
+        let r = check("snd_pcm_rewind", unsafe { sys::snd_pcm_rewind(self.pcm, frames as sys::snd_pcm_uframes_t) })?;
+        Ok(r as usize)
     }
 
     /// The name it was opened with.
@@ -257,16 +298,17 @@ impl Device {
         self.start()
     }
 
-    /// Fills everything the device can take with silence (before a start); returns the frames.
+    /// Fills the device with silence (before a start), up to `limit` frames; returns the
+    /// frames.
     ///
     /// # Errors
     /// The alsa-lib error.
-    pub fn prefill_silence(&mut self) -> Result<usize, AlsaError> {
+    pub fn prefill_silence(&mut self, limit: usize) -> Result<usize, AlsaError> {
         let format = self.params.format;
         let fb = self.frame_bytes;
         let mut total = 0;
         loop {
-            let avail = self.avail_update()?;
+            let avail = self.avail_update()?.min(limit - total);
             if avail == 0 {
                 return Ok(total);
             }
@@ -281,14 +323,14 @@ impl Device {
         }
     }
 
-    /// Prepare, prefill with silence and start: from a fresh open or after an xrun. Returns the
-    /// frames of silence queued.
+    /// Prepare, prefill with up to `prefill` frames of silence and start: from a fresh open or
+    /// after an xrun. Returns the frames of silence queued.
     ///
     /// # Errors
     /// The alsa-lib error.
-    pub fn restart(&mut self) -> Result<usize, AlsaError> {
+    pub fn restart(&mut self, prefill: usize) -> Result<usize, AlsaError> {
         self.prepare()?;
-        let n = self.prefill_silence()?;
+        let n = self.prefill_silence(prefill)?;
         self.start()?;
         Ok(n)
     }

@@ -189,7 +189,15 @@ impl Side {
             Device::open(&s.name, &s.req)
         }
         .map_err(Miss::Open)?;
-        if dev.params() != s.params || dev.chmap() != s.chmap {
+        // Streams were converted for the format, rate and layout; with timer scheduling the
+        // period and buffer are the device's business (fixed timing was promised its period).
+        let (got, want) = (dev.params(), s.params);
+        let same = if s.req.timer_buffer_ms.is_some() {
+            (got.format, got.rate, got.channels) == (want.format, want.rate, want.channels)
+        } else {
+            got == want
+        };
+        if !same || dev.chmap() != s.chmap {
             return Err(Miss::Setup(dev.params(), dev.chmap()));
         }
         Ok(dev)
@@ -446,7 +454,14 @@ mod tests {
     fn refused() -> Setup {
         Setup {
             name: "shmix".into(),
-            req: Request { format: None, rate: None, channels: None, period_frames: 256, periods: 4 },
+            req: Request {
+                format: None,
+                rate: None,
+                channels: None,
+                period_frames: 256,
+                periods: 4,
+                timer_buffer_ms: None,
+            },
             params: AudioParams {
                 format: SampleFormat::S16Le,
                 rate: 48_000,

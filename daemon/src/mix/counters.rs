@@ -49,6 +49,17 @@ pub struct Counters {
     pub idle_stops: AtomicU64,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
+    /// Timer scheduling: the device queue's fill level after the last wake, in frames.
+    pub queue_frames: AtomicU64,
+    /// Timer scheduling: the wake level after the last wake, in frames.
+    pub wake_level_frames: AtomicU64,
+    /// Timer scheduling: wakes that found less than half the margin left (the margin grew).
+    pub late_wakes: AtomicU64,
+    /// Timer scheduling: the card clock's estimated skew against CLOCK_MONOTONIC, in ppm,
+    /// stored as `i64` bits.
+    pub skew_ppm: AtomicU64,
+    /// Frames taken back from the device and mixed again (rewinds).
+    pub rewound_frames: AtomicU64,
     /// Times a stream's wakeups were muted until the next device period (it woke the mix thread,
     /// or flooded a full ring of records in one cycle).
     pub wakes_muted: AtomicU64,

@@ -140,6 +140,12 @@ impl MixCore {
         &self.counters
     }
 
+    /// Most frames one [`MixCore::mix`] call writes.
+    #[must_use]
+    pub fn max_frames(&self) -> usize {
+        self.max_frames
+    }
+
     /// Bytes per device frame.
     #[must_use]
     pub fn frame_bytes(&self) -> usize {
@@ -229,6 +235,35 @@ impl MixCore {
                 s.woke = true;
             }
         }
+    }
+
+    /// The smallest latency a running stream (playing, draining or recording) asks for, in
+    /// device frames; `None` when nothing runs. RT: yes.
+    #[must_use]
+    pub fn asked(&self) -> Option<u32> {
+        self.streams
+            .iter()
+            .filter(|s| s.violation.is_none() && matches!(s.state, State::Running | State::Draining))
+            .map(|s| s.ask_frames)
+            .min()
+    }
+
+    /// Frames handed to the playback device since it was opened (mixed and silence).
+    #[must_use]
+    pub fn device_pos(&self) -> u64 {
+        self.device_pos
+    }
+
+    /// Device frames until the earliest draining stream's last frame is played, given that
+    /// `device_queued` are queued (`None`: no stream waits for that). RT: yes.
+    #[must_use]
+    pub fn drain_wait_frames(&self, device_queued: u64) -> Option<u64> {
+        let played = self.device_pos.saturating_sub(device_queued);
+        self.streams
+            .iter()
+            .filter(|s| s.violation.is_none() && s.state == State::DrainingDevice)
+            .map(|s| s.drain_until.saturating_sub(played))
+            .min()
     }
 
     /// True when some stream is muted (the wait must then end within [`MUTE_MAX_MS`]).

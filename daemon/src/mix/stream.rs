@@ -76,6 +76,9 @@ pub struct Stream {
     pub(super) muted: bool,
     /// Volume in, levels and figures out (shared with the control thread; atomics only).
     pub(super) ctl: Arc<StreamCtl>,
+    /// The latency it asks for, in device frames: its period (its wakeup interval) at the
+    /// device's rate. The smallest ask of the running streams sets the device queue.
+    pub(super) ask_frames: u32,
 }
 
 /// What a stream does, and the conversion that goes with it.
@@ -142,7 +145,21 @@ impl Stream {
             woke: false,
             muted: false,
             ctl: Arc::new(StreamCtl::default()),
+            ask_frames: u32::MAX,
         }
+    }
+
+    /// The latency the stream asks for: its period of `period_frames` at `stream_rate`, on a
+    /// device of `device_rate` (control thread, before the stream is added).
+    pub fn set_ask(&mut self, period_frames: u32, stream_rate: u32, device_rate: u32) {
+        let f = u64::from(period_frames) * u64::from(device_rate) / u64::from(stream_rate.max(1));
+        self.ask_frames = u32::try_from(f).unwrap_or(u32::MAX).max(1);
+    }
+
+    /// The latency asked, in device frames (`u32::MAX`: none).
+    #[must_use]
+    pub fn ask_frames(&self) -> u32 {
+        self.ask_frames
     }
 
     /// Shares `ctl` with the control thread and starts at its volume without a ramp (control

@@ -1,12 +1,13 @@
-//! The real-time mix thread: one per device. Waits in one `poll` on the devices' descriptors, the
-//! command eventfd, the device manager's eventfd and every stream's daemon_wake socket; handles
-//! commands from the control thread, the streams' control records, then fills the playback device
-//! period by period through its mmap area (`mixer::MixCore::mix`) and reads the capture device
-//! into the recorders (`devices`). Retired streams and a failure of the device go back to the
+//! The real-time mix thread: one per device. Waits in one `ppoll` on the devices' descriptors,
+//! the command eventfd, the device manager's eventfd and every stream's daemon_wake socket, until
+//! the timer scheduling's deadline (`schedule`) at most; handles commands from the control
+//! thread, the streams' control records, then fills the playback device through its mmap area
+//! (`mixer::MixCore::mix`): up to its fill level with timer scheduling, period by period with
+//! fixed timing; and reads the capture device into the recorders (`devices`). Retired streams and a failure of the device go back to the
 //! control thread through a lock-free queue; statistics through atomics. Devices are opened,
 //! reopened and closed by the device manager (`io::manager`), never here.
 //! Runs on the mix thread. RT: yes (everything inside `cycle`): no allocation, no locks, no
-//! logging; syscalls: poll, the device's own, reads/writes of its own eventfds, and non-blocking
+//! logging; syscalls: ppoll, the device's own, reads/writes of its own eventfds, and non-blocking
 //! sends/receives on the streams' wake sockets (`shmix_shared::wakefd`).
 
 use std::os::fd::AsRawFd;
@@ -18,6 +19,7 @@ use crate::audit;
 use crate::io::device::{AlsaError, Device};
 use crate::io::manager;
 use crate::mix::realtime;
+use crate::mix::schedule::Schedule;
 use crate::mix::{MixCore, Stream, MAX_STREAMS, MUTE_MAX_MS};
 use shmix_shared::clock::now_ns;
 use shmix_shared::eventfd::EventFd;
@@ -91,6 +93,11 @@ pub struct MixThread {
     idle_since_ns: Option<u64>,
     /// The device is stopped for idleness; the next stream starts it again.
     idle_stopped: bool,
+    /// Timer scheduling of the playback device (opened for it); `None`: one wakeup per device
+    /// period.
+    sched: Option<Schedule>,
+    /// CLOCK_MONOTONIC ns at which the timer wants the thread awake (timer scheduling).
+    wake_at_ns: Option<u64>,
 }
 
 impl MixThread {
@@ -126,6 +133,8 @@ impl MixThread {
             rt_priority: DEFAULT_RT_PRIORITY,
             idle_since_ns: None,
             idle_stopped: false,
+            sched: None,
+            wake_at_ns: None,
         }
     }
 
@@ -200,19 +209,33 @@ impl MixThread {
         let nfds = dn + 2 + nstreams;
         // A suspended device is retried every 10 ms (its fds may not signal the resume). A
         // vanished one is waited for on the manager's eventfd.
-        let timeout = if ready {
-            0
+        const MS: u64 = 1_000_000;
+        let mut timeout: Option<u64> = if ready {
+            Some(0)
         } else if self.play.suspended || self.cap.suspended {
-            10
+            Some(10 * MS)
         } else {
-            -1
+            None
         };
         // A muted stream (it woke us this period already) is heard again within MUTE_MAX_MS even
         // when no device period comes.
         let muted = self.core.any_muted();
-        let timeout = if muted && !(0..=MUTE_MAX_MS).contains(&timeout) { MUTE_MAX_MS } else { timeout };
-        // SAFETY: `pfds` holds at least `nfds` initialised entries and outlives the call.
-        let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), nfds as libc::nfds_t, timeout) };
+        if muted {
+            timeout = Some(timeout.map_or(MUTE_MAX_MS as u64 * MS, |t| t.min(MUTE_MAX_MS as u64 * MS)));
+        }
+        // Timer scheduling: the queue reaches its wake level then.
+        if let Some(at) = self.wake_at_ns {
+            let t = at.saturating_sub(now_ns());
+            timeout = Some(timeout.map_or(t, |o| o.min(t)));
+        }
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: (t / 1_000_000_000) as libc::time_t,
+            tv_nsec: (t % 1_000_000_000) as libc::c_long,
+        });
+        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `pfds` holds at least `nfds` initialised entries and outlives the call; `tsp`
+        // is null or points at `ts`, alive across the call; no signal mask is changed.
+        let r = unsafe { libc::ppoll(self.pfds.as_mut_ptr(), nfds as libc::nfds_t, tsp, std::ptr::null()) };
         if r < 0 {
             // EINTR: just go round.
             return Ok(false);
@@ -277,6 +300,7 @@ impl MixThread {
         if let Some(dev) = self.play.dev.as_deref() {
             dev.stop()?;
         }
+        self.wake_at_ns = None;
         self.play.clear_fds(&mut self.pfds);
         self.play.suspended = false;
         self.idle_stopped = true;

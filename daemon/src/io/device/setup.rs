@@ -13,7 +13,7 @@ use alsa_sys as sys;
 use shmix_shared::chmap::{self, ChannelMap};
 use shmix_shared::{AudioParams, SampleFormat};
 
-use super::{check, AlsaError, Device};
+use super::{check, AlsaError, Caps, Device};
 use crate::dsp::convert;
 
 /// What the command line asked for; `None` means "the device's own choice".
@@ -25,10 +25,15 @@ pub struct Request {
     pub rate: Option<u32>,
     /// Channels.
     pub channels: Option<u32>,
-    /// Frames per period.
+    /// Frames per period (fixed timing; with `timer_buffer_ms` only a hint for the device's
+    /// interrupt and BATCH granularity).
     pub period_frames: u32,
-    /// Periods per buffer.
+    /// Periods per buffer (fixed timing).
     pub periods: u32,
+    /// Timer scheduling: the device buffer as long as it allows up to this many ms, period
+    /// wakeups off where it can, and no wakeup from the device until it runs dry (the mix
+    /// thread wakes on its own clock). `None`: fixed timing, one wakeup per device period.
+    pub timer_buffer_ms: Option<u32>,
 }
 
 /// Device setup errors (control thread, startup only).
@@ -170,6 +175,7 @@ impl Device {
             chmap: ChannelMap::standard(1),
             frame_bytes: 0,
             capture,
+            caps: Caps::default(),
         };
         dev.refuse_shmix()?;
         dev.configure(req)?;
@@ -274,17 +280,49 @@ impl Device {
         }
         let mut period: sys::snd_pcm_uframes_t = sys::snd_pcm_uframes_t::from(req.period_frames);
         let mut dir: libc::c_int = 0;
-        // SAFETY: as noted at the top of `configure`.
-        check("snd_pcm_hw_params_set_period_size_near", unsafe {
-            sys::snd_pcm_hw_params_set_period_size_near(pcm, hwp, &mut period, &mut dir)
-        })?;
-        let mut buffer: sys::snd_pcm_uframes_t = period * sys::snd_pcm_uframes_t::from(req.periods.max(2));
-        // SAFETY: as noted at the top of `configure`.
-        check("snd_pcm_hw_params_set_buffer_size_near", unsafe {
-            sys::snd_pcm_hw_params_set_buffer_size_near(pcm, hwp, &mut buffer)
-        })?;
+        let mut buffer: sys::snd_pcm_uframes_t;
+        if let Some(ms) = req.timer_buffer_ms {
+            // Timer scheduling: the longest buffer up to `ms` first, then the period nearest the
+            // hint (it only sets the interrupt rate, or a BATCH device's pointer steps).
+            let mut rate_now: libc::c_uint = 0;
+            // SAFETY: as noted at the top of `configure`.
+            check("snd_pcm_hw_params_get_rate", unsafe {
+                sys::snd_pcm_hw_params_get_rate(hwp, &mut rate_now, &mut dir)
+            })?;
+            buffer = (u64::from(ms) * u64::from(rate_now) / 1000).max(2 * u64::from(req.period_frames))
+                as sys::snd_pcm_uframes_t;
+            // SAFETY: as noted at the top of `configure`.
+            check("snd_pcm_hw_params_set_buffer_size_near", unsafe {
+                sys::snd_pcm_hw_params_set_buffer_size_near(pcm, hwp, &mut buffer)
+            })?;
+            // SAFETY: as noted at the top of `configure`.
+            check("snd_pcm_hw_params_set_period_size_near", unsafe {
+                sys::snd_pcm_hw_params_set_period_size_near(pcm, hwp, &mut period, &mut dir)
+            })?;
+            // SAFETY: as noted at the top of `configure`.
+            if unsafe { sys::snd_pcm_hw_params_can_disable_period_wakeup(hwp) } == 1 {
+                // SAFETY: as noted at the top of `configure`.
+                check("snd_pcm_hw_params_set_period_wakeup", unsafe {
+                    sys::snd_pcm_hw_params_set_period_wakeup(pcm, hwp, 0)
+                })?;
+            }
+        } else {
+            // SAFETY: as noted at the top of `configure`.
+            check("snd_pcm_hw_params_set_period_size_near", unsafe {
+                sys::snd_pcm_hw_params_set_period_size_near(pcm, hwp, &mut period, &mut dir)
+            })?;
+            buffer = period * sys::snd_pcm_uframes_t::from(req.periods.max(2));
+            // SAFETY: as noted at the top of `configure`.
+            check("snd_pcm_hw_params_set_buffer_size_near", unsafe {
+                sys::snd_pcm_hw_params_set_buffer_size_near(pcm, hwp, &mut buffer)
+            })?;
+        }
         // SAFETY: as noted at the top of `configure`.
         check("snd_pcm_hw_params", unsafe { sys::snd_pcm_hw_params(pcm, hwp) })?;
+        // SAFETY: as noted at the top of `configure` (the installed configuration).
+        let hw_batch = unsafe { sys::snd_pcm_hw_params_is_batch(hwp) } == 1;
+        // SAFETY: as noted at the top of `configure`.
+        let hw_fifo = unsafe { sys::snd_pcm_hw_params_get_fifo_size(hwp) }.max(0);
 
         // Read back what the device settled on.
         let (mut rate, mut channels, mut dir) = (0 as libc::c_uint, 0 as libc::c_uint, 0 as libc::c_int);
@@ -317,8 +355,12 @@ impl Device {
         check("snd_pcm_sw_params_current", unsafe { sys::snd_pcm_sw_params_current(pcm, sw.0) })?;
         // SAFETY: as noted at the top of `configure`.
         check("snd_pcm_sw_params_get_boundary", unsafe { sys::snd_pcm_sw_params_get_boundary(sw.0, &mut boundary) })?;
+        // Timer scheduling: the device's descriptors wake us only when it has run dry.
+        let avail_min = if req.timer_buffer_ms.is_some() { buffer } else { period };
         // SAFETY: as noted at the top of `configure`.
-        check("snd_pcm_sw_params_set_avail_min", unsafe { sys::snd_pcm_sw_params_set_avail_min(pcm, sw.0, period) })?;
+        check("snd_pcm_sw_params_set_avail_min", unsafe {
+            sys::snd_pcm_sw_params_set_avail_min(pcm, sw.0, avail_min)
+        })?;
         // SAFETY: as noted at the top of `configure`.
         check("snd_pcm_sw_params_set_start_threshold", unsafe {
             sys::snd_pcm_sw_params_set_start_threshold(pcm, sw.0, boundary)
@@ -335,7 +377,28 @@ impl Device {
             AudioParams { format, rate, channels, period_frames: to_u32(period), buffer_frames: to_u32(buffer) };
         self.frame_bytes = self.params.frame_bytes() as usize;
         self.chmap = self.query_chmap().unwrap_or_else(|| ChannelMap::standard(channels));
+        self.caps = self.probe_caps(req.timer_buffer_ms.is_some(), hw_batch, to_u32(hw_fifo as sys::snd_pcm_uframes_t));
         Ok(())
+    }
+
+    /// What the scheduler may do with this device. A hardware PCM tells BATCH and its FIFO
+    /// itself and may be rewound unless it is BATCH (a driver that refuses a rewind is found
+    /// out when it does: see `Device::rewind`). Any other PCM (a plugin: dmix, a network
+    /// sink, a virtual card) is taken as it describes itself in its ALSA definition, keys
+    /// `rewind` (default false: a plugin that has passed frames on cannot take them back),
+    /// `batch` and `fifo` (frames fetched ahead of the play position).
+    fn probe_caps(&self, timer: bool, hw_batch: bool, hw_fifo: u32) -> Caps {
+        // SAFETY: `pcm` is open.
+        if unsafe { sys::snd_pcm_type(self.pcm) } == sys::SND_PCM_TYPE_HW {
+            return Caps { timer, rewind: !hw_batch, batch: hw_batch, fifo_frames: hw_fifo };
+        }
+        let keys = definition_keys(&self.name);
+        Caps {
+            timer,
+            rewind: keys.rewind.unwrap_or(false),
+            batch: keys.batch.unwrap_or(false),
+            fifo_frames: keys.fifo.unwrap_or(0),
+        }
     }
 
     /// The device's current channel map (`snd_pcm_get_chmap`), if it tells one that fits.
@@ -363,6 +426,59 @@ impl Device {
             .collect();
         ChannelMap::new(&pos).ok()
     }
+}
+
+/// The scheduling keys of a plugin PCM's ALSA definition (`pcm.NAME { rewind .. batch ..
+/// fifo .. }`), where present.
+#[derive(Debug, Default)]
+struct DefinitionKeys {
+    rewind: Option<bool>,
+    batch: Option<bool>,
+    fifo: Option<u32>,
+}
+
+/// Reads [`DefinitionKeys`] of the PCM `name` from alsa-lib's configuration (the one
+/// `snd_pcm_open` used). Nothing found is no key.
+fn definition_keys(name: &str) -> DefinitionKeys {
+    let mut keys = DefinitionKeys::default();
+    let Ok(cname) = CString::new(name) else { return keys };
+    let mut top = ptr::null_mut();
+    // SAFETY: out pointer to a local; a reference we release below.
+    if unsafe { sys::snd_config_update_ref(&mut top) } < 0 || top.is_null() {
+        return keys;
+    }
+    let mut def = ptr::null_mut();
+    // SAFETY: `top` is a live configuration; `def` receives a copy we delete below.
+    let found = unsafe { sys::snd_config_search_definition(top, c"pcm".as_ptr(), cname.as_ptr(), &mut def) } >= 0;
+    if found && !def.is_null() {
+        let child = |key: &CStr| {
+            let mut n = ptr::null_mut();
+            // SAFETY: `def` is a live compound node; `n` points into it while `def` lives.
+            (unsafe { sys::snd_config_search(def, key.as_ptr(), &mut n) } >= 0 && !n.is_null()).then_some(n)
+        };
+        if let Some(n) = child(c"rewind") {
+            // SAFETY: `n` is a live node of `def`.
+            let b = unsafe { sys::snd_config_get_bool(n) };
+            keys.rewind = (b >= 0).then_some(b == 1);
+        }
+        if let Some(n) = child(c"batch") {
+            // SAFETY: as above.
+            let b = unsafe { sys::snd_config_get_bool(n) };
+            keys.batch = (b >= 0).then_some(b == 1);
+        }
+        if let Some(n) = child(c"fifo") {
+            let mut v: libc::c_long = 0;
+            // SAFETY: as above; `v` is a local.
+            if unsafe { sys::snd_config_get_integer(n, &mut v) } >= 0 {
+                keys.fifo = u32::try_from(v).ok();
+            }
+        }
+        // SAFETY: the copy search_definition made, deleted once.
+        unsafe { sys::snd_config_delete(def) };
+    }
+    // SAFETY: the reference taken above, released once.
+    unsafe { sys::snd_config_unref(top) };
+    keys
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use shmix_shared::Direction;
 use super::MixThread;
 use crate::io::device::{AlsaError, Device};
 use crate::io::manager::{Answer, Ask};
+use crate::mix::schedule::Schedule;
 use crate::mix::{Counters, MixCore};
 
 /// How long one `avail_update` may take before the timing snapshot re-reads it (see
@@ -81,14 +82,38 @@ fn xruns(c: &Counters, dir: Direction) -> &AtomicU64 {
     }
 }
 
-/// Prepares and starts `dev` (playback: prefilled with silence, which the core is told).
-fn restart(dev: &mut Device, dir: Direction, core: &mut MixCore) -> Result<(), AlsaError> {
+/// Prepares and starts `dev` (playback: prefilled with silence, which the core is told; with
+/// timer scheduling only up to the fill level, and the clock starts over).
+fn restart(
+    dev: &mut Device,
+    dir: Direction,
+    core: &mut MixCore,
+    sched: Option<&mut Schedule>,
+) -> Result<(), AlsaError> {
     if dir == Direction::Capture {
         return dev.restart_capture();
     }
-    let n = dev.restart()?;
+    let prefill = match sched {
+        Some(s) => {
+            s.clock.reset();
+            s.fill_level(core.asked()) as usize
+        }
+        None => usize::MAX,
+    };
+    let n = dev.restart(prefill)?;
     core.device_restarted(n);
     Ok(())
+}
+
+/// The timer schedule for a playback device opened for it.
+fn schedule_for(dev: &Device) -> Option<Schedule> {
+    let caps = dev.caps();
+    if !caps.timer {
+        return None;
+    }
+    let p = dev.params();
+    let grain = caps.fifo_frames + if caps.batch { p.period_frames } else { 0 };
+    Some(Schedule::new(p.rate, p.buffer_frames, caps.rewind, grain))
 }
 
 fn direction_of(dev: &Device) -> Direction {
@@ -117,10 +142,24 @@ impl MixThread {
     /// Starts `dir`'s device (at the beginning, after it was opened, after an idle stop);
     /// failures go to [`MixThread::fail`] (`Fatal{EIO}` for recorders).
     pub(super) fn start(&mut self, dir: Direction) -> Result<(), AlsaError> {
-        let (side, core, pfds) = self.parts(dir);
+        if dir == Direction::Playback {
+            // Kept across restarts of the same device (its margin and clock stay learnt).
+            let fresh = self.play.dev.as_deref().and_then(schedule_for);
+            if fresh.as_ref().map(Schedule::rate) != self.sched.as_ref().map(Schedule::rate) || fresh.is_none() {
+                self.sched = fresh;
+            }
+            // Serviced right after the start (the device's own wakeup comes only when it ran dry).
+            self.wake_at_ns = self.sched.as_ref().map(|_| now_ns());
+        }
+        let sched = if dir == Direction::Playback { self.sched.as_mut() } else { None };
+        let (side, core, pfds) = if dir == Direction::Capture {
+            (&mut self.cap, &mut self.core, &mut self.pfds)
+        } else {
+            (&mut self.play, &mut self.core, &mut self.pfds)
+        };
         let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
         let fds = &mut pfds[side.base..side.base + side.nfds];
-        match restart(dev, dir, core).and_then(|()| dev.poll_fill(fds)) {
+        match restart(dev, dir, core, sched).and_then(|()| dev.poll_fill(fds)) {
             Ok(()) => Ok(()),
             Err(e) => self.fail(dir, e, libc::EIO),
         }
@@ -138,8 +177,12 @@ impl MixThread {
     }
 
     /// Moves whole periods while the device holds one: mixed into it (playback), converted out
-    /// of it into the recorders (capture); then publishes the timing.
+    /// of it into the recorders (capture); then publishes the timing. With timer scheduling see
+    /// [`MixThread::service_timer`].
     fn service(&mut self, dir: Direction) -> Result<(), AlsaError> {
+        if self.sched.is_some() {
+            return self.service_timer(dir);
+        }
         let (side, core, pfds) = self.parts(dir);
         let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
         // POLLERR comes back as the error of the device's state (-EPIPE / -ESTRPIPE / -ENODEV).
@@ -188,6 +231,89 @@ impl MixThread {
         Ok(())
     }
 
+    /// Timer scheduling: tops the playback device up to its fill level (mixed in runs of the
+    /// core's size) and sets the next wake for when it falls to the wake level, or earlier when
+    /// a draining stream's last frame is played; reads everything the capture device holds.
+    /// Publishes the timing at every wake.
+    fn service_timer(&mut self, dir: Direction) -> Result<(), AlsaError> {
+        let run = self.core.max_frames();
+        let (side, core, pfds) = if dir == Direction::Capture {
+            (&mut self.cap, &mut self.core, &mut self.pfds)
+        } else {
+            (&mut self.play, &mut self.core, &mut self.pfds)
+        };
+        let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
+        dev.revents(&mut pfds[side.base..side.base + side.nfds])?;
+        side.suspended = false;
+        let params = dev.params();
+        let buffer = params.buffer_frames as usize;
+        let fb = params.frame_bytes() as usize;
+        if dir == Direction::Capture {
+            let mut avail = dev.avail_update()?;
+            while avail > 0 {
+                let now = now_ns();
+                let n = dev.read_mmap(avail.min(run), |area| core.capture(area, fb, now))?;
+                if n == 0 {
+                    break;
+                }
+                avail -= n.min(avail);
+            }
+            let avail = dev.avail_update()?;
+            core.publish_capture_timing(avail as u32, now_ns());
+            return Ok(());
+        }
+        let Some(sched) = self.sched.as_mut() else { return Ok(()) };
+        let stamp = now_ns();
+        let avail = dev.avail_update()?.min(buffer);
+        let queued = buffer - avail;
+        sched.clock.update(stamp, core.device_pos().saturating_sub(queued as u64));
+        let asked = core.asked();
+        // Only a timed wake says anything about lateness (a client's record may come any time).
+        let timed = self.wake_at_ns.is_some_and(|at| stamp >= at);
+        if timed && sched.woke_with(queued as u32, asked, stamp) {
+            Counters::bump(&core.counters().late_wakes, 1);
+        }
+        let level = (sched.fill_level(asked) as usize).min(buffer);
+        let mut left = level.saturating_sub(queued).min(avail);
+        while left > 0 {
+            let now = now_ns();
+            let n = dev.write_mmap(left.min(run), |area| core.mix(area, now))?;
+            if n == 0 {
+                break;
+            }
+            left -= n.min(left);
+        }
+        // The device read its clock inside avail_update, between `stamp` and `after`: the
+        // snapshot is dated at the middle (read again, once, when preempted in there).
+        let mut stamp = now_ns();
+        let mut avail = dev.avail_update()?.min(buffer);
+        let mut after = now_ns();
+        if after.saturating_sub(stamp) > STAMP_SLACK_NS {
+            stamp = after;
+            avail = dev.avail_update()?.min(buffer);
+            after = now_ns();
+        }
+        let queued = buffer - avail;
+        let at = stamp + after.saturating_sub(stamp) / 2;
+        core.publish_timing(queued as u32, at);
+        // A stream that started or stopped in this fill changes the ask.
+        let asked = core.asked();
+        let mut sleep = sched.sleep_ns(queued as u32, asked);
+        if let Some(d) = core.drain_wait_frames(queued as u64) {
+            sleep = sleep.min(sched.clock.ns_for(d));
+        }
+        // Recorders of the capture device are read at least once per step.
+        if self.cap.dev.is_some() {
+            sleep = sleep.min(sched.clock.ns_for(u64::from(sched.step(asked))));
+        }
+        self.wake_at_ns = Some(at + sleep);
+        let c = core.counters();
+        c.queue_frames.store(queued as u64, Ordering::Relaxed);
+        c.wake_level_frames.store(u64::from(sched.wake_level(asked)), Ordering::Relaxed);
+        c.skew_ppm.store(sched.clock.skew_ppm().round() as i64 as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// After an error of `service`: an xrun restarts the device (counted), a suspend resumes
     /// it (counted for playback; `EAGAIN`: still asleep, looked at again in 10 ms; a device
     /// that cannot resume is restarted).
@@ -196,12 +322,18 @@ impl MixThread {
     /// What cannot be recovered here (`ENODEV` among them).
     fn recover(&mut self, dir: Direction, e: AlsaError) -> Result<(), AlsaError> {
         let counters = Arc::clone(self.core.counters());
-        let (side, core, pfds) = self.parts(dir);
+        let (side, sched) =
+            if dir == Direction::Capture { (&mut self.cap, None) } else { (&mut self.play, self.sched.as_mut()) };
+        let (core, pfds) = (&mut self.core, &mut self.pfds);
         let Some(dev) = side.dev.as_deref_mut() else { return Ok(()) };
         match e.errno {
             libc::EPIPE => {
                 xruns(&counters, dir).fetch_add(1, Ordering::Relaxed);
-                restart(dev, dir, core)?;
+                let mut sched = sched;
+                if let Some(s) = sched.as_deref_mut() {
+                    s.underrun(now_ns());
+                }
+                restart(dev, dir, core, sched)?;
             }
             libc::ESTRPIPE => {
                 if dir == Direction::Playback && !side.suspended {
@@ -212,14 +344,19 @@ impl MixThread {
                     Err(r) if r.errno == libc::EAGAIN => side.suspended = true,
                     Err(_) => {
                         side.suspended = false;
-                        restart(dev, dir, core)?;
+                        restart(dev, dir, core, sched)?;
                     }
                 }
             }
             libc::EAGAIN => {}
             _ => return Err(e),
         }
-        dev.poll_fill(&mut pfds[side.base..side.base + side.nfds])
+        dev.poll_fill(&mut pfds[side.base..side.base + side.nfds])?;
+        if dir == Direction::Playback && self.sched.is_some() {
+            // Serviced at once: the device's own wakeup comes only when it ran dry.
+            self.wake_at_ns = Some(now_ns());
+        }
+        Ok(())
     }
 
     /// A failure of `dir`'s device that servicing could not recover: a vanished one (`ENODEV`)
