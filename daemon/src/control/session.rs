@@ -342,7 +342,7 @@ impl Server {
             }
         };
         let mut stream = stream;
-        stream.set_ask(params.period_frames, params.rate, d.rate);
+        stream.set_ask(params.period_frames, params.buffer_frames, params.rate, d.rate);
         let c = &self.clients[i];
         stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params));
         self.notify(Target::Stream(id));

@@ -251,6 +251,16 @@ impl Pipeline {
         ahead.saturating_mul(1_000_000_000) / u64::from(self.dev_rate.max(1))
     }
 
+    /// Stream frames -> device frames (rounded down; a resampler's pending output counts).
+    #[must_use]
+    pub fn to_device_frames(&self, stream_frames: u64) -> u64 {
+        if self.resampler.is_none() {
+            stream_frames
+        } else {
+            (stream_frames as f64 * self.ratio).floor() as u64 + (self.rs_len - self.rs_pos) as u64
+        }
+    }
+
     /// Device frames -> stream frames (rounded up).
     #[must_use]
     pub fn to_stream_frames(&self, device_frames: u64) -> u64 {

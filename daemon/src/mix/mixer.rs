@@ -17,6 +17,7 @@ use shmix_shared::{cursor, Direction, Record, SampleFormat};
 
 use super::counters::Counters;
 use super::ctl::DeviceCtl;
+use super::schedule::Ask;
 use super::stream::{Kind, State, Stream};
 use crate::dsp::convert::{self, DecodeFn, EncodeFn};
 use crate::dsp::gain::Gain;
@@ -237,14 +238,28 @@ impl MixCore {
         }
     }
 
-    /// The smallest latency a running stream (playing, draining or recording) asks for, in
-    /// device frames; `None` when nothing runs. RT: yes.
+    /// The smallest latency a stream asks for, in device frames, whatever its state: one that
+    /// is set up but stopped, paused or between two runs is about to play, and must find the
+    /// queue short when it does; `None` without streams. RT: yes.
     #[must_use]
-    pub fn asked(&self) -> Option<u32> {
+    pub fn asked(&self) -> Option<Ask> {
+        self.streams.iter().filter(|s| s.violation.is_none()).map(|s| s.ask).reduce(Ask::min)
+    }
+
+    /// Device frames every running playback stream can give now (its ring's fill at the
+    /// device's rate, rounded down; `None`: no stream plays). A fill takes no more than this
+    /// unless the device would otherwise run low: a stream's client refills its ring as it is
+    /// consumed, and taking more than it holds would be an underrun of our making. RT: yes.
+    #[must_use]
+    pub fn supply(&mut self) -> Option<u64> {
         self.streams
-            .iter()
-            .filter(|s| s.violation.is_none() && matches!(s.state, State::Running | State::Draining))
-            .map(|s| s.ask_frames)
+            .iter_mut()
+            .filter(|s| s.violation.is_none() && s.state == State::Running && !s.is_recorder())
+            .filter_map(|s| {
+                let fill = u64::from(s.fill()?);
+                let Kind::Play(pipe) = &s.kind else { return None };
+                Some(pipe.to_device_frames(fill))
+            })
             .min()
     }
 

@@ -4,13 +4,13 @@
 //! none of this runs.
 //!
 //! The queue: a stream asks for the latency of its period (its wakeup interval, in device
-//! frames); the smallest ask of any running stream (playback, capture or monitor), within
+//! frames); half the smallest ask of any running stream (playback, capture or monitor), within
 //! [floor, cap], is the step `T`. The thread wakes when the device holds only the wake level
 //! `W` (a safety margin, plus what the device fetches ahead or hides behind a BATCH pointer)
 //! and fills it up to `W + T`, so it wakes once per `T` and a stream's frames reach the card
 //! within `W + T`. The margin is learnt (it rises after an underrun or a late wake and falls
-//! slowly while all is well) and never less than half the ask up to 20 ms: a long ask buys
-//! safety for free. Without a stream the queue is as deep as the cap (few wakeups).
+//! slowly while all is well) and never less than the streams' slack (half the period, or an
+//! eighth of the buffer) up to 20 ms: a stream that tolerates latency buys safety for free. Without a stream the queue is as deep as the cap (few wakeups).
 //!
 //! The clock: the card's rate against CLOCK_MONOTONIC, from the frames it has played over time
 //! (a first-order loop with a one-second time constant: the card's crystal is off by up to a
@@ -22,16 +22,43 @@ pub const FLOOR_FRAMES_48K: u32 = 32;
 /// Deepest queue on a device that cannot be rewound, in ms: a sound that starts (or a volume
 /// change) waits behind what is queued, so this bounds how late it can be.
 pub const NO_REWIND_CAP_MS: u32 = 40;
-/// Safety margin to begin with, in us.
-const MARGIN_START_US: u64 = 1000;
+/// Safety margin to begin with, in us: on the safe side until the machine has shown what it
+/// does (it falls by an eighth per calm second down to the smallest).
+const MARGIN_START_US: u64 = 1500;
 /// Smallest margin, in us.
 const MARGIN_MIN_US: u64 = 500;
 /// Largest margin, in ms.
 const MARGIN_MAX_MS: u64 = 20;
 /// The margin falls by an eighth after this long without trouble.
-const CALM_NS: u64 = 5_000_000_000;
+const CALM_NS: u64 = 1_000_000_000;
 /// The clock loop's time constant.
 const CLOCK_TAU_NS: f64 = 1e9;
+
+/// What the running streams ask of the queue, in device frames: the smallest period (how
+/// often the quickest client wants its frames taken) and the smallest slack (how much extra
+/// latency the most demanding one tolerates: half its period, or an eighth of its buffer if
+/// that is more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// The smallest period.
+    pub period: u32,
+    /// The smallest slack.
+    pub slack: u32,
+}
+
+impl Ask {
+    /// The ask of one stream of `period` and `buffer` frames (device frames).
+    #[must_use]
+    pub fn of(period: u32, buffer: u32) -> Self {
+        Self { period: period.max(1), slack: (period / 2).max(buffer / 8) }
+    }
+
+    /// Both asks at once: the smaller of each.
+    #[must_use]
+    pub fn min(self, other: Self) -> Self {
+        Self { period: self.period.min(other.period), slack: self.slack.min(other.slack) }
+    }
+}
 
 /// The queue step a device of `rate` Hz starts from (the quantum clients are told).
 #[must_use]
@@ -125,6 +152,8 @@ pub struct Schedule {
     margin_min: u32,
     margin_max: u32,
     calm_since_ns: u64,
+    /// The wake level the last sleep aimed at (what a wake is judged against).
+    planned: u32,
     /// The card's clock.
     pub clock: CardClock,
 }
@@ -152,6 +181,7 @@ impl Schedule {
             margin_min,
             margin_max,
             calm_since_ns: 0,
+            planned: 0,
             clock: CardClock::new(rate),
         }
     }
@@ -168,19 +198,18 @@ impl Schedule {
         self.cap
     }
 
-    /// The safety margin for the smallest ask `asked`: the learnt margin, and at least half the
-    /// ask up to the largest margin (a stream that asks for a long latency loses nothing by a
-    /// deep margin, and a stall of the thread costs it nothing); the largest margin when
-    /// nothing runs.
+    /// The safety margin for the streams' ask: the learnt margin, and at least their slack up
+    /// to the largest margin (a stream that tolerates a long latency loses nothing by a deep
+    /// margin, and a stall of the thread costs it nothing); the largest margin without streams.
     #[must_use]
-    pub fn margin_for(&self, asked: Option<u32>) -> u32 {
-        let relative = asked.map_or(self.margin_max, |a| (a / 2).min(self.margin_max));
+    pub fn margin_for(&self, asked: Option<Ask>) -> u32 {
+        let relative = asked.map_or(self.margin_max, |a| a.slack.min(self.margin_max));
         self.margin.max(relative)
     }
 
     /// The wake level: the device never holds less than this when all goes well.
     #[must_use]
-    pub fn wake_level(&self, asked: Option<u32>) -> u32 {
+    pub fn wake_level(&self, asked: Option<Ask>) -> u32 {
         self.margin_for(asked) + self.grain
     }
 
@@ -190,23 +219,26 @@ impl Schedule {
         self.margin
     }
 
-    /// The queue step for the smallest ask of the running streams (`None`: nothing runs).
+    /// The queue step for the smallest ask of the running streams (`None`: nothing runs): half
+    /// the ask, so that the stream's frames reach the card by the time it has written the next
+    /// period.
     #[must_use]
-    pub fn step(&self, asked: Option<u32>) -> u32 {
+    pub fn step(&self, asked: Option<Ask>) -> u32 {
         let room = self.cap.saturating_sub(self.wake_level(asked)).max(self.floor);
-        asked.map_or(room, |a| a.clamp(self.floor, room))
+        asked.map_or(room, |a| (a.period / 2).clamp(self.floor, room))
     }
 
     /// How full the device is kept: the wake level plus one step.
     #[must_use]
-    pub fn fill_level(&self, asked: Option<u32>) -> u32 {
+    pub fn fill_level(&self, asked: Option<Ask>) -> u32 {
         self.wake_level(asked) + self.step(asked)
     }
 
-    /// ns until a queue of `queued` frames falls to the wake level (0: now).
-    #[must_use]
-    pub fn sleep_ns(&self, queued: u32, asked: Option<u32>) -> u64 {
-        self.clock.ns_for(u64::from(queued.saturating_sub(self.wake_level(asked))))
+    /// ns until a queue of `queued` frames falls to the wake level (0: now); the next wake is
+    /// judged against that level.
+    pub fn sleep_ns(&mut self, queued: u32, asked: Option<Ask>) -> u64 {
+        self.planned = self.wake_level(asked);
+        self.clock.ns_for(u64::from(queued.saturating_sub(self.planned)))
     }
 
     /// The device ran dry: a larger margin from now on.
@@ -215,14 +247,15 @@ impl Schedule {
         self.calm_since_ns = now;
     }
 
-    /// A wake found `queued` frames left: below half the margin it came late (the learnt
-    /// margin grows by half; returns true); otherwise, after [`CALM_NS`] of calm, it falls by
-    /// an eighth.
-    pub fn woke_with(&mut self, queued: u32, asked: Option<u32>, now: u64) -> bool {
+    /// A timed wake found `queued` frames left: below half the margin it aimed at it came late
+    /// (the learnt margin grows by half; returns true); otherwise, after [`CALM_NS`] of calm,
+    /// the margin falls by an eighth.
+    pub fn woke_with(&mut self, queued: u32, now: u64) -> bool {
         if self.calm_since_ns == 0 {
             self.calm_since_ns = now;
         }
-        if queued < self.grain + self.margin_for(asked) / 2 {
+        let aimed = self.planned.saturating_sub(self.grain);
+        if queued < self.grain + aimed / 2 {
             self.margin = (self.margin + self.margin / 2).clamp(self.margin_min, self.margin_max);
             self.calm_since_ns = now;
             return true;
@@ -242,22 +275,27 @@ mod tests {
     #[test]
     fn the_step_follows_the_smallest_ask_within_floor_and_cap() {
         let s = Schedule::new(48_000, 65_536, true, 0);
-        assert_eq!(s.step(Some(64)), 64);
-        assert_eq!(s.step(Some(12_000)), 12_000);
-        assert_eq!(s.step(Some(4)), 32);
+        let a = |p, b| Some(Ask::of(p, b));
+        assert_eq!(s.step(a(64, 256)), 32);
+        assert_eq!(s.step(a(12_000, 24_000)), 6_000);
+        assert_eq!(s.step(a(4, 8)), 32);
         assert_eq!(s.step(None), s.cap() - s.wake_level(None));
-        assert!(s.fill_level(Some(1 << 30)) <= s.cap());
-        // A low-latency ask keeps the learnt margin (1 ms); a long one gets half its ask.
-        assert_eq!(s.fill_level(Some(64)), 48 + 64);
-        assert_eq!(s.wake_level(Some(256)), 128);
-        assert_eq!(s.wake_level(Some(12_000)), 960);
+        assert!(s.fill_level(a(1 << 30, 1 << 31)) <= s.cap());
+        // A low-latency ask keeps the learnt margin (1.5 ms at first); one that tolerates more
+        // gets its slack as margin, up to 20 ms.
+        assert_eq!(s.fill_level(a(64, 256)), 72 + 32);
+        assert_eq!(s.wake_level(a(256, 512)), 128);
+        assert_eq!(s.wake_level(a(256, 4096)), 512);
+        assert_eq!(s.wake_level(a(12_000, 24_000)), 960);
+        // Two streams: the smaller of each.
+        assert_eq!(Ask::of(64, 4096).min(Ask::of(1024, 1024)), Ask { period: 64, slack: 512 });
     }
 
     #[test]
     fn without_rewinds_the_queue_stays_short() {
         let s = Schedule::new(48_000, 65_536, false, 0);
         assert!(s.cap() <= 48 * NO_REWIND_CAP_MS, "{}", s.cap());
-        assert!(s.fill_level(Some(12_000)) <= s.cap());
+        assert!(s.fill_level(Some(Ask::of(12_000, 24_000))) <= s.cap());
     }
 
     #[test]
@@ -266,13 +304,15 @@ mod tests {
         let m0 = s.margin();
         s.underrun(0);
         assert_eq!(s.margin(), 2 * m0);
-        s.woke_with(0, Some(64), 1);
+        let _ = s.sleep_ns(1000, Some(Ask::of(64, 256)));
+        s.woke_with(0, 1);
         assert_eq!(s.margin(), 3 * m0);
         let high = s.margin();
-        s.woke_with(high, Some(64), 2 + CALM_NS);
+        let _ = s.sleep_ns(1000, Some(Ask::of(64, 256)));
+        s.woke_with(high, 2 + CALM_NS);
         assert!(s.margin() < high);
         for i in 0..200 {
-            s.woke_with(10_000, Some(64), (i + 3) * (CALM_NS + 1));
+            s.woke_with(10_000, (i + 3) * (CALM_NS + 1));
         }
         assert_eq!(s.margin(), s.margin_min);
     }
@@ -299,9 +339,10 @@ mod tests {
 
     #[test]
     fn the_wake_comes_when_the_queue_reaches_the_wake_level() {
-        let s = Schedule::new(48_000, 65_536, true, 0);
-        let q = s.wake_level(Some(64)) + 480;
-        assert_eq!(s.sleep_ns(q, Some(64)), 10_000_000);
-        assert_eq!(s.sleep_ns(s.wake_level(Some(64)) / 2, Some(64)), 0);
+        let mut s = Schedule::new(48_000, 65_536, true, 0);
+        let a = Some(Ask::of(64, 256));
+        let q = s.wake_level(a) + 480;
+        assert_eq!(s.sleep_ns(q, a), 10_000_000);
+        assert_eq!(s.sleep_ns(s.wake_level(a) / 2, a), 0);
     }
 }

@@ -15,6 +15,7 @@ use shmix_shared::{Direction, Record, Violation, WakeFd};
 
 use super::counters::Counters;
 use super::ctl::StreamCtl;
+use super::schedule::Ask;
 use crate::dsp::pipeline::Pipeline;
 use crate::dsp::record::RecordPipe;
 
@@ -76,9 +77,8 @@ pub struct Stream {
     pub(super) muted: bool,
     /// Volume in, levels and figures out (shared with the control thread; atomics only).
     pub(super) ctl: Arc<StreamCtl>,
-    /// The latency it asks for, in device frames: its period (its wakeup interval) at the
-    /// device's rate. The smallest ask of the running streams sets the device queue.
-    pub(super) ask_frames: u32,
+    /// What it asks of the device queue, in device frames (its period and its slack).
+    pub(super) ask: Ask,
 }
 
 /// What a stream does, and the conversion that goes with it.
@@ -145,21 +145,25 @@ impl Stream {
             woke: false,
             muted: false,
             ctl: Arc::new(StreamCtl::default()),
-            ask_frames: u32::MAX,
+            ask: Ask { period: u32::MAX, slack: u32::MAX },
         }
     }
 
-    /// The latency the stream asks for: its period of `period_frames` at `stream_rate`, on a
-    /// device of `device_rate` (control thread, before the stream is added).
-    pub fn set_ask(&mut self, period_frames: u32, stream_rate: u32, device_rate: u32) {
-        let f = u64::from(period_frames) * u64::from(device_rate) / u64::from(stream_rate.max(1));
-        self.ask_frames = u32::try_from(f).unwrap_or(u32::MAX).max(1);
+    /// What the stream asks of the device queue: its period of `period_frames` and its buffer
+    /// of `buffer_frames` at `stream_rate`, on a device of `device_rate` (control thread, before
+    /// the stream is added).
+    pub fn set_ask(&mut self, period_frames: u32, buffer_frames: u32, stream_rate: u32, device_rate: u32) {
+        let dev = |f: u32| {
+            let d = u64::from(f) * u64::from(device_rate) / u64::from(stream_rate.max(1));
+            u32::try_from(d).unwrap_or(u32::MAX)
+        };
+        self.ask = Ask::of(dev(period_frames), dev(buffer_frames));
     }
 
-    /// The latency asked, in device frames (`u32::MAX`: none).
+    /// What it asks of the device queue.
     #[must_use]
-    pub fn ask_frames(&self) -> u32 {
-        self.ask_frames
+    pub fn ask(&self) -> Ask {
+        self.ask
     }
 
     /// Shares `ctl` with the control thread and starts at its volume without a ramp (control

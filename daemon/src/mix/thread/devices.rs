@@ -270,11 +270,16 @@ impl MixThread {
         let asked = core.asked();
         // Only a timed wake says anything about lateness (a client's record may come any time).
         let timed = self.wake_at_ns.is_some_and(|at| stamp >= at);
-        if timed && sched.woke_with(queued as u32, asked, stamp) {
+        if timed && sched.woke_with(queued as u32, stamp) {
             Counters::bump(&core.counters().late_wakes, 1);
         }
         let level = (sched.fill_level(asked) as usize).min(buffer);
-        let mut left = level.saturating_sub(queued).min(avail);
+        // Up to the fill level as far as every stream can give now, and at least to the wake
+        // level whatever they hold.
+        let need = (sched.wake_level(asked) as usize).saturating_sub(queued);
+        let supply = core.supply().map_or(usize::MAX, |f| usize::try_from(f).unwrap_or(usize::MAX));
+        let want = level.saturating_sub(queued).min(supply).max(need);
+        let mut left = want.min(avail);
         while left > 0 {
             let now = now_ns();
             let n = dev.write_mmap(left.min(run), |area| core.mix(area, now))?;
