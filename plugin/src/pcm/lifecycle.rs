@@ -13,7 +13,9 @@ use shmix_shared::sync::Ordering;
 use shmix_shared::wakefd::OwnWake;
 use shmix_shared::ChannelMap;
 
-use super::{now_ns, poll_two, Pcm, Phase, Stream, DRAIN_GONE_MAX, DRAIN_MARGIN, DRAIN_RECHECK, STOP_WAIT};
+use super::{
+    now_ns, poll_two, Daemon, Drain, Pcm, State, Stream, DRAIN_GONE_MAX, DRAIN_MARGIN, DRAIN_RECHECK, STOP_WAIT,
+};
 use crate::Errno;
 
 impl Pcm {
@@ -77,16 +79,11 @@ impl Pcm {
             write_total: 0,
             read_total: 0,
             peer_seen: 0,
-            phase: Phase::Setup,
-            daemon_active: false,
-            stop_pending: None,
-            drain_pending: None,
-            drained: false,
-            xrun: false,
+            state: State::Setup,
+            daemon: Daemon::Idle,
             started_ns: 0,
             last_delay: None,
             reported_hw: 0,
-            restart_pending: false,
             last_snapshot: None,
             counters_base: self.counters,
         });
@@ -144,13 +141,13 @@ impl Pcm {
             self.chmap = Some(map);
             return Ok(false);
         }
-        if !matches!(s.phase, Phase::Setup | Phase::Prepared) {
+        if !matches!(s.state, State::Setup | State::Prepared | State::Xrun { dropped: true, .. }) {
             crate::user_error("the channel map can only be changed while the stream is stopped");
             return Err(Errno(libc::EBUSY));
         }
-        let (params, phase) = (s.params, s.phase);
+        let (params, prepared) = (s.params, s.state == State::Prepared);
         let fb = params.frame_bytes() as usize;
-        let queued = if phase == Phase::Prepared && !self.capture {
+        let queued = if prepared && !self.capture {
             // Not started: nothing consumed, the frames written so far sit at ring index 0.
             let frames = s.write_total.min(u64::from(params.buffer_frames)) as usize;
             let mut buf = vec![0u8; frames * fb];
@@ -167,9 +164,9 @@ impl Pcm {
             return Err(e);
         }
         self.debug_line(format_args!("channel map changed: stream re-created"));
-        if phase == Phase::Prepared {
+        if prepared {
             let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-            s.phase = Phase::Prepared;
+            s.state = State::Prepared;
             if !queued.is_empty() {
                 s.write_total = (queued.len() / fb) as u64;
                 if let AudioHalf::Writer(audio) = &mut s.audio {
@@ -204,9 +201,12 @@ impl Pcm {
         self.check_alive()?;
         self.push(|seq| Record::Start { seq })?;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-        s.daemon_active = true;
-        s.restart_pending = false;
-        s.phase = Phase::Running;
+        s.daemon = s.daemon.started();
+        s.state = match s.state {
+            // Still EPIPE until prepare.
+            State::Xrun { drain, .. } => State::Xrun { dropped: false, drain },
+            _ => State::Running,
+        };
         s.started_ns = now_ns();
         s.last_delay = None;
         self.sync_readiness();
@@ -218,15 +218,17 @@ impl Pcm {
     pub fn stop(&mut self) {
         self.refresh();
         let Some(s) = self.stream.as_mut() else { return };
-        let had_drain = s.drain_pending.take().is_some();
-        s.phase = Phase::Setup;
-        s.restart_pending = false;
-        if s.daemon_active && s.stop_pending.is_none() && self.dead.is_none() {
+        let had_drain = s.state.drain_seq().is_some();
+        s.state = match s.state {
+            // Still EPIPE until prepare; a drain begun since is over.
+            State::Xrun { .. } => State::Xrun { dropped: true, drain: Drain::default() },
+            _ => State::Setup,
+        };
+        if s.daemon == Daemon::Active && self.dead.is_none() {
             match self.push(|seq| Record::Stop { seq }) {
                 Ok(seq) => {
                     if let Some(s) = self.stream.as_mut() {
-                        s.stop_pending = Some(seq);
-                        s.daemon_active = false;
+                        s.daemon = Daemon::Stopping { seq };
                     }
                 }
                 Err(e) => self.debug_line(format_args!("cannot post Stop: errno {}", e.0)),
@@ -246,8 +248,8 @@ impl Pcm {
     pub fn pause(&mut self, enable: bool) -> Result<(), Errno> {
         self.refresh();
         self.check_alive()?;
-        if self.stream.as_ref().is_some_and(|s| s.restart_pending) {
-            // Reset while paused: the daemon side is stopped; resuming starts it again.
+        if self.stream.as_ref().is_some_and(|s| matches!(s.state, State::Restarting { .. })) {
+            // Reset while running or paused: the daemon side is stopped; resuming starts it again.
             if !enable {
                 return self.start();
             }
@@ -257,7 +259,13 @@ impl Pcm {
             self.push(|seq| Record::Resume { seq })?;
         }
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-        s.phase = if enable { Phase::Paused } else { Phase::Running };
+        s.state = match s.state {
+            State::Restarting { .. } => State::Restarting { paused: true },
+            // Still EPIPE until prepare.
+            State::Xrun { drain, .. } => State::Xrun { dropped: false, drain },
+            _ if enable => State::Paused,
+            _ => State::Running,
+        };
         self.sync_readiness();
         Ok(())
     }
@@ -273,10 +281,7 @@ impl Pcm {
         self.stop_and_wait()?;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         Self::zero_positions(s);
-        s.phase = Phase::Prepared;
-        s.drain_pending = None;
-        s.drained = false;
-        s.xrun = false;
+        s.state = State::Prepared;
         self.sync_readiness();
         Ok(())
     }
@@ -285,11 +290,11 @@ impl Pcm {
     /// `Stopped`: afterwards it does not touch the audio cursors (PROTOCOL.md).
     pub(super) fn stop_and_wait(&mut self) -> Result<(), Errno> {
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
-        if s.daemon_active {
+        if s.daemon.active() {
             self.stop();
         }
         let deadline = Instant::now() + STOP_WAIT;
-        while self.stream.as_ref().is_some_and(|s| s.stop_pending.is_some()) {
+        while self.stream.as_ref().is_some_and(|s| s.daemon.stop_seq().is_some()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 crate::user_error("shmixd did not confirm Stop within 1 s");
@@ -310,7 +315,6 @@ impl Pcm {
         s.peer_seen = 0;
         s.reported_hw = 0;
         s.last_delay = None;
-        s.restart_pending = false;
     }
 
     /// `snd_pcm_reset` detection. alsa-lib's ioplug reset sets `appl_ptr`, `hw_ptr` and its
@@ -329,10 +333,11 @@ impl Pcm {
         let capture = self.capture;
         let boundary = self.boundary;
         let Some(s) = self.stream.as_ref() else { return Ok(false) };
-        if appl_ptr != 0 || hw_ptr != 0 || s.xrun || s.drain_pending.is_some() {
+        if appl_ptr != 0 || hw_ptr != 0 {
             return Ok(false);
         }
-        if !matches!(s.phase, Phase::Prepared | Phase::Running | Phase::Paused) {
+        // Not after an xrun (prepare recovers), not while draining.
+        if !matches!(s.state, State::Prepared | State::Running | State::Paused | State::Restarting { .. }) {
             return Ok(false);
         }
         let own = if capture { s.read_total } else { s.write_total };
@@ -340,17 +345,18 @@ impl Pcm {
         if s.reported_hw == 0 && own == 0 {
             return Ok(false); // nothing happened since prepare (or the last reset)
         }
-        let phase = s.phase;
+        let state = s.state;
         self.stop_and_wait()?;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
         Self::zero_positions(s);
-        s.phase = phase;
         // Timing snapshots from before the reset describe the old positions.
         s.started_ns = now_ns();
-        match phase {
-            Phase::Running if capture => self.start()?,
-            Phase::Running | Phase::Paused => s.restart_pending = true,
-            _ => {}
+        s.state = match state {
+            State::Running | State::Paused if !capture => State::Restarting { paused: state == State::Paused },
+            _ => state,
+        };
+        if capture && state == State::Running {
+            self.start()?;
         }
         self.debug_line(format_args!("snd_pcm_reset detected: queue discarded, positions restart at 0"));
         self.sync_readiness();
@@ -371,27 +377,31 @@ impl Pcm {
             p.check_alive()?;
             let capture = p.capture;
             let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-            let seq = match s.drain_pending {
+            let seq = match s.state.drain_seq() {
                 Some(seq) => seq,
                 None => {
                     // Capture: a drain stops the daemon side (answered Drained); what was
                     // captured stays readable. Nothing to do when it is not running.
-                    if !s.daemon_active && (capture || s.write_total == s.read_total) {
+                    let active = s.daemon.active();
+                    if !active && (capture || s.write_total == s.read_total) {
                         return Ok(()); // nothing queued, never started
                     }
-                    let need_start = !s.daemon_active;
-                    s.phase = Phase::Draining;
-                    s.drained = false;
-                    if need_start {
+                    s.state = match s.state {
+                        // Restarted below, but still EPIPE until prepare.
+                        State::Xrun { .. } => State::Xrun { dropped: false, drain: Drain::default() },
+                        _ => State::Draining(Drain::default()),
+                    };
+                    if !active {
                         p.push(|seq| Record::Start { seq })?;
                         let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-                        s.daemon_active = true;
-                        s.restart_pending = false;
+                        s.daemon = s.daemon.started();
                         s.started_ns = now_ns();
                     }
                     let seq = p.push(|seq| Record::Drain { seq })?;
                     let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-                    s.drain_pending = Some(seq);
+                    if let State::Draining(drain) | State::Xrun { drain, .. } = &mut s.state {
+                        drain.seq = Some(seq);
+                    }
                     seq
                 }
             };
@@ -415,15 +425,18 @@ impl Pcm {
                 p.refresh();
                 p.check_alive()?;
                 let s = p.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
-                if s.drain_pending != Some(seq) {
+                if s.state.drain_seq() != Some(seq) {
                     return Ok(()); // dropped meanwhile (abort by snd_pcm_drop)
                 }
-                if s.drained {
-                    p.stream.as_mut().ok_or(Errno(libc::EBADFD))?.drain_pending = None;
+                if s.state.drain().is_some_and(|d| d.drained) {
+                    let s = p.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
+                    if let State::Draining(drain) | State::Xrun { drain, .. } = &mut s.state {
+                        drain.seq = None;
+                    }
                     p.sync_readiness();
                     return Ok(());
                 }
-                if s.xrun {
+                if matches!(s.state, State::Xrun { .. }) {
                     p.sync_readiness();
                     return Err(Errno(libc::EPIPE));
                 }

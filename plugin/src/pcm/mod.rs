@@ -52,9 +52,12 @@ pub struct Counters {
     pub xruns: u64,
 }
 
-/// What the stream is doing, as the plugin sees it.
+/// What the stream is doing, as the plugin sees it: alsa-lib's state, with what only makes sense
+/// in one of them. (What the daemon side is doing is [`Daemon`]: it moves on its own records, so
+/// it is not a function of this one; e.g. a capture stream reset while paused is `Paused` with
+/// the daemon side stopped.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+enum State {
     /// Set up, not prepared (after hw_params or a drop).
     Setup,
     /// Prepared, not started.
@@ -63,8 +66,106 @@ pub enum Phase {
     Running,
     /// Paused.
     Paused,
-    /// Draining: waiting for `Drained`.
-    Draining,
+    /// Playback reset while running or paused: the daemon side was stopped and the queue
+    /// discarded; `Start` goes out with the first frames written afterwards (running), at resume
+    /// (paused), or at a drain.
+    Restarting { paused: bool },
+    /// Draining (snd_pcm_drain).
+    Draining(Drain),
+    /// The daemon reported an xrun: pointer and delay say EPIPE and poll POLLERR until prepare.
+    /// `dropped`: stopped since (or before) it, so the channel map may change (set up or
+    /// prepared); `drain`: a drain begun since (it restarts the daemon side, then reports EPIPE).
+    Xrun { dropped: bool, drain: Drain },
+}
+
+/// A drain's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Drain {
+    /// Our `Drain{seq}` while a drain waits for its answer (None: not posted, or the drain
+    /// returned).
+    seq: Option<u32>,
+    /// The daemon answered `Drained{seq}`: it played everything and stopped.
+    drained: bool,
+}
+
+/// The daemon side of the stream, as our records and its answers tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Daemon {
+    /// Stopped: never started, or `Stopped`, `Drained` or `Xrun` came since the last start.
+    Idle,
+    /// It may be consuming or producing (`Start`, `Resume` or `Drain` went out).
+    Active,
+    /// `Stop{seq}` went out, its `Stopped{seq}` has not come yet (prepare waits for it).
+    Stopping { seq: u32 },
+    /// Started again while `Stop{seq}` was unconfirmed (a reset whose wait for `Stopped` timed
+    /// out, then a start or a drain): active, but until `Stopped{seq}` comes an `Xrun` is stale
+    /// and no second `Stop` goes out; prepare still waits for it.
+    Restarted { stop_seq: u32 },
+}
+
+impl Daemon {
+    /// `Start` went out (or `Resume`).
+    fn started(self) -> Self {
+        match self {
+            Daemon::Stopping { seq } | Daemon::Restarted { stop_seq: seq } => Daemon::Restarted { stop_seq: seq },
+            Daemon::Idle | Daemon::Active => Daemon::Active,
+        }
+    }
+
+    /// It may be consuming or producing.
+    fn active(self) -> bool {
+        matches!(self, Daemon::Active | Daemon::Restarted { .. })
+    }
+
+    /// The `Stop` it has not confirmed yet.
+    fn stop_seq(self) -> Option<u32> {
+        match self {
+            Daemon::Stopping { seq } | Daemon::Restarted { stop_seq: seq } => Some(seq),
+            Daemon::Idle | Daemon::Active => None,
+        }
+    }
+}
+
+impl State {
+    /// The state after an `Xrun` record from the daemon.
+    fn after_xrun(self) -> Self {
+        match self {
+            State::Setup | State::Prepared => State::Xrun { dropped: true, drain: Drain::default() },
+            State::Draining(drain) => State::Xrun { dropped: false, drain },
+            State::Xrun { .. } => self,
+            State::Running | State::Paused | State::Restarting { .. } => {
+                State::Xrun { dropped: false, drain: Drain::default() }
+            }
+        }
+    }
+
+    /// The drain in progress, if any.
+    fn drain(self) -> Option<Drain> {
+        match self {
+            State::Draining(drain) | State::Xrun { drain, .. } => Some(drain),
+            _ => None,
+        }
+    }
+
+    /// The `Drain` record a drain waits for.
+    fn drain_seq(self) -> Option<u32> {
+        self.drain().and_then(|d| d.seq)
+    }
+
+    /// Started, as delay sees it (a timing snapshot of this run can exist).
+    fn started(self) -> bool {
+        matches!(self, State::Running | State::Paused | State::Restarting { .. } | State::Draining(_))
+    }
+
+    /// Paused, as delay sees it (the clock does not count).
+    fn paused(self) -> bool {
+        matches!(self, State::Paused | State::Restarting { paused: true })
+    }
+
+    /// Where poll answers from the ring's fill (prepared or running).
+    fn flowing(self) -> bool {
+        matches!(self, State::Prepared | State::Running | State::Restarting { paused: false })
+    }
 }
 
 /// Where `transfer`'s frames are.
@@ -98,13 +199,8 @@ struct Stream {
     read_total: u64,
     /// Our last view of the daemon's published cursor (`audio_read` / `audio_write`).
     peer_seen: u32,
-    phase: Phase,
-    /// The daemon may be consuming (Start/Resume/Drain sent, no Stopped/Drained/Xrun since).
-    daemon_active: bool,
-    stop_pending: Option<u32>,
-    drain_pending: Option<u32>,
-    drained: bool,
-    xrun: bool,
+    state: State,
+    daemon: Daemon,
     started_ns: u64,
     /// Last delay reported and the write position then (delay never grows between writes).
     last_delay: Option<(i64, u64)>,
@@ -118,9 +214,6 @@ struct Stream {
     /// machine, no real-time priority): the last snapshot, extrapolated, is still right, while
     /// falling back to the ring's fill would leave out the device's queue (up to its buffer).
     last_snapshot: Option<(u32, u32, u64)>,
-    /// Playback reset while running: the daemon side was stopped and the queue discarded;
-    /// `Start` goes out with the first frames written afterwards (or at resume / drain).
-    restart_pending: bool,
 }
 
 /// One PCM handle's state. Lives behind a mutex in `ioplug.rs`.
@@ -257,7 +350,7 @@ impl Pcm {
 
     /// Whether the daemon reported an xrun that the next prepare has not cleared yet.
     pub fn in_xrun(&self) -> bool {
-        self.stream.as_ref().is_some_and(|s| s.xrun)
+        self.stream.as_ref().is_some_and(|s| matches!(s.state, State::Xrun { .. }))
     }
 
     /// The audio ring's base address and length in bytes, if a stream exists (for re-pointing

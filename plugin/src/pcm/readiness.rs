@@ -7,7 +7,7 @@ use std::time::Duration;
 use shmix_shared::sync::Ordering;
 use shmix_shared::wakefd::OwnWake;
 
-use super::{poll_two, Pcm, Phase, Stream};
+use super::{poll_two, Pcm, State, Stream};
 use crate::Errno;
 
 impl Pcm {
@@ -27,7 +27,7 @@ impl Pcm {
         self.refresh();
         self.consume_committed(appl_ptr);
         self.sync_readiness();
-        if self.dead.is_some() || self.stream.as_ref().is_some_and(|s| s.xrun) {
+        if self.dead.is_some() || self.in_xrun() {
             return libc::POLLERR as u16;
         }
         match (self.want_ready(), self.capture) {
@@ -43,13 +43,11 @@ impl Pcm {
             return true;
         }
         let Some(s) = &self.stream else { return false };
-        if s.xrun {
-            return true;
-        }
-        match s.phase {
-            Phase::Prepared | Phase::Running => self.avail(s) >= u64::from(self.avail_min),
-            Phase::Draining => s.drained,
-            Phase::Setup | Phase::Paused => false,
+        match s.state {
+            State::Xrun { .. } => true,
+            _ if s.state.flowing() => self.avail(s) >= u64::from(self.avail_min),
+            State::Draining(drain) => drain.drained,
+            _ => false,
         }
     }
 
@@ -60,12 +58,12 @@ impl Pcm {
         if d2c_write != s.d2c_pos {
             return true;
         }
-        if matches!(s.phase, Phase::Prepared | Phase::Running) && capture {
+        if s.state.flowing() && capture {
             let write = s.shm.audio_write().pos.load(Ordering::Acquire);
             let fill = write.wrapping_sub(s.read_total as u32);
             return fill > s.params.buffer_frames || fill >= avail_min;
         }
-        if matches!(s.phase, Phase::Prepared | Phase::Running) {
+        if s.state.flowing() {
             let read = s.shm.audio_read().pos.load(Ordering::Acquire);
             let fill = (s.write_total as u32).wrapping_sub(read);
             return fill > s.params.buffer_frames || s.params.buffer_frames - fill >= avail_min;
@@ -86,7 +84,7 @@ impl Pcm {
         line.zero_copy_frames.store(c.zero_copy_frames - s.counters_base.zero_copy_frames, Ordering::Relaxed);
         let sleeping = &Self::own_cursor(capture, s).sleeping;
         // Before prepare nothing will change and nobody needs waking.
-        let may_sleep = !matches!(s.phase, Phase::Setup);
+        let may_sleep = s.state != State::Setup;
         let avail_min = self.avail_min;
         let own = OwnWake { polled: &self.client_wake, other: &self.client_wake_peer };
         self.sleeper.sync(sleeping, want, may_sleep, || Self::fresh_ready(capture, s, avail_min), &own);

@@ -6,7 +6,7 @@ use shmix_shared::msg::Record;
 use shmix_shared::sync::Ordering;
 use shmix_shared::{cursor, wake};
 
-use super::Pcm;
+use super::{Daemon, Pcm, State};
 use crate::Errno;
 
 impl Pcm {
@@ -39,21 +39,30 @@ impl Pcm {
                     s.d2c_pos = s.d2c_pos.wrapping_add(1);
                     match rec {
                         Record::Stopped { seq, .. } => {
-                            if s.stop_pending == Some(seq) {
-                                s.stop_pending = None;
-                            }
+                            s.daemon = match s.daemon {
+                                Daemon::Stopping { seq: stop } if stop == seq => Daemon::Idle,
+                                Daemon::Restarted { stop_seq } if stop_seq == seq => Daemon::Active,
+                                other => other,
+                            };
                         }
                         Record::Xrun { .. } => {
-                            if s.stop_pending.is_none() && s.daemon_active {
-                                s.xrun = true;
-                                s.daemon_active = false;
+                            // Only while it runs: one from before our Stop is stale.
+                            if s.daemon == Daemon::Active {
+                                s.state = s.state.after_xrun();
+                                s.daemon = Daemon::Idle;
                                 self.counters.xruns += 1;
                             }
                         }
                         Record::Drained { seq, .. } => {
-                            if s.drain_pending == Some(seq) {
-                                s.drained = true;
-                                s.daemon_active = false;
+                            if s.state.drain_seq() == Some(seq) {
+                                if let State::Draining(drain) | State::Xrun { drain, .. } = &mut s.state {
+                                    drain.drained = true;
+                                }
+                                s.daemon = match s.daemon {
+                                    Daemon::Active => Daemon::Idle,
+                                    Daemon::Restarted { stop_seq } => Daemon::Stopping { seq: stop_seq },
+                                    other => other,
+                                };
                             }
                         }
                         Record::Fatal { errno } => {

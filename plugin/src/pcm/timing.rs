@@ -4,7 +4,7 @@
 
 pub use shmix_shared::clock::now_ns;
 
-use super::{Pcm, Phase, Stream};
+use super::{Pcm, State, Stream};
 use crate::Errno;
 
 /// Delay math (PROTOCOL.md "Timing"): `write - pos + queued - elapsed*rate`, never negative.
@@ -82,37 +82,23 @@ impl Pcm {
         self.check_alive()?;
         let capture = self.capture;
         let s = self.stream.as_mut().ok_or(Errno(libc::EBADFD))?;
-        if s.xrun {
+        if matches!(s.state, State::Xrun { .. }) {
             return Err(Errno(libc::EPIPE));
         }
         let fill = s.write_total.saturating_sub(s.read_total) as i64;
-        let running = matches!(s.phase, Phase::Running | Phase::Paused | Phase::Draining);
+        let (running, paused) = (s.state.started(), s.state.paused());
         if capture {
             // Frames captured but not yet read: those in the ring, those the device and the
             // resampler hold (queued), and those captured since the snapshot.
             let snap = if running { Self::snapshot(s) } else { None };
             return Ok(snap.map_or(fill, |snap| {
-                capture_delay(
-                    s.read_total as u32,
-                    snap,
-                    now_ns(),
-                    s.params.rate,
-                    s.params.buffer_frames,
-                    s.phase == Phase::Paused,
-                )
-                .max(fill)
+                capture_delay(s.read_total as u32, snap, now_ns(), s.params.rate, s.params.buffer_frames, paused)
+                    .max(fill)
             }));
         }
         let from_snapshot = if running {
             Self::snapshot(s).and_then(|snap| {
-                raw_delay(
-                    s.write_total as u32,
-                    snap,
-                    now_ns(),
-                    s.params.rate,
-                    s.params.buffer_frames,
-                    s.phase == Phase::Paused,
-                )
+                raw_delay(s.write_total as u32, snap, now_ns(), s.params.rate, s.params.buffer_frames, paused)
             })
         } else {
             None

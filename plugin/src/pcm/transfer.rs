@@ -6,7 +6,7 @@ use shmix_shared::cursor;
 use shmix_shared::layout::Cursor;
 use shmix_shared::shm::AudioHalf;
 
-use super::{wrap, Pcm, Phase, Source, Stream};
+use super::{wrap, Pcm, Source, State, Stream};
 use crate::Errno;
 
 impl Pcm {
@@ -97,7 +97,7 @@ impl Pcm {
                 audio.publish(end as u32);
             }
         }
-        if s.restart_pending && s.phase == Phase::Running {
+        if s.state == (State::Restarting { paused: false }) {
             self.start()?; // the first frames after a reset while running
         }
         self.sync_readiness();
@@ -185,7 +185,7 @@ impl Pcm {
         self.sync_readiness();
         self.check_alive()?;
         let s = self.stream.as_ref().ok_or(Errno(libc::EBADFD))?;
-        if s.xrun {
+        if matches!(s.state, State::Xrun { .. }) {
             return Err(Errno(libc::EPIPE));
         }
         let hw = if self.capture { s.write_total } else { s.read_total };
