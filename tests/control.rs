@@ -129,7 +129,8 @@ fn volume_halves_and_mute_ramps_to_silence() {
     assert!(left[silent..].iter().chain(&right[silent..]).all(|&x| x == 0), "audio after the mute");
     // The stream's xruns, the daemon's stats.
     let st = ctl_json(&rig, &["stats", "--json"]);
-    assert!(st["cycles"].as_u64().unwrap() > 100, "{st}");
+    // Timer scheduling: aplay's 125 ms periods cost the daemon about 17 wakeups a second.
+    assert!(st["cycles"].as_u64().unwrap() > 20, "{st}");
     assert!(st["copied_frames"].as_u64().unwrap() >= 4 * u64::from(RATE), "{st}");
     assert!(st["mix_cpu_ns"].as_u64().unwrap() > 0, "{st}");
 }

@@ -39,6 +39,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
         chmap: ChannelMap::standard(2),
         quality: dsp::DEFAULT_QUALITY,
         run_frames: PERIOD as u32,
+        history_frames: 0,
     }
 }
 

@@ -211,16 +211,19 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     // What streams are converted for: with timer scheduling the quantum (the smallest queue
     // step) stands for the period, and the mix runs in longer runs.
-    let spec_of = |p: shmix_shared::AudioParams, chmap| {
+    // Playback streams keep what they gave a rewindable device, to play it again after a rewind.
+    let rewinds = !fixed && dev.as_ref().is_some_and(|d| d.caps().rewind);
+    let spec_of = |p: shmix_shared::AudioParams, chmap, history: bool| {
         if fixed {
-            DeviceSpec { params: p, chmap, quality, run_frames: p.period_frames }
+            DeviceSpec { params: p, chmap, quality, run_frames: p.period_frames, history_frames: 0 }
         } else {
             let quantum = schedule::floor_frames(p.rate);
             let params = shmix_shared::AudioParams { period_frames: quantum, ..p };
-            DeviceSpec { params, chmap, quality, run_frames: TIMER_RUN_FRAMES.max(quantum) }
+            let history_frames = if history { schedule::deepest_queue(p.buffer_frames) } else { 0 };
+            DeviceSpec { params, chmap, quality, run_frames: TIMER_RUN_FRAMES.max(quantum), history_frames }
         }
     };
-    let spec = spec_of(p, chmap);
+    let spec = spec_of(p, chmap, rewinds);
     // Probe the capture side once (opened for real when the first recorder starts): its
     // parameters are what capture streams are converted from. Later opens ask for exactly these.
     let capture = if dev.is_none() {
@@ -267,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     periods,
                     timer_buffer_ms,
                 };
-                Some((creq, spec_of(cp, c.chmap())))
+                Some((creq, spec_of(cp, c.chmap(), false)))
             }
             Err(e) => {
                 info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");

@@ -209,6 +209,7 @@ fn device(format: SampleFormat) -> DeviceSpec {
         chmap: ChannelMap::standard(CHANNELS),
         quality: dsp::DEFAULT_QUALITY,
         run_frames: PERIOD as u32,
+        history_frames: 0,
     }
 }
 

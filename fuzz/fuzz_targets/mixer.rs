@@ -64,6 +64,7 @@ fuzz_target!(|inp: Input| {
         chmap: ChannelMap::standard(2),
         quality: dsp::DEFAULT_QUALITY,
         run_frames: PERIOD,
+        history_frames: 0,
     };
     let (format, rate, channels) = match inp.kind % 3 {
         0 => (SampleFormat::S16Le, 48_000, 2),

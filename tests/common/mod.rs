@@ -113,6 +113,10 @@ impl Rig {
             std::fs::write(&cap, bytes).expect("write capture.raw");
             card.extra.push(format!("capture_file \"{}\"", cap.display()));
         }
+        // Like a hardware card, the virtual card may be rewound unless a test says otherwise.
+        if !card.extra.iter().any(|l| l.trim_start().starts_with("rewind ")) {
+            card.extra.push("rewind true".into());
+        }
         let extra = card.extra.join("\n    ").replace("@DIR@", &dir.path().display().to_string());
         let text = format!(
             r#"pcm_type.shmix {{ lib "{plugin}" }}

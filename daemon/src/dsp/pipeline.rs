@@ -59,8 +59,17 @@ pub struct Pipeline {
     rs_out: Vec<f32>,
     rs_pos: usize,
     rs_len: usize,
-    /// Device frames emitted since the last restart.
+    /// Device frames emitted since the last restart (moved back by [`Pipeline::unrender`]).
     out_total: u64,
+    /// The furthest `out_total` has been: frames in `[out_total, rendered)` were taken back
+    /// from the device and are played again from the history before anything new.
+    rendered: u64,
+    /// History capacity in device frames (0: the device is never rewound).
+    hist_frames: usize,
+    /// What the stream gave the device, frame by frame at `out_total % hist_frames`: the ring's
+    /// bytes without a resampler, the resampler's output (stream channels) with one.
+    hist_raw: Vec<u8>,
+    hist_out: Vec<f32>,
     /// The device's rate (Hz).
     dev_rate: u32,
     gain: Gain,
@@ -106,6 +115,7 @@ impl Pipeline {
         let max_in = resampler.as_ref().map_or(run, |r| r.input_frames_max().max(run));
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         let ramp = (u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize;
+        let resampler_none = resampler.is_none();
         Ok(Self {
             format: s.format,
             sc,
@@ -126,6 +136,10 @@ impl Pipeline {
             rs_pos: 0,
             rs_len: 0,
             out_total: 0,
+            rendered: 0,
+            hist_frames: dev.history_frames as usize,
+            hist_raw: vec![0; if resampler_none { dev.history_frames as usize * frame_bytes } else { 0 }],
+            hist_out: vec![0.0; if resampler_none { 0 } else { dev.history_frames as usize * sc }],
             dev_rate: d.rate,
             gain: Gain::new(ramp),
             peak: 0.0,
@@ -215,11 +229,89 @@ impl Pipeline {
         self.rs_pos = 0;
         self.rs_len = 0;
         self.out_total = 0;
+        self.rendered = 0;
     }
 
-    /// Fast path bookkeeping: `k` frames went to the device by plain copy.
-    pub fn note_copied(&mut self, k: usize) {
+    /// Frames taken back and not yet played again.
+    #[must_use]
+    pub fn replay_pending(&self) -> u64 {
+        self.rendered - self.out_total
+    }
+
+    /// How many more of the frames it gave the device could be taken back (history held).
+    #[must_use]
+    pub fn replayable(&self) -> u64 {
+        let held = (self.hist_frames as u64).saturating_sub(self.replay_pending());
+        held.min(self.out_total)
+    }
+
+    /// The device took back the last `u` frames this stream gave it (a rewind): they are played
+    /// again from the history, at the gain of the moment. Returns the frames taken back (at most
+    /// [`Pipeline::replayable`]). RT: yes.
+    pub fn unrender(&mut self, u: u64) -> u64 {
+        let u = u.min(self.replayable());
+        self.out_total -= u;
+        u
+    }
+
+    /// Forgets what was taken back (the stream was dropped). RT: yes.
+    pub fn forget_replay(&mut self) {
+        self.rendered = self.out_total;
+    }
+
+    /// Keeps `k` frames given to the device (fresh, at `rendered`) in the history: `bytes`
+    /// (ring bytes) without a resampler, `out` (resampler output) with one.
+    fn keep(&mut self, k: usize, bytes: Option<&[u8]>, out: Option<&[f32]>) {
+        let h = self.hist_frames;
+        if h > 0 {
+            let start = (self.rendered % h as u64) as usize;
+            let first = k.min(h - start);
+            if let Some(b) = bytes {
+                let fb = self.frame_bytes;
+                self.hist_raw[start * fb..(start + first) * fb].copy_from_slice(&b[..first * fb]);
+                self.hist_raw[..(k - first) * fb].copy_from_slice(&b[first * fb..k * fb]);
+            }
+            if let Some(o) = out {
+                let sc = self.sc;
+                self.hist_out[start * sc..(start + first) * sc].copy_from_slice(&o[..first * sc]);
+                self.hist_out[..(k - first) * sc].copy_from_slice(&o[first * sc..k * sc]);
+            }
+        }
         self.out_total += k as u64;
+        self.rendered = self.out_total;
+    }
+
+    /// Adds up to `n` frames taken back earlier into `bus`, from the history; returns them.
+    fn replay(&mut self, n: usize, bus: &mut [f32]) -> usize {
+        let m = usize::try_from(self.replay_pending()).unwrap_or(usize::MAX).min(n);
+        let h = self.hist_frames;
+        let (sc, dc) = (self.sc, self.dc);
+        let mut done = 0;
+        while done < m {
+            let start = (self.out_total % h as u64) as usize;
+            let k = (m - done).min(h - start);
+            if self.resampler.is_none() {
+                let fb = self.frame_bytes;
+                let bytes = &self.hist_raw[start * fb..(start + k) * fb];
+                (self.decode)(bytes, &mut self.dec[..k * sc]);
+                self.remap.add(&self.dec, &mut bus[done * dc..], k, &mut self.gain);
+                self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
+            } else {
+                let src = &self.hist_out[start * sc..(start + k) * sc];
+                self.remap.add(src, &mut bus[done * dc..], k, &mut self.gain);
+                self.peak = fmax(self.peak, peak_of(src) * self.gain.level());
+            }
+            self.out_total += k as u64;
+            done += k;
+        }
+        m
+    }
+
+    /// Fast path bookkeeping: `bytes` (whole frames, the ring's format) went to the device by
+    /// plain copy; kept in the history.
+    pub fn note_copied(&mut self, bytes: &[u8]) {
+        let k = bytes.len() / self.frame_bytes.max(1);
+        self.keep(k, Some(bytes), None);
     }
 
     /// Device frame index (since restart) just after the last input frame's output.
@@ -233,7 +325,7 @@ impl Pipeline {
     #[must_use]
     pub fn queued_stream_frames(&self, consumed_total: u64, device_queued: u64) -> u64 {
         if self.resampler.is_none() {
-            return device_queued.min(consumed_total);
+            return (device_queued + self.replay_pending()).min(consumed_total);
         }
         let dq = device_queued.min(self.out_total);
         let heard_out = (self.out_total - dq) as f64 - self.delay as f64;
@@ -292,17 +384,44 @@ impl Pipeline {
         bus: &mut [f32],
         draining: bool,
     ) -> Taken {
+        let n = n.min(self.run);
+        // What the device gave back comes first.
+        let again = if self.replay_pending() > 0 { self.replay(n, bus) } else { 0 };
+        if again == n {
+            return Taken { consumed: 0, emitted: n, short: false, tail_done: false };
+        }
+        let dc = self.dc;
+        let t = self.mix_fresh(audio, read_count, fill, n - again, &mut bus[again * dc..], draining);
+        Taken { emitted: again + t.emitted, ..t }
+    }
+
+    /// [`Pipeline::mix`] of frames not played before.
+    fn mix_fresh(
+        &mut self,
+        audio: &AudioReader,
+        read_count: u64,
+        fill: u32,
+        n: usize,
+        bus: &mut [f32],
+        draining: bool,
+    ) -> Taken {
         let (sc, dc) = (self.sc, self.dc);
         let fill = fill as usize;
-        let n = n.min(self.run);
         if self.resampler.is_none() {
             let k = fill.min(n);
             if k > 0 {
                 self.load(audio, read_count, k);
                 self.remap.add(&self.dec, bus, k, &mut self.gain);
                 self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
+                if self.hist_frames > 0 {
+                    let raw = std::mem::take(&mut self.raw);
+                    self.keep(k, Some(&raw[..k * self.frame_bytes]), None);
+                    self.raw = raw;
+                } else {
+                    self.out_total += k as u64;
+                    self.rendered = self.out_total;
+                }
             }
-            self.out_total += k as u64;
             return Taken { consumed: k as u32, emitted: k, short: k < n, tail_done: k == fill };
         }
         let mut produced = 0;
@@ -352,9 +471,16 @@ impl Pipeline {
             let src = &self.rs_out[self.rs_pos * sc..(self.rs_pos + m) * sc];
             self.remap.add(src, &mut bus[produced * dc..], m, &mut self.gain);
             self.peak = fmax(self.peak, peak_of(src) * self.gain.level());
+            if self.hist_frames > 0 {
+                let out = std::mem::take(&mut self.rs_out);
+                self.keep(m, None, Some(&out[self.rs_pos * sc..(self.rs_pos + m) * sc]));
+                self.rs_out = out;
+            } else {
+                self.out_total += m as u64;
+                self.rendered = self.out_total;
+            }
             self.rs_pos += m;
             produced += m;
-            self.out_total += m as u64;
         }
         let tail_done = consumed == fill && self.out_total >= self.tail_end(read_count + consumed as u64);
         Taken { consumed: consumed as u32, emitted: produced, short, tail_done }

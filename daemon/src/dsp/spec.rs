@@ -27,6 +27,9 @@ pub struct DeviceSpec {
     pub chmap: ChannelMap,
     /// `--resample-quality`.
     pub quality: ResampleQuality,
+    /// Device frames of what each playback stream gave the device kept to be played again
+    /// after a rewind (0: the device is never rewound).
+    pub history_frames: u32,
 }
 
 /// What a client asked for.

@@ -22,7 +22,7 @@ use super::stream::{Kind, State, Stream};
 use crate::dsp::convert::{self, DecodeFn, EncodeFn};
 use crate::dsp::gain::Gain;
 use crate::dsp::meter::channel_peaks;
-use crate::dsp::pipeline::{Pipeline, Taken};
+use crate::dsp::pipeline::Taken;
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -60,6 +60,8 @@ pub struct MixCore {
     /// The playback device is gone and the streams wait for it (told to each stream's timing
     /// flags, so its plugin waits longer in a drain).
     device_waiting: bool,
+    /// What is queued on the device is out of date (see [`MixCore::take_rewind_wanted`]).
+    rewind_wanted: bool,
 }
 
 impl MixCore {
@@ -88,6 +90,7 @@ impl MixCore {
             meter: [0.0; shmix_shared::msg::MAX_CHANNELS as usize],
             meter_frames: 0,
             device_waiting: false,
+            rewind_wanted: false,
         }
     }
 
@@ -100,7 +103,12 @@ impl MixCore {
     /// Picks up volume and mute changes from the control thread (ramped from here). RT: yes
     /// (atomic loads only).
     fn apply_controls(&mut self) {
-        self.master.set(self.dctl.master.gain());
+        let master = self.dctl.master.gain();
+        if master != self.master.target() {
+            // What is queued on the device was mixed at the old volume: mix it again.
+            self.rewind_wanted = true;
+        }
+        self.master.set(master);
         let capture = self.dctl.capture.gain();
         for s in &mut self.streams {
             // A stream that is not playing or recording takes the new gain at once (nothing to
@@ -111,8 +119,68 @@ impl MixCore {
                 Direction::Capture => s.ctl.volume.gain() * capture,
                 _ => s.ctl.volume.gain(),
             };
+            if let Kind::Play(p) = &s.kind {
+                if p.gain() != g && (live || s.state == State::DrainingDevice) {
+                    self.rewind_wanted = true;
+                }
+            }
             s.gain_to(g, live);
         }
+    }
+
+    /// True once after something made what is queued on the device out of date (a stream
+    /// started, resumed, paused or was dropped; a volume changed): the device is to be rewound
+    /// and the queue mixed again. RT: yes.
+    pub fn take_rewind_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.rewind_wanted)
+    }
+
+    /// How many of the last `r` frames handed to the device may be taken back and mixed again:
+    /// each playback stream must hold in its history what it gave in them (a stream stopped by
+    /// an underrun keeps what it played; a dropped one loses it, as dropping means). None while
+    /// a monitor records the mix (it has recorded those frames already). RT: yes.
+    #[must_use]
+    pub fn rewind_limit(&self, r: u64) -> u64 {
+        if self.streams.iter().any(|s| s.direction() == Direction::Monitor && s.violation.is_none()) {
+            return 0;
+        }
+        let mut limit = r;
+        for s in self.streams.iter().filter(|s| s.violation.is_none()) {
+            let Kind::Play(pipe) = &s.kind else { continue };
+            let gap = self.device_pos.saturating_sub(s.end_pos);
+            let takes_back = match s.state {
+                State::Stopped => s.dropped,
+                _ => true,
+            };
+            let room = if takes_back { gap + pipe.replayable() } else { gap };
+            limit = limit.min(room);
+        }
+        limit
+    }
+
+    /// The device took back its last `r` frames ([`MixCore::rewind_limit`] allowed them):
+    /// every stream that gave some of them plays them again (a dropped one forgets them); a
+    /// stream waiting for its drain to be heard is draining again. RT: yes.
+    pub fn rewound(&mut self, r: u64) {
+        let to = self.device_pos.saturating_sub(r);
+        for s in self.streams.iter_mut().filter(|s| s.violation.is_none()) {
+            if s.end_pos <= to {
+                continue;
+            }
+            let u = s.end_pos - to;
+            s.end_pos = to;
+            let (dropped, state) = (s.dropped, s.state);
+            let Kind::Play(pipe) = &mut s.kind else { continue };
+            pipe.unrender(u);
+            if state == State::Stopped && dropped {
+                pipe.forget_replay();
+            }
+            if state == State::DrainingDevice {
+                s.state = State::Draining;
+            }
+        }
+        self.device_pos = to;
+        Counters::bump(&self.counters.rewound_frames, r);
     }
 
     /// Folds one run of the bus (`samples` interleaved device samples, final levels) into the
@@ -300,7 +368,12 @@ impl MixCore {
     pub fn process_records(&mut self) {
         self.apply_controls();
         for s in &mut self.streams {
+            let before = s.state;
             s.process_records(&self.counters);
+            // A start, resume, pause or drop changes what the device should be playing.
+            if s.state != before && !s.is_recorder() && !matches!(s.state, State::Draining | State::DrainingDevice) {
+                self.rewind_wanted = true;
+            }
         }
     }
 
@@ -325,7 +398,10 @@ impl MixCore {
                 self.master.advance(frames);
             }
             // Fast path: the ring's bytes are already what the device wants.
-            Some(s) if s.pipeline().is_some_and(Pipeline::is_passthrough) && self.master.is_unity() => {
+            Some(s)
+                if s.pipeline().is_some_and(|p| p.is_passthrough() && p.replay_pending() == 0)
+                    && self.master.is_unity() =>
+            {
                 let fill = s.fill().unwrap_or(0) as usize;
                 let (Kind::Play(pipe), AudioHalf::Reader(audio)) = (&mut s.kind, &s.audio) else {
                     unreachable!("active streams play")
@@ -335,7 +411,7 @@ impl MixCore {
                 if k > 0 {
                     let idx = cursor::ring_index(s.read_count, s.buffer_frames);
                     audio.read(idx, &mut out[..bytes]);
-                    pipe.note_copied(k);
+                    pipe.note_copied(&out[..bytes]);
                     Counters::bump(&counters.fastpath_frames, k as u64);
                 }
                 convert::silence(self.format, &mut out[bytes..]);
@@ -520,6 +596,9 @@ fn finish(s: &mut Stream, t: Taken, now_ns: u64, device_pos: u64, counters: &Cou
     }
     s.read_count += u64::from(t.consumed);
     s.publish_read();
+    if t.emitted > 0 {
+        s.end_pos = device_pos + t.emitted as u64;
+    }
     let fill = s.fill().unwrap_or(0);
     if s.violation.is_some() {
         return;

@@ -25,6 +25,9 @@ pub const NO_REWIND_CAP_MS: u32 = 40;
 /// Safety margin to begin with, in us: on the safe side until the machine has shown what it
 /// does (it falls by an eighth per calm second down to the smallest).
 const MARGIN_START_US: u64 = 1500;
+/// What a rewind leaves queued in front of the card's play position (besides the FIFO or
+/// BATCH grain), in us.
+const REWIND_KEEP_US: u64 = 1333;
 /// Smallest margin, in us.
 const MARGIN_MIN_US: u64 = 500;
 /// Largest margin, in ms.
@@ -58,6 +61,13 @@ impl Ask {
     pub fn min(self, other: Self) -> Self {
         Self { period: self.period.min(other.period), slack: self.slack.min(other.slack) }
     }
+}
+
+/// The deepest queue on a rewindable device of `buffer` frames (what a stream's history must
+/// hold): three quarters of it, a quarter kept free to notice trouble before it runs dry.
+#[must_use]
+pub fn deepest_queue(buffer: u32) -> u32 {
+    buffer.saturating_sub(buffer / 4)
 }
 
 /// The queue step a device of `rate` Hz starts from (the quantum clients are told).
@@ -154,6 +164,10 @@ pub struct Schedule {
     calm_since_ns: u64,
     /// The wake level the last sleep aimed at (what a wake is judged against).
     planned: u32,
+    /// Queued frames may be rewritten.
+    rewinds: bool,
+    /// Frames a rewind leaves in front of the card's play position.
+    keep: u32,
     /// The card's clock.
     pub clock: CardClock,
 }
@@ -168,9 +182,7 @@ impl Schedule {
         let floor = floor_frames(rate);
         let margin_min = us(MARGIN_MIN_US).max(floor / 2);
         let margin_max = us(MARGIN_MAX_MS * 1000);
-        // Keep a quarter of the buffer free of our queue: room to notice trouble before it
-        // runs dry at the other end.
-        let deepest = buffer.saturating_sub(buffer / 4).max(2 * floor);
+        let deepest = deepest_queue(buffer).max(2 * floor);
         let cap = if rewind { deepest } else { us(u64::from(NO_REWIND_CAP_MS) * 1000).min(deepest) };
         Self {
             rate,
@@ -182,6 +194,8 @@ impl Schedule {
             margin_max,
             calm_since_ns: 0,
             planned: 0,
+            rewinds: rewind,
+            keep: grain + us(REWIND_KEEP_US),
             clock: CardClock::new(rate),
         }
     }
@@ -190,6 +204,31 @@ impl Schedule {
     #[must_use]
     pub fn rate(&self) -> u32 {
         self.rate
+    }
+
+    /// Queued frames may be rewritten.
+    #[must_use]
+    pub fn rewinds(&self) -> bool {
+        self.rewinds
+    }
+
+    /// How deep a rewind may go: it leaves this many frames queued.
+    #[must_use]
+    pub fn rewind_keep(&self) -> u32 {
+        self.keep
+    }
+
+    /// The queue to rewind to at a wake that found `queued` frames: the frames a rewind leaves
+    /// when the queue is out of date (`stale`), the fill level when the queue is much deeper
+    /// than the streams now ask for; `None`: no rewind.
+    #[must_use]
+    pub fn rewind_to(&self, queued: u32, asked: Option<Ask>, stale: bool) -> Option<u32> {
+        if !self.rewinds {
+            return None;
+        }
+        let to = if stale { self.keep } else { self.fill_level(asked) };
+        let slack = if stale { 0 } else { self.step(asked) + self.wake_level(asked) };
+        (queued > to + slack).then_some(to)
     }
 
     /// Deepest queue.
@@ -289,6 +328,18 @@ mod tests {
         assert_eq!(s.wake_level(a(12_000, 24_000)), 960);
         // Two streams: the smaller of each.
         assert_eq!(Ask::of(64, 4096).min(Ask::of(1024, 1024)), Ask { period: 64, slack: 512 });
+    }
+
+    #[test]
+    fn rewinds_go_to_the_keep_or_the_fill_level() {
+        let s = Schedule::new(48_000, 65_536, true, 0);
+        let a = Some(Ask::of(64, 256));
+        assert_eq!(s.rewind_to(40_000, a, true), Some(s.rewind_keep()));
+        assert_eq!(s.rewind_to(40_000, a, false), Some(s.fill_level(a)));
+        assert_eq!(s.rewind_to(s.fill_level(a), a, false), None);
+        assert_eq!(s.rewind_to(10, a, true), None);
+        let no = Schedule::new(48_000, 65_536, false, 0);
+        assert_eq!(no.rewind_to(40_000, a, true), None);
     }
 
     #[test]

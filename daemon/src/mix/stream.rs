@@ -79,6 +79,11 @@ pub struct Stream {
     pub(super) ctl: Arc<StreamCtl>,
     /// What it asks of the device queue, in device frames (its period and its slack).
     pub(super) ask: Ask,
+    /// Device position just after the last frame it gave the device.
+    pub(super) end_pos: u64,
+    /// Stopped by the client's Stop (drop): what it had queued on the device may be taken
+    /// back and forgotten.
+    pub(super) dropped: bool,
 }
 
 /// What a stream does, and the conversion that goes with it.
@@ -146,6 +151,8 @@ impl Stream {
             muted: false,
             ctl: Arc::new(StreamCtl::default()),
             ask: Ask { period: u32::MAX, slack: u32::MAX },
+            end_pos: 0,
+            dropped: false,
         }
     }
 
@@ -440,6 +447,7 @@ impl Stream {
             Record::Start { .. } => {
                 if self.state == State::Stopped {
                     self.state = State::Running;
+                    self.dropped = false;
                     self.read_count = 0;
                     self.write_count = 0;
                     match &mut self.kind {
@@ -465,6 +473,7 @@ impl Stream {
                 if self.state != State::Stopped {
                     self.read_count += u64::from(fill);
                     self.publish_read();
+                    self.dropped = true;
                 }
                 self.state = State::Stopped;
                 let pos = self.read_pos();

@@ -264,14 +264,26 @@ impl MixThread {
         }
         let Some(sched) = self.sched.as_mut() else { return Ok(()) };
         let stamp = now_ns();
-        let avail = dev.avail_update()?.min(buffer);
-        let queued = buffer - avail;
+        let mut avail = dev.avail_update()?.min(buffer);
+        let mut queued = buffer - avail;
         sched.clock.update(stamp, core.device_pos().saturating_sub(queued as u64));
         let asked = core.asked();
         // Only a timed wake says anything about lateness (a client's record may come any time).
         let timed = self.wake_at_ns.is_some_and(|at| stamp >= at);
         if timed && sched.woke_with(queued as u32, stamp) {
             Counters::bump(&core.counters().late_wakes, 1);
+        }
+        // A queue out of date (a stream started, paused, was dropped; a volume changed), or
+        // much deeper than the streams now ask for, is taken back and mixed again.
+        let stale = core.take_rewind_wanted();
+        if let Some(to) = sched.rewind_to(queued as u32, asked, stale) {
+            let r = core.rewind_limit((queued - to as usize) as u64).min(dev.rewindable()? as u64);
+            if r > 0 {
+                let done = dev.rewind(r as usize)?;
+                core.rewound(done as u64);
+                queued -= done.min(queued);
+                avail = buffer - queued;
+            }
         }
         let level = (sched.fill_level(asked) as usize).min(buffer);
         // Up to the fill level as far as every stream can give now, and at least to the wake
