@@ -118,7 +118,7 @@ const DEFAULT_PERIOD: u32 = 256;
 const DEFAULT_PERIODS: u32 = 4;
 /// Timer scheduling: the period asked of the device (its interrupt rate where period wakeups
 /// cannot be turned off, and a BATCH device's pointer step).
-const TIMER_PERIOD_HINT: u32 = 256;
+const TIMER_PERIOD_HINT: u32 = 64;
 /// Timer scheduling: most frames mixed in one run (the bus size).
 const TIMER_RUN_FRAMES: u32 = 1024;
 /// `--idle-stop` unless given.

@@ -90,6 +90,15 @@ impl fmt::Debug for Pipeline {
     }
 }
 
+/// Writes one element of every 4 KiB of `v` (control thread), so its pages exist before the
+/// mix thread uses them.
+fn touch_pages<T: Copy + Default>(v: &mut [T]) {
+    let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    for i in (0..v.len()).step_by(step) {
+        v[i] = std::hint::black_box(T::default());
+    }
+}
+
 impl Pipeline {
     /// Builds everything the stream needs to be mixed into `dev`, the resampler making one
     /// device quantum per call. Control thread.
@@ -116,6 +125,13 @@ impl Pipeline {
         let frame_bytes = s.format.sample_bytes() as usize * sc;
         let ramp = (u64::from(d.rate) * u64::from(GAIN_RAMP_MS) / 1000) as usize;
         let resampler_none = resampler.is_none();
+        let hist = dev.history_frames as usize;
+        let mut hist_raw = vec![0u8; if resampler_none { hist * frame_bytes } else { 0 }];
+        let mut hist_out = vec![0.0f32; if resampler_none { 0 } else { hist * sc }];
+        // Zeroed allocations are not backed by memory until written: write every page here, so
+        // the mix thread takes no page fault when it fills the history.
+        touch_pages(&mut hist_raw);
+        touch_pages(&mut hist_out);
         Ok(Self {
             format: s.format,
             sc,
@@ -137,9 +153,9 @@ impl Pipeline {
             rs_len: 0,
             out_total: 0,
             rendered: 0,
-            hist_frames: dev.history_frames as usize,
-            hist_raw: vec![0; if resampler_none { dev.history_frames as usize * frame_bytes } else { 0 }],
-            hist_out: vec![0.0; if resampler_none { 0 } else { dev.history_frames as usize * sc }],
+            hist_frames: hist,
+            hist_raw,
+            hist_out,
             dev_rate: d.rate,
             gain: Gain::new(ramp),
             peak: 0.0,

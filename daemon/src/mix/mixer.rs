@@ -171,7 +171,8 @@ impl MixCore {
             s.end_pos = to;
             let (dropped, state) = (s.dropped, s.state);
             let Kind::Play(pipe) = &mut s.kind else { continue };
-            pipe.unrender(u);
+            let back = pipe.unrender(u);
+            debug_assert!(back == u || (state == State::Stopped && dropped), "unrender {back} of {u}");
             if state == State::Stopped && dropped {
                 pipe.forget_replay();
             }

@@ -246,6 +246,12 @@ impl Schedule {
         self.margin.max(relative)
     }
 
+    /// The wake level the last sleep aimed at.
+    #[must_use]
+    pub fn planned(&self) -> u32 {
+        self.planned
+    }
+
     /// The wake level: the device never holds less than this when all goes well.
     #[must_use]
     pub fn wake_level(&self, asked: Option<Ask>) -> u32 {

@@ -288,7 +288,10 @@ impl MixThread {
         let level = (sched.fill_level(asked) as usize).min(buffer);
         // Up to the fill level as far as every stream can give now, and at least to the wake
         // level whatever they hold.
-        let need = (sched.wake_level(asked) as usize).saturating_sub(queued);
+        // (The level aimed at so far, if the new one is higher: a stream that asks for more
+        // slack gets it as its frames come, not by taking more than it holds.)
+        let floor_level = sched.wake_level(asked).min(sched.planned().max(sched.rewind_keep()));
+        let need = (floor_level as usize).saturating_sub(queued);
         let supply = core.supply().map_or(usize::MAX, |f| usize::try_from(f).unwrap_or(usize::MAX));
         let want = level.saturating_sub(queued).min(supply).max(need);
         let mut left = want.min(avail);
