@@ -9,6 +9,7 @@ mod control;
 mod faults;
 mod formats;
 mod hostile;
+mod latency;
 mod playback;
 mod realtime;
 mod reliability;
