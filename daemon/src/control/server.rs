@@ -132,6 +132,11 @@ impl Server {
         let figures =
             ServerFigures { device: self.device.params, clients: self.clients.len() as u32, counters: &self.counters };
         let (reply, changed) = self.control.handle(req, &figures);
+        if changed.is_some() {
+            // A volume or mute changed: the mix thread, asleep until its queue runs low, takes it
+            // (and mixes again what is queued) now.
+            kick(&self.cmd_efd);
+        }
         if req == ctlwire::Request::Subscribe {
             if let Some(c) = self.clients.iter_mut().find(|c| c.fd.as_raw_fd() == fd) {
                 c.phase = Phase::Subscribed;

@@ -38,28 +38,35 @@ const CALM_NS: u64 = 1_000_000_000;
 const CLOCK_TAU_NS: f64 = 1e9;
 
 /// What the running streams ask of the queue, in device frames: the smallest period (how
-/// often the quickest client wants its frames taken) and the smallest slack (how much extra
+/// often the quickest client wants its frames taken), the smallest slack (how much extra
 /// latency the most demanding one tolerates: half its period, or an eighth of its buffer if
-/// that is more).
+/// that is more) and the smallest limit (half a buffer: a learnt margin never goes past it, or
+/// the queue would hold more than that client can ever have written ahead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ask {
     /// The smallest period.
     pub period: u32,
     /// The smallest slack.
     pub slack: u32,
+    /// The smallest limit.
+    pub limit: u32,
 }
 
 impl Ask {
     /// The ask of one stream of `period` and `buffer` frames (device frames).
     #[must_use]
     pub fn of(period: u32, buffer: u32) -> Self {
-        Self { period: period.max(1), slack: (period / 2).max(buffer / 8) }
+        Self { period: period.max(1), slack: (period / 2).max(buffer / 8), limit: buffer / 2 }
     }
 
     /// Both asks at once: the smaller of each.
     #[must_use]
     pub fn min(self, other: Self) -> Self {
-        Self { period: self.period.min(other.period), slack: self.slack.min(other.slack) }
+        Self {
+            period: self.period.min(other.period),
+            slack: self.slack.min(other.slack),
+            limit: self.limit.min(other.limit),
+        }
     }
 }
 
@@ -242,8 +249,13 @@ impl Schedule {
     /// margin, and a stall of the thread costs it nothing); the largest margin without streams.
     #[must_use]
     pub fn margin_for(&self, asked: Option<Ask>) -> u32 {
-        let relative = asked.map_or(self.margin_max, |a| a.slack.min(self.margin_max));
-        self.margin.max(relative)
+        match asked {
+            None => self.margin.max(self.margin_max),
+            Some(a) => {
+                let m = self.margin.max(a.slack.min(self.margin_max));
+                m.min(a.limit.max(self.margin_min))
+            }
+        }
     }
 
     /// The wake level the last sleep aimed at.
@@ -333,7 +345,7 @@ mod tests {
         assert_eq!(s.wake_level(a(256, 4096)), 512);
         assert_eq!(s.wake_level(a(12_000, 24_000)), 960);
         // Two streams: the smaller of each.
-        assert_eq!(Ask::of(64, 4096).min(Ask::of(1024, 1024)), Ask { period: 64, slack: 512 });
+        assert_eq!(Ask::of(64, 4096).min(Ask::of(1024, 1024)), Ask { period: 64, slack: 512, limit: 512 });
     }
 
     #[test]
@@ -353,6 +365,18 @@ mod tests {
         let s = Schedule::new(48_000, 65_536, false, 0);
         assert!(s.cap() <= 48 * NO_REWIND_CAP_MS, "{}", s.cap());
         assert!(s.fill_level(Some(Ask::of(12_000, 24_000))) <= s.cap());
+    }
+
+    #[test]
+    fn a_learnt_margin_never_passes_half_the_smallest_buffer() {
+        let mut s = Schedule::new(48_000, 65_536, true, 0);
+        for _ in 0..20 {
+            s.underrun(0);
+        }
+        assert_eq!(s.margin(), s.margin_max);
+        assert_eq!(s.wake_level(Some(Ask::of(64, 256))), 128);
+        assert_eq!(s.wake_level(Some(Ask::of(64, 256).min(Ask::of(1024, 8192)))), 128);
+        assert_eq!(s.wake_level(Some(Ask::of(6000, 24_000))), s.margin_max);
     }
 
     #[test]

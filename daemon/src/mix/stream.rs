@@ -150,7 +150,7 @@ impl Stream {
             woke: false,
             muted: false,
             ctl: Arc::new(StreamCtl::default()),
-            ask: Ask { period: u32::MAX, slack: u32::MAX },
+            ask: Ask { period: u32::MAX, slack: u32::MAX, limit: u32::MAX },
             end_pos: 0,
             dropped: false,
         }
