@@ -356,6 +356,38 @@ fn music_player_wakes_rarely() {
     assert_contiguous(&rig.recording_s16(), &sound, CH, "music player");
 }
 
+/// A recorder asking for a 1 s buffer (250 ms periods) does not keep the daemon waking every few
+/// milliseconds: its ask sets the queue's step like a player's.
+#[test]
+fn a_recorder_with_a_long_buffer_wakes_the_daemon_rarely() {
+    let rig = Rig::new(Card::default(), &[]);
+    let out = rig.path("rec.wav");
+    let mut c = rig.cmd("arecord");
+    c.args(["-q", "-D", "shmix", "-f", "S16_LE", "-r", "48000", "-c", "2", "--buffer-time=1000000", "-d", "4"])
+        .arg(&out);
+    let (mut child, start) = spawn(c);
+    // Recording: its stream is attached and running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shmixctl(&rig, &["stats"])["streams"].as_u64() != Some(1) {
+        assert!(Instant::now() < deadline, "arecord never attached a stream");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let s0 = shmixctl(&rig, &["stats"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let s1 = shmixctl(&rig, &["stats"]);
+    let still = child.try_wait().expect("try_wait").is_none();
+    finish(&mut child, start, Duration::from_secs(30)).assert_ok("arecord");
+    let dc = s1["cycles"].as_u64().unwrap() - s0["cycles"].as_u64().unwrap();
+    let dt = s1["uptime_s"].as_f64().unwrap() - s0["uptime_s"].as_f64().unwrap();
+    let per_s = dc as f64 / dt;
+    eprintln!("recorder with a 1 s buffer: {per_s:.1} mix cycles a second; {}", schedule_note(&rig));
+    assert!(still, "arecord ended within the measurement");
+    assert!(per_s < 60.0, "{per_s:.1} mix cycles a second for a recorder with 250 ms periods");
+    let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    assert!(len >= 4 * 48_000 * 4, "arecord wrote {len} bytes for 4 s");
+}
+
 // ----- 4. card clock skew ---------------------------------------------------------------------
 
 /// One card at `skew_ppm`: 20 s of noise by aplay at a big queue (periods 12000, buffer 24000),

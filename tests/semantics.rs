@@ -351,6 +351,14 @@ pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rat
 /// `pcm_semantics truth` with `args` (none: period 1024, buffer 4096, RW): every delay sample
 /// within a device period + 1 ms of the truth; returns (max |error|, mean error) in frames.
 fn delay_against_truth(seed: u32, args: &[&str]) -> (f64, f64) {
+    delay_against_truth_joined(seed, args, false)
+}
+
+/// As [`delay_against_truth`]; with `join`, a second program (aplay playing silence, so the
+/// card's recording stays the measured sound) starts while the measured one plays: on the
+/// rewindable test card the daemon takes its queue back and mixes it again, and the delay must
+/// stay true across that.
+fn delay_against_truth_joined(seed: u32, args: &[&str], join: bool) -> (f64, f64) {
     let card = Card { extra: vec!["clock_file \"@DIR@/clock.txt\"".into()], ..Default::default() };
     let rig = Rig::new(card, &[]);
     let sound = stereo_noise(seed, 2.0);
@@ -358,7 +366,26 @@ fn delay_against_truth(seed: u32, args: &[&str]) -> (f64, f64) {
     write_raw(&raw, &sound);
     let mut a = vec!["truth", raw.to_str().unwrap()];
     a.extend_from_slice(args);
+    let joiner = join.then(|| {
+        let wav = rig.path("silence.wav");
+        write_wav(&wav, 2, RATE, &vec![0i16; RATE as usize * 2]);
+        let mut c = rig.cmd("aplay");
+        c.args(["-q", "-D", "shmix", "--period-size=256", "--buffer-size=1024"]).arg(&wav);
+        // It starts while the measured program plays (its first second of two).
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            run(c, Duration::from_secs(30))
+        })
+    });
     let rep = run_c(&rig, &a, &["truth_drain"]);
+    if let Some(j) = joiner {
+        j.join().expect("joiner thread").assert_ok("aplay (joining)");
+        let rewound =
+            rig.daemon_log().lines().rev().find_map(|l| {
+                l.split(" rewound ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            });
+        eprintln!("joined: the daemon took back {rewound:?} frames in all");
+    }
     let samples: Vec<(u64, u64, u64, i64)> = rep
         .out
         .lines()
@@ -406,6 +433,18 @@ fn c_delay_matches_the_card_clock_mmap_period_64() {
 #[test]
 fn c_delay_matches_the_card_clock_period_940() {
     delay_against_truth(453, &["940", "3760", "rw"]);
+}
+
+/// A big queue: 125 ms periods keep the device about 80 ms deep with timer scheduling.
+#[test]
+fn c_delay_matches_the_card_clock_big_queue() {
+    delay_against_truth(454, &["6000", "24000", "rw"]);
+}
+
+/// A program joining halfway: the daemon rewinds the queue and mixes it again.
+#[test]
+fn c_delay_matches_the_card_clock_across_a_join() {
+    delay_against_truth_joined(455, &["6000", "24000", "rw"], true);
 }
 
 #[test]
