@@ -31,7 +31,7 @@ REC=$OUT/card.raw
 cat > "$CONF" <<CONF
 pcm_type.shmix { lib "$T/libasound_module_pcm_shmix.so" }
 pcm_type.shmix_vcard { lib "$T/libasound_module_pcm_shmix_vcard.so" }
-pcm.vcard { type shmix_vcard format S16_LE rate 48000 channels 2 playback_file "$REC" }
+pcm.vcard { type shmix_vcard format S16_LE rate 48000 channels 2 rewind true playback_file "$REC" }
 pcm.shmix { type shmix socket "$SOCK" }
 CONF
 export ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf:$CONF

@@ -200,6 +200,9 @@ impl Server {
     /// A failure of the control loop itself (poll).
     pub fn run(&mut self) -> anyhow::Result<Outcome> {
         let mut last_stats = Instant::now();
+        // The once-a-second line is written while something happens (clients, or the mix thread
+        // still cycling); an idle daemon whose device stopped does not wake at all.
+        let mut last_cycles = u64::MAX;
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
             pfds.clear();
@@ -212,17 +215,20 @@ impl Server {
                 pfds.push(libc::pollfd { fd: c.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
             let now = Instant::now();
-            let mut timeout = Duration::from_secs(1).saturating_sub(now - last_stats);
+            let cycles = self.counters.cycles.load(Ordering::Relaxed);
+            let busy = !self.clients.is_empty() || cycles != last_cycles;
+            let mut timeout = busy.then(|| Duration::from_secs(1).saturating_sub(now - last_stats));
+            let mut at_most = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
             for c in self.clients.iter().filter(|c| c.awaits_something()) {
-                timeout = timeout.min(c.deadline.saturating_duration_since(now));
+                at_most(c.deadline.saturating_duration_since(now));
             }
             if !self.pending.is_empty() {
-                timeout = timeout.min(Duration::from_millis(5));
+                at_most(Duration::from_millis(5));
             }
             if let Some(rest) = self.accept_gate.wait(now) {
-                timeout = timeout.min(rest);
+                at_most(rest);
             }
-            let ms = timeout.as_millis().min(1000) as libc::c_int + 1;
+            let ms = timeout.map_or(-1, |t| t.as_millis().min(1000) as libc::c_int + 1);
             // SAFETY: `pfds` holds `len` initialised entries.
             let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
             if r < 0 {
@@ -269,7 +275,11 @@ impl Server {
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
-                debug!("{}", self.stats_line());
+                let cycles = self.counters.cycles.load(Ordering::Relaxed);
+                if !self.clients.is_empty() || cycles != last_cycles {
+                    debug!("{}", self.stats_line());
+                }
+                last_cycles = cycles;
             }
         }
     }
