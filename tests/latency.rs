@@ -73,17 +73,6 @@ fn stat(line: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no `{key}` in the stats line {line:?}"))
 }
 
-/// Waits (at most `limit`) for a stats line logged after the `seen` first ones; returns it.
-fn next_stats_line(rig: &Rig, seen: usize, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(l) = stats_lines(rig).get(seen) {
-            return l.clone();
-        }
-        assert!(Instant::now() < deadline, "no new stats line within {limit:?}:\n{}", rig.daemon_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The figures of the daemon's latest stats line, for a closing note.
 fn schedule_note(rig: &Rig) -> String {
@@ -234,6 +223,16 @@ fn assert_client_sound(rec: &[i16], sound: &[i16], frame: usize, xruns: i64, str
     assert!(p.windows(2).all(|w| w[1].sound_at >= w[0].sound_at + w[0].len), "{what}: frames repeated: {p:?}");
 }
 
+/// `rec` holds all of `sound` in order, nothing lost or repeated, perhaps cut by silence where
+/// the device underran (the daemon counted it).
+fn assert_whole_in_pieces(rec: &[i16], sound: &[i16], frame: usize, what: &str) {
+    let p = pieces_of(rec, sound, frame, what);
+    eprintln!("{what}: the sound in pieces {p:?}");
+    assert_eq!(p.first().map(|x| x.sound_at), Some(0), "{what}: the start is missing: {p:?}");
+    assert!(p.windows(2).all(|w| w[1].sound_at == w[0].sound_at + w[0].len), "{what}: frames lost or repeated: {p:?}");
+    assert_eq!(p.last().map(|x| x.sound_at + x.len), Some(sound.len() / frame), "{what}: the sound is whole: {p:?}");
+}
+
 // ----- 1. buffer and delay ----------------------------------------------------------------
 
 /// The C client alone plays 3 s at period 64 / buffer 256 on a card with `extra` keys: it gets
@@ -254,8 +253,17 @@ fn low_latency_client_plays(extra: &[&str], seed: u32) -> f64 {
     assert!(wall >= 3.0 * 0.9, "3 s of audio took {wall:.3} s: the card's clock is real time");
     // A SCHED_FIFO client sharing two cores with the rest of the suite may be starved now and
     // then (its own loss, which it reports): beyond NOISE_XRUNS that is a failure, and whatever
-    // it lost, what reached the card is its sound in order, nothing repeated.
-    assert_client_sound(&rig.recording_s16(), &sound, CH, c.xruns(), true, &format!("{extra:?}: period 64 buffer 256"));
+    // it lost, what reached the card is its sound in order, nothing repeated. A stall of the
+    // machine longer than the daemon's margin (about 1.5 ms here) is a device xrun: silence,
+    // nothing lost; beyond DEVICE_NOISE_XRUNS a failure.
+    let what = format!("{extra:?}: period 64 buffer 256");
+    let device_xruns = shmixctl(&rig, &["stats"])["device_xruns"].as_u64().unwrap_or(u64::MAX);
+    assert!(device_xruns <= DEVICE_NOISE_XRUNS, "{what}: {device_xruns} device xruns");
+    if c.xruns() == 0 && device_xruns > 0 {
+        assert_whole_in_pieces(&rig.recording_s16(), &sound, CH, &what);
+    } else {
+        assert_client_sound(&rig.recording_s16(), &sound, CH, c.xruns(), true, &what);
+    }
     c.value("delay_mean_frames") / FRAMES_PER_MS
 }
 
@@ -304,21 +312,24 @@ fn idle_daemon_stops_waking_by_default() {
     // 5 s by default, plus a stats line a second.
     wait_for_text(&rig.log, "idle stops 1 ", Duration::from_secs(12));
     let stopped_after = left.elapsed();
-    // The first stats line after the one that reported the stop, and one 3 s later.
-    let seen = stats_lines(&rig).len();
-    let first = next_stats_line(&rig, seen, Duration::from_secs(5));
-    let c0 = stat(&first, "cycles");
+    // The daemon logs no more stats lines once idle (it does not wake for them either): its
+    // counters, asked twice 3 s apart (a control connection wakes only the control thread).
+    let lines = stats_lines(&rig).len();
+    let first = shmixctl(&rig, &["stats"]);
+    let c0 = first["cycles"].as_u64().unwrap();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
-    let last = next_stats_line(&rig, stats_lines(&rig).len(), Duration::from_secs(5));
-    let c1 = stat(&last, "cycles");
+    let last = shmixctl(&rig, &["stats"]);
+    let c1 = last["cycles"].as_u64().unwrap();
     eprintln!(
-        "idle: stopped {:.1} s after the client left; cycles {c0} -> {c1} over {:.1} s",
+        "idle: stopped {:.1} s after the client left; cycles {c0} -> {c1} over {:.1} s; stats lines {lines} -> {}",
         stopped_after.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        stats_lines(&rig).len()
     );
     assert_eq!(c1, c0, "the idle daemon kept waking: {first}\n{last}");
-    assert_eq!(stat(&last, "idle stops"), 1.0, "{last}");
+    // (A line may come while shmixctl is connected: a client is activity.)
+    assert!(stats_lines(&rig).len() <= lines + 2, "the idle daemon kept logging (and waking) once a second");
     run(aplay(&rig, &[], &wb), Duration::from_secs(30)).assert_ok("aplay (second)");
     let both: Vec<i16> = a.iter().chain(&b).copied().collect();
     let p = pieces_of(&rig.recording_s16(), &both, CH, "idle stop by default");
@@ -501,13 +512,8 @@ fn card_sees_no_violation(extra: &str) {
     if xruns == 0.0 {
         assert_contiguous(&channel(&rec, CH, 0), &left, 1, &format!("{extra}: aplay"));
     } else {
-        let p = pieces_of(&channel(&rec, CH, 0), &left, 1, &format!("{extra}: aplay"));
-        eprintln!("{extra}: {xruns} device xruns; aplay's sound in pieces {p:?}");
-        assert!(
-            p.windows(2).all(|w| w[1].sound_at == w[0].sound_at + w[0].len),
-            "{extra}: aplay lost or repeated frames: {p:?}"
-        );
-        assert_eq!(p.last().map(|x| x.sound_at + x.len), Some(left.len()), "{extra}: aplay's sound is whole: {p:?}");
+        eprintln!("{extra}: {xruns} device xruns");
+        assert_whole_in_pieces(&channel(&rec, CH, 0), &left, 1, &format!("{extra}: aplay"));
     }
     // Whether it keeps up on these cards is low_latency_client_keeps_up_on_batch_and_fifo_cards'
     // question; here it stresses the card's rules while aplay plays.

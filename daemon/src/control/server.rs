@@ -200,8 +200,9 @@ impl Server {
     /// A failure of the control loop itself (poll).
     pub fn run(&mut self) -> anyhow::Result<Outcome> {
         let mut last_stats = Instant::now();
-        // The once-a-second line is written while something happens (clients, or the mix thread
-        // still cycling); an idle daemon whose device stopped does not wake at all.
+        // The once-a-second line is written while something happens (clients, a running device,
+        // or the mix thread still cycling); an idle daemon whose device stopped does not wake at
+        // all.
         let mut last_cycles = u64::MAX;
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
@@ -216,7 +217,8 @@ impl Server {
             }
             let now = Instant::now();
             let cycles = self.counters.cycles.load(Ordering::Relaxed);
-            let busy = !self.clients.is_empty() || cycles != last_cycles;
+            let busy =
+                !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed);
             let mut timeout = busy.then(|| Duration::from_secs(1).saturating_sub(now - last_stats));
             let mut at_most = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
             for c in self.clients.iter().filter(|c| c.awaits_something()) {
@@ -276,7 +278,8 @@ impl Server {
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
                 let cycles = self.counters.cycles.load(Ordering::Relaxed);
-                if !self.clients.is_empty() || cycles != last_cycles {
+                if !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed)
+                {
                     debug!("{}", self.stats_line());
                 }
                 last_cycles = cycles;

@@ -47,6 +47,8 @@ pub struct Counters {
     pub capture_reopened: AtomicU64,
     /// Times the playback device was stopped after `--idle-stop` without streams.
     pub idle_stops: AtomicU64,
+    /// The playback device is stopped for idleness now (the mix thread does not wake).
+    pub idle_now: std::sync::atomic::AtomicBool,
     /// Allocations seen on the mix thread while in the cycle (feature `rt-audit`).
     pub rt_allocations: AtomicU64,
     /// Timer scheduling: the device queue's fill level after the last wake, in frames.

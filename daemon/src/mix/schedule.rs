@@ -305,7 +305,7 @@ impl Schedule {
     }
 
     /// A timed wake found `queued` frames left: below half the margin it aimed at it came late
-    /// (the learnt margin grows by half; returns true); otherwise, after [`CALM_NS`] of calm,
+    /// (the learnt margin grows by half; returns true); otherwise, after a calm second,
     /// the margin falls by an eighth.
     pub fn woke_with(&mut self, queued: u32, now: u64) -> bool {
         if self.calm_since_ns == 0 {

@@ -285,6 +285,7 @@ impl MixThread {
             self.idle_since_ns = None;
             if self.idle_stopped {
                 self.idle_stopped = false;
+                self.core.counters().idle_now.store(false, Ordering::Relaxed);
                 return self.start(Direction::Playback);
             }
             return Ok(());
@@ -306,6 +307,7 @@ impl MixThread {
         self.idle_stopped = true;
         self.idle_since_ns = None;
         self.core.counters().idle_stops.fetch_add(1, Ordering::Relaxed);
+        self.core.counters().idle_now.store(true, Ordering::Relaxed);
         Ok(())
     }
 

@@ -433,6 +433,7 @@ impl MixThread {
             core.set_device_waiting(true);
             // The device that comes back is started and serviced, whatever stopped this one.
             self.idle_stopped = false;
+            self.core.counters().idle_now.store(false, Ordering::Relaxed);
         } else if counted {
             counters.capture_lost.fetch_add(1, Ordering::Relaxed);
         }
