@@ -73,7 +73,6 @@ fn stat(line: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no `{key}` in the stats line {line:?}"))
 }
 
-
 /// The figures of the daemon's latest stats line, for a closing note.
 fn schedule_note(rig: &Rig) -> String {
     let Some(l) = stats_lines(rig).pop() else { return "no stats line".into() };
