@@ -385,20 +385,17 @@ impl Device {
     /// itself and may be rewound unless it is BATCH (a driver that refuses a rewind is found
     /// out when it does: see `Device::rewind`). Any other PCM (a plugin: dmix, a network
     /// sink, a virtual card) is taken as it describes itself in its ALSA definition, keys
-    /// `rewind` (default false: a plugin that has passed frames on cannot take them back),
-    /// `batch` and `fifo` (frames fetched ahead of the play position).
+    /// `rewind` (default false: a plugin that has passed frames on cannot take them back; and
+    /// never with `batch`), `batch` and `fifo` (frames fetched ahead of the play position).
     fn probe_caps(&self, timer: bool, hw_batch: bool, hw_fifo: u32) -> Caps {
         // SAFETY: `pcm` is open.
         if unsafe { sys::snd_pcm_type(self.pcm) } == sys::SND_PCM_TYPE_HW {
             return Caps { timer, rewind: !hw_batch, batch: hw_batch, fifo_frames: hw_fifo };
         }
         let keys = definition_keys(&self.name);
-        Caps {
-            timer,
-            rewind: keys.rewind.unwrap_or(false),
-            batch: keys.batch.unwrap_or(false),
-            fifo_frames: keys.fifo.unwrap_or(0),
-        }
+        let batch = keys.batch.unwrap_or(false);
+        // A BATCH pointer says where the card is only to a period: never rewound, as hardware.
+        Caps { timer, rewind: keys.rewind.unwrap_or(false) && !batch, batch, fifo_frames: keys.fifo.unwrap_or(0) }
     }
 
     /// The device's current channel map (`snd_pcm_get_chmap`), if it tells one that fits.

@@ -326,6 +326,9 @@ impl MixThread {
         if self.cap.dev.is_some() {
             sleep = sleep.min(sched.clock.ns_for(u64::from(sched.step(asked))));
         }
+        // A fill short of its level (a stream's ring held less) leaves the queue at the wake
+        // level: a nap of a quarter margin, not a spin that would keep the client from writing.
+        sleep = sleep.max(sched.clock.ns_for(u64::from(sched.margin_for(asked) / 4)));
         self.wake_at_ns = Some(at + sleep);
         let c = core.counters();
         c.queue_frames.store(queued as u64, Ordering::Relaxed);
