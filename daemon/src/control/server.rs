@@ -217,8 +217,7 @@ impl Server {
             }
             let now = Instant::now();
             let cycles = self.counters.cycles.load(Ordering::Relaxed);
-            let busy =
-                !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed);
+            let busy = self.busy(cycles, last_cycles);
             let mut timeout = busy.then(|| Duration::from_secs(1).saturating_sub(now - last_stats));
             let mut at_most = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
             for c in self.clients.iter().filter(|c| c.awaits_something()) {
@@ -278,13 +277,18 @@ impl Server {
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
                 let cycles = self.counters.cycles.load(Ordering::Relaxed);
-                if !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed)
-                {
+                if self.busy(cycles, last_cycles) {
                     debug!("{}", self.stats_line());
                 }
                 last_cycles = cycles;
             }
         }
+    }
+
+    /// Something happens: clients are connected, the device runs, or the mix thread cycled
+    /// since the last stats line (at `last_cycles`).
+    fn busy(&self, cycles: u64, last_cycles: u64) -> bool {
+        !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed)
     }
 
     /// One line of the real-time counters.

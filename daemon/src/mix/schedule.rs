@@ -207,16 +207,12 @@ impl Schedule {
         }
     }
 
-    /// The device's rate.
+    /// True when `other` was made for a device like this one's (same rate, buffer and
+    /// capabilities): a restart of the same device keeps what was learnt (margin, clock).
     #[must_use]
-    pub fn rate(&self) -> u32 {
-        self.rate
-    }
-
-    /// Queued frames may be rewritten.
-    #[must_use]
-    pub fn rewinds(&self) -> bool {
-        self.rewinds
+    pub fn same_device(&self, other: &Self) -> bool {
+        (self.rate, self.cap, self.grain, self.rewinds, self.keep)
+            == (other.rate, other.cap, other.grain, other.rewinds, other.keep)
     }
 
     /// How deep a rewind may go: it leaves this many frames queued.

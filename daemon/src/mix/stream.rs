@@ -167,12 +167,6 @@ impl Stream {
         self.ask = Ask::of(dev(period_frames), dev(buffer_frames));
     }
 
-    /// What it asks of the device queue.
-    #[must_use]
-    pub fn ask(&self) -> Ask {
-        self.ask
-    }
-
     /// Shares `ctl` with the control thread and starts at its volume without a ramp (control
     /// thread, before the stream is added).
     pub fn attach_ctl(&mut self, ctl: Arc<StreamCtl>) {

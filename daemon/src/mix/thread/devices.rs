@@ -145,7 +145,11 @@ impl MixThread {
         if dir == Direction::Playback {
             // Kept across restarts of the same device (its margin and clock stay learnt).
             let fresh = self.play.dev.as_deref().and_then(schedule_for);
-            if fresh.as_ref().map(Schedule::rate) != self.sched.as_ref().map(Schedule::rate) || fresh.is_none() {
+            let same = match (&fresh, &self.sched) {
+                (Some(f), Some(s)) => s.same_device(f),
+                _ => false,
+            };
+            if !same {
                 self.sched = fresh;
             }
             // Serviced right after the start (the device's own wakeup comes only when it ran dry).
