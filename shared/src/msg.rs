@@ -12,11 +12,13 @@ pub use crate::limits::{MAX_CHANNELS, MAX_RATE, MIN_RATE, RECORD_BYTES};
 use crate::quality::ResampleQuality;
 
 /// Protocol version; both sides must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest socket packet either side sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 512;
 /// Longest client name carried in `Hello`.
 pub const MAX_NAME_BYTES: usize = 128;
+/// Longest device (PCM) name carried in `Hello` and the control protocol.
+pub const MAX_DEVICE_NAME_BYTES: usize = 128;
 /// Longest reason carried in `Refused`.
 pub const MAX_REASON_BYTES: usize = 256;
 
@@ -101,6 +103,9 @@ pub enum SocketMsg {
         pid: u32,
         /// Program name, for listings.
         name: String,
+        /// The device (its PCM name, as the daemon names it) this connection's stream is to
+        /// play on or record from; empty: the default device, followed when it changes.
+        device: String,
     },
     /// Daemon -> client: the device's parameters (what the plugin offers at this stage).
     Welcome {
@@ -187,12 +192,13 @@ impl SocketMsg {
         let mut out = Vec::with_capacity(64);
         let tag = |out: &mut Vec<u8>, t: u32| out.extend_from_slice(&t.to_le_bytes());
         match self {
-            Self::Hello { version, direction, pid, name } => {
+            Self::Hello { version, direction, pid, name, device } => {
                 tag(&mut out, TAG_HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&(*direction as u32).to_le_bytes());
                 out.extend_from_slice(&pid.to_le_bytes());
                 put_str(&mut out, name, MAX_NAME_BYTES);
+                put_str(&mut out, device, MAX_DEVICE_NAME_BYTES);
             }
             Self::Welcome { version, device } => {
                 tag(&mut out, TAG_WELCOME);
@@ -243,6 +249,7 @@ impl SocketMsg {
                 direction: Direction::from_u32(r.u32("direction")?)?,
                 pid: r.u32("pid")?,
                 name: r.string("name", MAX_NAME_BYTES)?,
+                device: r.string("device", MAX_DEVICE_NAME_BYTES)?,
             },
             TAG_WELCOME => Self::Welcome { version: r.u32("version")?, device: r.params()? },
             TAG_CREATE => {

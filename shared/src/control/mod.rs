@@ -16,6 +16,8 @@ use crate::msg::{AudioParams, Direction};
 pub const MAX_CONTROL_PACKET_BYTES: usize = 32 * 1024;
 /// Most streams one `Streams` reply lists (the daemon's stream slots).
 pub const MAX_LISTED_STREAMS: u32 = 64;
+/// Most devices one `Devices` reply lists (the daemon serves at most this many).
+pub const MAX_LISTED_DEVICES: u32 = 32;
 /// Highest volume: unity gain (0 dB). Volumes are linear amplitude factors in `0.0..=1.0`.
 pub const MAX_VOLUME: f32 = 1.0;
 
@@ -24,10 +26,14 @@ pub const MAX_VOLUME: f32 = 1.0;
 pub enum Target {
     /// One stream, by its daemon-wide id.
     Stream(u32),
-    /// The playback mix (the device's playback side).
+    /// The default device's playback mix.
     Master,
-    /// The capture path (everything recorded from the device's capture side).
+    /// The default device's capture path (everything recorded from its capture side).
     Capture,
+    /// One device's playback mix, by its id (`Reply::Devices`).
+    DeviceMaster(u32),
+    /// One device's capture path, by its id.
+    DeviceCapture(u32),
 }
 
 /// How a mute request changes the mute state.
@@ -106,6 +112,96 @@ pub enum Request {
     /// A subscribed connection should send no further requests (events and replies would
     /// interleave); open a second connection for requests.
     Subscribe,
+    /// Answered by `Reply::Devices`.
+    Devices,
+    /// Moves a stream to another device (by id, from `Reply::Devices`); answered by
+    /// `Reply::Moved` once the move is under way, or `Reply::Error`. The stream stays on that
+    /// device from then on (it no longer follows the default).
+    Move {
+        /// The stream's id.
+        stream: u32,
+        /// The device's id.
+        device: u32,
+    },
+    /// Makes a device the default (and the preferred default, remembered across restarts);
+    /// the streams that follow the default move to it. Answered by `Reply::Default` or
+    /// `Reply::Error`.
+    SetDefault {
+        /// The device's id.
+        device: u32,
+    },
+}
+
+/// What a device is doing, as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DeviceState {
+    /// Open and running.
+    Running = 0,
+    /// Open, stopped after `--idle-stop` without streams (no wakeups).
+    Idle = 1,
+    /// Vanished or not there yet: its pinned streams wait for it.
+    Absent = 2,
+    /// Failed for good (its streams got `Fatal`).
+    Failed = 3,
+}
+
+impl DeviceState {
+    /// The name `shmixctl` prints and puts in JSON.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Idle => "idle",
+            Self::Absent => "absent",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// From its wire code.
+    #[must_use]
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Running,
+            1 => Self::Idle,
+            2 => Self::Absent,
+            3 => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One device as `Devices` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    /// The daemon's id for it (stable while the daemon runs).
+    pub id: u32,
+    /// Its ALSA PCM name (what `--device`, the plugin's `device` key and `shmixctl` use).
+    pub name: String,
+    /// The playback side's format, rate, channels; period = the quantum, buffer = the device
+    /// buffer.
+    pub params: AudioParams,
+    /// It has a capture side (capture streams may be sent to it).
+    pub capture: bool,
+    /// What it is doing.
+    pub state: DeviceState,
+    /// Streams on it (playback, capture and monitor).
+    pub streams: u32,
+    /// It is the default device now.
+    pub default: bool,
+    /// It is the preferred default (`--prefer`, or the last `shmixctl default`).
+    pub preferred: bool,
+    /// Frames queued on the playback side at the mix thread's last fill (its latency).
+    pub queue_frames: u32,
+    /// Mix thread cycles (wakeups handled) since start.
+    pub cycles: u64,
+    /// CPU time its mix thread has used, in nanoseconds.
+    pub mix_cpu_ns: u64,
+    /// Device xruns recovered.
+    pub device_xruns: u64,
+    /// The daemon's CLOCK_MONOTONIC when this was taken, in nanoseconds (two listings give
+    /// wakeups per second).
+    pub sampled_ns: u64,
 }
 
 /// One stream as `List` reports it.
@@ -119,6 +215,11 @@ pub struct StreamInfo {
     pub name: String,
     /// Playback, capture or monitor.
     pub direction: Direction,
+    /// The device it plays on or records from (its PCM name).
+    pub device: String,
+    /// It stays on `device` (named by its program, or moved there); else it follows the
+    /// default.
+    pub pinned: bool,
     /// The stream's negotiated format, rate, channels, period and buffer.
     pub params: AudioParams,
     /// Daemon-side state.
@@ -216,6 +317,20 @@ pub enum Reply {
     },
     /// `Subscribe` accepted.
     Subscribed,
+    /// Every device.
+    Devices(Vec<DeviceInfo>),
+    /// A `Move` is under way (the stream continues on `device` within a few ms).
+    Moved {
+        /// The stream.
+        stream: u32,
+        /// The device's id.
+        device: u32,
+    },
+    /// The default device now (after `SetDefault`).
+    Default {
+        /// The device's id.
+        device: u32,
+    },
     /// The request failed (unknown stream, volume out of range).
     Error {
         /// An errno value.
