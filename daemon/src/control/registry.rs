@@ -78,23 +78,37 @@ struct Entry {
     direction: Direction,
     params: AudioParams,
     ctl: Arc<StreamCtl>,
+    /// The device it plays on or records from.
+    device: String,
+    /// It stays there (named by its program, or moved there).
+    pinned: bool,
 }
 
-/// Figures the server supplies for `Stats`.
+/// One device's shared state and figures, as `Stats` and the volume targets need them.
 #[derive(Debug, Clone, Copy)]
-pub struct ServerFigures<'a> {
-    /// The playback device's parameters.
-    pub device: AudioParams,
-    /// Connected clients.
-    pub clients: u32,
-    /// The mix thread's counters.
+pub struct DeviceFigures<'a> {
+    /// Its volumes and levels.
+    pub dctl: &'a DeviceCtl,
+    /// Its playback parameters.
+    pub params: AudioParams,
+    /// Its mix thread's counters.
     pub counters: &'a Counters,
 }
 
-/// The control thread's registry of streams, the volume memory and the device's shared state.
+/// What the server supplies for `Stats` and the volume targets.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFigures<'a> {
+    /// The devices, by id.
+    pub units: &'a [DeviceFigures<'a>],
+    /// The default device's index in `units`.
+    pub default: usize,
+    /// Connected clients.
+    pub clients: u32,
+}
+
+/// The control thread's registry of streams and the volume memory.
 #[derive(Debug)]
 pub struct Control {
-    device: Arc<DeviceCtl>,
     streams: Vec<Entry>,
     /// Volume and mute per program name (the most recently used names).
     memory: VolumeMemory,
@@ -104,12 +118,17 @@ pub struct Control {
     started: Instant,
 }
 
+impl Default for Control {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Control {
-    /// The registry for a device whose shared state is `device`.
+    /// An empty registry.
     #[must_use]
-    pub fn new(device: Arc<DeviceCtl>) -> Self {
+    pub fn new() -> Self {
         Self {
-            device,
             streams: Vec::new(),
             memory: VolumeMemory::default(),
             retired_copied: 0,
@@ -118,14 +137,8 @@ impl Control {
         }
     }
 
-    /// The device's shared state.
-    #[must_use]
-    pub fn device(&self) -> &Arc<DeviceCtl> {
-        &self.device
-    }
-
-    /// Registers a new stream; returns its shared figures with the volume remembered for
-    /// `name` (if any) already set.
+    /// Registers a new stream on `device` (`pinned` there, or following the default); returns
+    /// its shared figures with the volume remembered for `name` (if any) already set.
     pub fn register(
         &mut self,
         id: u32,
@@ -133,6 +146,7 @@ impl Control {
         name: &str,
         direction: Direction,
         params: AudioParams,
+        (device, pinned): (&str, bool),
     ) -> Arc<StreamCtl> {
         let ctl = Arc::new(StreamCtl::default());
         if let Some((v, m)) = self.memory.recall(name) {
@@ -140,8 +154,25 @@ impl Control {
             ctl.volume.set_muted(m);
             log::info!("stream {id} ({name}): remembered volume {:.0}%{}", v * 100.0, if m { ", muted" } else { "" });
         }
-        self.streams.push(Entry { id, pid, name: name.to_owned(), direction, params, ctl: Arc::clone(&ctl) });
+        self.streams.push(Entry {
+            id,
+            pid,
+            name: name.to_owned(),
+            direction,
+            params,
+            ctl: Arc::clone(&ctl),
+            device: device.to_owned(),
+            pinned,
+        });
         ctl
+    }
+
+    /// Stream `id` is now on `device` (moved), `pinned` there or following the default.
+    pub fn set_device(&mut self, id: u32, device: &str, pinned: bool) {
+        if let Some(e) = self.streams.iter_mut().find(|e| e.id == id) {
+            device.clone_into(&mut e.device);
+            e.pinned = pinned;
+        }
     }
 
     /// Whether stream `id` is registered.
@@ -171,6 +202,8 @@ impl Control {
                     pid: e.pid,
                     name: e.name.clone(),
                     direction: e.direction,
+                    device: e.device.clone(),
+                    pinned: e.pinned,
                     params: e.params,
                     state: StreamState::from_u32(c.state.load(Ordering::Relaxed)).unwrap_or(StreamState::Stopped),
                     latency_frames: c.latency_frames.load(Ordering::Relaxed),
@@ -187,14 +220,16 @@ impl Control {
         v
     }
 
+    /// Daemon-wide figures; the device figures are the default device's.
     fn stats(&self, f: &ServerFigures<'_>) -> Stats {
-        let c = f.counters;
+        let u = &f.units[f.default];
+        let c = u.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let live_copied: u64 = self.streams.iter().map(|e| e.ctl.copied_frames.load(Ordering::Relaxed)).sum();
         let live_zero: u64 = self.streams.iter().map(|e| e.ctl.zero_copy_frames.load(Ordering::Relaxed)).sum();
-        let d = &self.device;
+        let d = u.dctl;
         Stats {
-            device: f.device,
+            device: u.params,
             clients: f.clients,
             streams: self.streams.len() as u32,
             uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
@@ -220,10 +255,13 @@ impl Control {
         }
     }
 
-    fn volume_of(&self, t: Target) -> Option<(&Volume, Option<&str>)> {
+    fn volume_of<'a>(&'a self, t: Target, f: &ServerFigures<'a>) -> Option<(&'a Volume, Option<&'a str>)> {
+        let dev = |id: usize| f.units.get(id).map(|u| u.dctl);
         match t {
-            Target::Master => Some((&self.device.master, None)),
-            Target::Capture => Some((&self.device.capture, None)),
+            Target::Master => dev(f.default).map(|d| (&d.master, None)),
+            Target::Capture => dev(f.default).map(|d| (&d.capture, None)),
+            Target::DeviceMaster(id) => dev(id as usize).map(|d| (&d.master, None)),
+            Target::DeviceCapture(id) => dev(id as usize).map(|d| (&d.capture, None)),
             Target::Stream(id) => {
                 self.streams.iter().find(|e| e.id == id).map(|e| (&e.ctl.volume, Some(e.name.as_str())))
             }
@@ -237,6 +275,10 @@ impl Control {
             Request::List => return (Reply::Streams(self.list()), None),
             Request::Stats => return (Reply::Stats(Box::new(self.stats(f))), None),
             Request::Subscribe => return (Reply::Subscribed, None),
+            // The server answers these (they change where streams play).
+            Request::Devices | Request::Move { .. } | Request::SetDefault { .. } => {
+                return (Reply::Error { errno: libc::EINVAL as u32, reason: "not a registry request".into() }, None)
+            }
             Request::SetVolume { target, volume } => (target, &move |v: &Volume| v.set_volume(volume)),
             Request::SetMute { target, op } => (target, &move |v: &Volume| {
                 v.set_muted(match op {
@@ -246,9 +288,13 @@ impl Control {
                 });
             }),
         };
-        let Some((vol, name)) = self.volume_of(target) else {
-            let Target::Stream(id) = target else { unreachable!("master and capture always exist") };
-            return (Reply::Error { errno: libc::ENOENT as u32, reason: format!("no stream {id}") }, None);
+        let Some((vol, name)) = self.volume_of(target, f) else {
+            let reason = match target {
+                Target::Stream(id) => format!("no stream {id}"),
+                Target::DeviceMaster(id) | Target::DeviceCapture(id) => format!("no device {id}"),
+                Target::Master | Target::Capture => "no default device".into(),
+            };
+            return (Reply::Error { errno: libc::ENOENT as u32, reason }, None);
         };
         let before = (vol.volume(), vol.muted());
         change(vol);
@@ -274,24 +320,26 @@ mod tests {
 
     #[test]
     fn volume_is_remembered_per_program() {
-        let mut c = Control::new(Arc::new(DeviceCtl::new(2, 48000)));
+        let mut c = Control::new();
         let counters = Counters::default();
-        let f = ServerFigures { device: params(), clients: 1, counters: &counters };
-        let s = c.register(1, 10, "aplay", Direction::Playback, params());
+        let dctl = DeviceCtl::new(2, 48000);
+        let units = [DeviceFigures { dctl: &dctl, params: params(), counters: &counters }];
+        let f = ServerFigures { units: &units, default: 0, clients: 1 };
+        let s = c.register(1, 10, "aplay", Direction::Playback, params(), ("card", false));
         let (r, ch) = c.handle(Request::SetVolume { target: Target::Stream(1), volume: 0.25 }, &f);
         assert_eq!(r, Reply::Volume { target: Target::Stream(1), volume: 0.25, muted: false });
         assert_eq!(ch, Some(Target::Stream(1)));
         assert_eq!(s.volume.gain(), 0.25);
         c.unregister(1);
-        let s2 = c.register(2, 11, "aplay", Direction::Playback, params());
+        let s2 = c.register(2, 11, "aplay", Direction::Playback, params(), ("card", false));
         assert_eq!(s2.volume.volume(), 0.25);
-        let other = c.register(3, 12, "mpv", Direction::Playback, params());
+        let other = c.register(3, 12, "mpv", Direction::Playback, params(), ("card", true));
         assert_eq!(other.volume.volume(), 1.0);
         let (r, _) = c.handle(Request::SetMute { target: Target::Stream(9), op: MuteOp::On }, &f);
         assert!(matches!(r, Reply::Error { .. }));
         let (_, ch) = c.handle(Request::SetMute { target: Target::Master, op: MuteOp::Toggle }, &f);
         assert_eq!(ch, Some(Target::Master));
-        assert_eq!(c.device().master.gain(), 0.0);
+        assert_eq!(dctl.master.gain(), 0.0);
         let (_, ch) = c.handle(Request::SetMute { target: Target::Master, op: MuteOp::On }, &f);
         assert_eq!(ch, None, "no change, no event");
     }
@@ -320,11 +368,13 @@ mod tests {
 
     #[test]
     fn a_control_client_setting_many_names_is_bounded() {
-        let mut c = Control::new(Arc::new(DeviceCtl::new(2, 48000)));
+        let mut c = Control::new();
         let counters = Counters::default();
-        let f = ServerFigures { device: params(), clients: 1, counters: &counters };
+        let dctl = DeviceCtl::new(2, 48000);
+        let units = [DeviceFigures { dctl: &dctl, params: params(), counters: &counters }];
+        let f = ServerFigures { units: &units, default: 0, clients: 1 };
         for id in 1..=1000 {
-            c.register(id, 10, &format!("p{id}"), Direction::Playback, params());
+            c.register(id, 10, &format!("p{id}"), Direction::Playback, params(), ("card", false));
             c.handle(Request::SetVolume { target: Target::Stream(id), volume: 0.5 }, &f);
             c.unregister(id);
         }

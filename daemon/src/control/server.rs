@@ -1,23 +1,21 @@
 //! The control thread's loop: accepts clients (access and limits checked before a byte is read),
-//! polls their sockets and the mix thread's events, hands client packets to `session`, answers
-//! control clients, and writes the statistics report. Talks to the mix thread through
-//! `mix::thread::Command` and `mix::thread::Event` queues; never touches a stream while the mix
-//! thread holds it.
+//! polls their sockets and the mix threads' events, hands client packets to `session`, answers
+//! control clients (moves and the default device in `moves`), and writes the statistics report.
+//! Talks to each device's mix thread through its `mix::thread::Command` and
+//! `mix::thread::Event` queues (`devices::Unit`); never touches a stream while a mix thread
+//! holds it.
 //! Runs on the main thread. RT: no.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use log::{debug, error, info, warn};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{self, SockFlag};
-use rtrb::{Consumer, Producer};
 use shmix_shared::control::{self as ctlwire, Target};
 use shmix_shared::eventfd::EventFd;
 use shmix_shared::socket as wire;
@@ -26,11 +24,9 @@ use shmix_shared::{Direction, SocketMsg};
 use super::session::{Client, Disconnect, Phase};
 use crate::control::access::{Peer, Policy};
 use crate::control::limits::{AcceptGate, Limits};
-use crate::control::registry::{Control, ServerFigures};
-use crate::dsp::DeviceSpec;
-use crate::mix::ctl::DeviceCtl;
-use crate::mix::thread::{kick, Command, Event};
-use crate::mix::Counters;
+use super::devices::Unit;
+use crate::control::registry::{Control, DeviceFigures, ServerFigures};
+use crate::mix::thread::Event;
 
 /// What the control loop holds.
 #[derive(Debug)]
@@ -38,16 +34,17 @@ pub struct Server {
     pub(super) socket_path: PathBuf,
     pub(super) listen: OwnedFd,
     pub(super) signals: SignalFd,
-    pub(super) device: DeviceSpec,
-    pub(super) cmds: Producer<Command>,
-    pub(super) pending: VecDeque<Command>,
-    pub(super) cmd_efd: EventFd,
-    pub(super) events: Consumer<Event>,
+    /// The devices served, by id (a device keeps its place for as long as the daemon runs).
+    pub(super) units: Vec<Unit>,
+    /// The default device now (streams that name none play there and follow it).
+    pub(super) default: usize,
+    /// The preferred default (`--prefer`, the last `shmixctl default`, else the first
+    /// device): it becomes the default again whenever it is present.
+    pub(super) preferred: Option<String>,
+    /// Where `shmixctl default` is remembered (`--state-dir`/default-device).
+    pub(super) state_file: Option<PathBuf>,
+    /// Every mix thread signals it after posting an event.
     pub(super) ctl_efd: EventFd,
-    pub(super) counters: Arc<Counters>,
-    /// The capture side's parameters as probed at startup, which capture streams are converted
-    /// from (`None`: the device has no usable capture side).
-    pub(super) capture: Option<DeviceSpec>,
     pub(super) clients: Vec<Client>,
     pub(super) next_stream_id: u32,
     pub(super) streams_attached: usize,
@@ -69,37 +66,24 @@ pub enum Outcome {
 }
 
 impl Server {
-    /// Assembles the control side.
-    #[allow(clippy::too_many_arguments)]
+    /// Assembles the control side for `units` (at least one; the first is the default), whose
+    /// mix threads signal `ctl_efd`.
     #[must_use]
-    pub fn new(
-        socket_path: PathBuf,
-        listen: OwnedFd,
-        signals: SignalFd,
-        device: DeviceSpec,
-        dctl: Arc<DeviceCtl>,
-        cmds: Producer<Command>,
-        cmd_efd: EventFd,
-        events: Consumer<Event>,
-        ctl_efd: EventFd,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(socket_path: PathBuf, listen: OwnedFd, signals: SignalFd, units: Vec<Unit>, ctl_efd: EventFd) -> Self {
+        let preferred = units.first().map(|u| u.name.clone());
         Self {
             socket_path,
             listen,
             signals,
-            device,
-            cmds,
-            pending: VecDeque::new(),
-            cmd_efd,
-            events,
+            units,
+            default: 0,
+            preferred,
+            state_file: None,
             ctl_efd,
-            counters,
-            capture: None,
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
-            control: Control::new(dctl),
+            control: Control::new(),
             access: Policy::user(),
             limits: Limits::default(),
             accept_gate: AcceptGate::default(),
@@ -129,13 +113,26 @@ impl Server {
             Ok(r) => r,
             Err(e) => return self.disconnect(fd, Some(Disconnect(format!("bad control packet: {e}")))),
         };
-        let figures =
-            ServerFigures { device: self.device.params, clients: self.clients.len() as u32, counters: &self.counters };
-        let (reply, changed) = self.control.handle(req, &figures);
+        let (reply, changed) = match req {
+            ctlwire::Request::Devices => (self.devices_reply(), None),
+            ctlwire::Request::Move { stream, device } => self.move_request(stream, device),
+            ctlwire::Request::SetDefault { device } => self.default_request(device),
+            _ => {
+                let units: Vec<DeviceFigures<'_>> = self
+                    .units
+                    .iter()
+                    .map(|u| DeviceFigures { dctl: &u.dctl, params: u.spec.params, counters: &u.counters })
+                    .collect();
+                let figures = ServerFigures { units: &units, default: self.default, clients: self.clients.len() as u32 };
+                self.control.handle(req, &figures)
+            }
+        };
         if changed.is_some() {
-            // A volume or mute changed: the mix thread, asleep until its queue runs low, takes it
-            // (and mixes again what is queued) now.
-            kick(&self.cmd_efd);
+            // A volume or mute changed: the mix threads, asleep until their queues run low, take
+            // it (and mix again what is queued) now.
+            for u in &self.units {
+                u.kick();
+            }
         }
         if req == ctlwire::Request::Subscribe {
             if let Some(c) = self.clients.iter_mut().find(|c| c.fd.as_raw_fd() == fd) {
@@ -165,32 +162,31 @@ impl Server {
         self
     }
 
-    /// Enables capture streams, converted from `spec` (the capture side as probed at startup;
-    /// the device manager opens it whenever a capture stream starts).
+    /// Sets the preferred default (`--prefer`, or what `shmixctl default` left in the state
+    /// directory) and where `shmixctl default` is remembered. The preferred device, if it is
+    /// served and present, is the default.
     #[must_use]
-    pub fn with_capture(mut self, spec: DeviceSpec) -> Self {
-        self.capture = Some(spec);
+    pub fn with_preference(mut self, preferred: Option<String>, state_file: Option<PathBuf>) -> Self {
+        if preferred.is_some() {
+            self.preferred = preferred;
+        }
+        self.state_file = state_file;
+        if let Some(i) = self.preferred_unit().filter(|&i| self.units[i].present) {
+            self.default = i;
+        }
         self
     }
 
-    pub(super) fn send_cmd(&mut self, c: Command) {
-        self.pending.push_back(c);
-        self.flush_cmds();
+    /// Sends a command to device `unit`'s mix thread.
+    pub(super) fn send_cmd(&mut self, unit: usize, c: Command) {
+        if let Some(u) = self.units.get_mut(unit) {
+            u.send(c);
+        }
     }
 
     pub(super) fn flush_cmds(&mut self) {
-        let mut sent = false;
-        while let Some(c) = self.pending.pop_front() {
-            match self.cmds.push(c) {
-                Ok(()) => sent = true,
-                Err(rtrb::PushError::Full(c)) => {
-                    self.pending.push_front(c);
-                    break;
-                }
-            }
-        }
-        if sent {
-            kick(&self.cmd_efd);
+        for u in &mut self.units {
+            u.flush();
         }
     }
 
@@ -216,14 +212,14 @@ impl Server {
                 pfds.push(libc::pollfd { fd: c.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
             let now = Instant::now();
-            let cycles = self.counters.cycles.load(Ordering::Relaxed);
+            let cycles = self.cycles();
             let busy = self.busy(cycles, last_cycles);
             let mut timeout = busy.then(|| Duration::from_secs(1).saturating_sub(now - last_stats));
             let mut at_most = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
             for c in self.clients.iter().filter(|c| c.awaits_something()) {
                 at_most(c.deadline.saturating_duration_since(now));
             }
-            if !self.pending.is_empty() {
+            if self.units.iter().any(Unit::has_pending) {
                 at_most(Duration::from_millis(5));
             }
             if let Some(rest) = self.accept_gate.wait(now) {
@@ -276,31 +272,57 @@ impl Server {
             }
             if now - last_stats >= Duration::from_secs(1) {
                 last_stats = now;
-                let cycles = self.counters.cycles.load(Ordering::Relaxed);
+                let cycles = self.cycles();
                 if self.busy(cycles, last_cycles) {
-                    debug!("{}", self.stats_line());
+                    for line in self.stats_lines() {
+                        debug!("{line}");
+                    }
                 }
                 last_cycles = cycles;
             }
         }
     }
 
-    /// Something happens: clients are connected, the device runs, or the mix thread cycled
-    /// since the last stats line (at `last_cycles`).
-    fn busy(&self, cycles: u64, last_cycles: u64) -> bool {
-        !self.clients.is_empty() || cycles != last_cycles || !self.counters.idle_now.load(Ordering::Relaxed)
+    /// Every mix thread's cycles, summed.
+    fn cycles(&self) -> u64 {
+        self.units.iter().map(|u| u.counters.cycles.load(Ordering::Relaxed)).sum()
     }
 
-    /// One line of the real-time counters.
+    /// Something happens: clients are connected, a device runs, or a mix thread cycled since
+    /// the last stats line (at `last_cycles`).
+    fn busy(&self, cycles: u64, last_cycles: u64) -> bool {
+        !self.clients.is_empty() || cycles != last_cycles || self.units.iter().any(|u| !u.failed && !u.idle())
+    }
+
+    /// The real-time counters: one line per device (prefixed with its name when there are
+    /// several).
     #[must_use]
-    pub fn stats_line(&self) -> String {
-        let c = &self.counters;
+    pub fn stats_lines(&self) -> Vec<String> {
+        let several = self.units.len() > 1;
+        self.units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let streams = self.clients.iter().filter(|c| c.stream.is_some() && c.device == i).count();
+                let line = self.stats_line(u, streams);
+                if several {
+                    format!("device '{}': {line}", u.name)
+                } else {
+                    line
+                }
+            })
+            .collect()
+    }
+
+    /// One line of one device's real-time counters.
+    fn stats_line(&self, u: &Unit, streams: usize) -> String {
+        let c = &u.counters;
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut s = format!(
             "clients {} streams {} | cycles {} frames {} fastpath {} device xruns {} suspends {} lost {} reopened {} \
              stream underruns {} wakeups sent {} skipped {} muted {} records dropped {} | captured {} monitored {} overruns {} capture-xruns {} capture-lost {} capture-reopened {} | idle stops {} | queue {} wake level {} late wakes {} rewound {} skew {} ppm",
             self.clients.len(),
-            self.streams_attached,
+            streams,
             g(&c.cycles),
             g(&c.frames_mixed),
             g(&c.fastpath_frames),
@@ -332,52 +354,64 @@ impl Server {
         s
     }
 
-    /// Returns true when the device failed.
+    /// Takes every device's events. Returns true when every device failed.
     pub(super) fn handle_events(&mut self) -> bool {
-        let mut failed = false;
-        while let Ok(ev) = self.events.pop() {
-            match ev {
-                Event::Retired(s) => {
-                    self.streams_attached = self.streams_attached.saturating_sub(1);
-                    let id = s.id;
-                    self.control.unregister(id);
-                    self.notify(Target::Stream(id));
-                    let owner = self.clients.iter().position(|c| c.stream == Some(id));
-                    if let Some(v) = s.violation() {
-                        if let Some(i) = owner {
-                            let fd = self.clients[i].fd.as_raw_fd();
-                            self.clients[i].stream = None;
-                            self.disconnect(fd, Some(Disconnect::from(v)));
-                        }
-                    } else if let Some(i) = owner {
-                        let c = &mut self.clients[i];
-                        c.stream = None;
-                        if c.destroying {
-                            c.destroying = false;
-                            info!("client pid {} ({}): stream {id} closed", c.pid, c.name);
-                            let fd = c.fd.as_raw_fd();
-                            self.reply(fd, &SocketMsg::StreamDestroyed);
-                        }
-                    }
-                    debug!("stream {id} retired");
-                    drop(s);
-                }
-                Event::Rejected(s) => {
-                    self.streams_attached = self.streams_attached.saturating_sub(1);
-                    self.control.unregister(s.id);
-                    if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
-                        let fd = self.clients[i].fd.as_raw_fd();
-                        self.clients[i].stream = None;
-                        self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
-                    }
-                }
-                Event::DeviceFailed(e) => {
-                    error!("device failed: {e}; every client got Fatal");
-                    failed = true;
-                }
+        for u in 0..self.units.len() {
+            while let Some(ev) = self.units[u].event() {
+                self.handle_event(u, ev);
             }
         }
-        failed
+        self.units.iter().all(|u| u.failed)
+    }
+
+    fn handle_event(&mut self, unit: usize, ev: Event) {
+        match ev {
+            Event::Retired(s) => {
+                self.streams_attached = self.streams_attached.saturating_sub(1);
+                let id = s.id;
+                self.control.unregister(id);
+                self.notify(Target::Stream(id));
+                let owner = self.clients.iter().position(|c| c.stream == Some(id));
+                if let Some(v) = s.violation() {
+                    if let Some(i) = owner {
+                        let fd = self.clients[i].fd.as_raw_fd();
+                        self.clients[i].stream = None;
+                        self.clients[i].moving = None;
+                        self.disconnect(fd, Some(Disconnect::from(v)));
+                    }
+                } else if let Some(i) = owner {
+                    let c = &mut self.clients[i];
+                    c.stream = None;
+                    c.moving = None;
+                    if c.destroying {
+                        c.destroying = false;
+                        info!("client pid {} ({}): stream {id} closed", c.pid, c.name);
+                        let fd = c.fd.as_raw_fd();
+                        self.reply(fd, &SocketMsg::StreamDestroyed);
+                    }
+                }
+                debug!("stream {id} retired");
+                drop(s);
+            }
+            Event::Rejected(s) => {
+                self.streams_attached = self.streams_attached.saturating_sub(1);
+                self.control.unregister(s.id);
+                if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
+                    let fd = self.clients[i].fd.as_raw_fd();
+                    self.clients[i].stream = None;
+                    self.disconnect(fd, Some(Disconnect("mixer has no free stream slot".into())));
+                }
+            }
+            Event::Detached(s) => self.detached(unit, s),
+            Event::Presence(present) => self.presence(unit, present),
+            Event::DeviceFailed(e) => {
+                let u = &mut self.units[unit];
+                u.failed = true;
+                u.present = false;
+                error!("device '{}' failed: {e}; its clients got Fatal", u.name);
+                self.device_gone(unit);
+            }
+        }
     }
 
     pub(super) fn accept_all(&mut self) {
@@ -431,30 +465,35 @@ impl Server {
                 shm_bytes: 0,
                 destroying: false,
                 direction: Direction::Playback,
+                device: self.default,
+                pinned: false,
+                moving: None,
+                spec: None,
             });
         }
     }
 
-    /// Shutdown, step 2 (after the mix thread posted Fatal and ended): closes every client.
+    /// Shutdown, step 2 (after the mix threads posted Fatal and ended): closes every client.
     pub fn close_clients(&mut self) {
         self.clients.clear();
     }
 
-    /// Sends `Shutdown` to the mix thread (retrying while its queue is full).
-    pub fn request_shutdown(&mut self) {
-        self.send_cmd(Command::Shutdown);
-        let until = Instant::now() + Duration::from_secs(1);
-        while !self.pending.is_empty() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-            self.flush_cmds();
+    /// Shutdown: `Fatal{ESHUTDOWN}` to every stream, every mix thread stopped and joined (each
+    /// drops its device and the streams it holds), every device manager stopped. Returns the
+    /// mix threads' failures, for the exit report.
+    pub fn shutdown_devices(&mut self) -> Vec<String> {
+        for u in &mut self.units {
+            u.request_shutdown();
         }
-    }
-
-    /// Drops what the mix thread handed back after it ended.
-    pub fn drain_events(&mut self) {
-        while let Ok(ev) = self.events.pop() {
-            drop(ev);
+        let mut failures = Vec::new();
+        for u in &mut self.units {
+            match u.join() {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(e))) => failures.push(format!("device '{}': mix thread ended: {e}", u.name)),
+                Some(Err(_)) => failures.push(format!("device '{}': mix thread panicked", u.name)),
+            }
         }
+        failures
     }
 
     /// The socket path (to unlink at exit).

@@ -17,8 +17,10 @@ use shmix_shared::text::escape_controls;
 use shmix_shared::ResampleQuality;
 use shmix_shared::{AudioParams, Direction, SocketMsg, Violation, WakeFd, PROTOCOL_VERSION};
 
+use super::devices::Unit;
 use super::server::Server;
 use crate::dsp::{Pipeline, RecordPipe, StreamSpec};
+use crate::mix::stream::Kind;
 use crate::mix::thread::Command;
 use crate::mix::{Stream, MAX_STREAMS};
 
@@ -52,6 +54,14 @@ pub(super) struct Client {
     pub(super) shm_bytes: u64,
     pub(super) destroying: bool,
     pub(super) direction: Direction,
+    /// The device (unit index) its stream plays on or records from (or will).
+    pub(super) device: usize,
+    /// It named its device (`Hello`), or was moved there: it does not follow the default.
+    pub(super) pinned: bool,
+    /// Its stream is detached from `device` and on its way to this one.
+    pub(super) moving: Option<usize>,
+    /// What its stream asked for (its conversion is rebuilt from it when it moves).
+    pub(super) spec: Option<(StreamSpec, AudioParams)>,
 }
 
 impl Client {
@@ -67,10 +77,28 @@ impl Client {
     }
 }
 
-/// The conversion a new stream gets: into the mix (playback) or from a device (recorders).
-enum Conversion {
-    Play(Pipeline),
-    Record(RecordPipe),
+/// The conversion a stream of `direction` asking for `spec` and `params` gets on device
+/// `unit`: into its mix (playback), from its capture side (capture) or from its mix
+/// (monitors). The resampler works in chunks of the stream's period (at least the quantum).
+pub(super) fn conversion(
+    spec: &StreamSpec,
+    params: &AudioParams,
+    direction: Direction,
+    unit: &Unit,
+) -> Result<Kind, String> {
+    match direction {
+        Direction::Playback => {
+            let d = unit.spec.params;
+            let chunk = u64::from(params.period_frames) * u64::from(d.rate) / u64::from(params.rate.max(1));
+            let pipe = Pipeline::with_chunk(spec, &unit.spec, usize::try_from(chunk).unwrap_or(usize::MAX))?;
+            Ok(Kind::Play(Box::new(pipe)))
+        }
+        Direction::Capture => {
+            let cap = unit.capture.as_ref().ok_or_else(|| format!("device '{}' has no capture side", unit.name))?;
+            Ok(Kind::Record(direction, Some(Box::new(RecordPipe::new(spec, cap)?))))
+        }
+        Direction::Monitor => Ok(Kind::Record(direction, Some(Box::new(RecordPipe::new(spec, &unit.spec)?)))),
+    }
 }
 
 /// A reason to disconnect a client: logged once, as one warning line.
@@ -101,8 +129,9 @@ impl Server {
             None if c.stream.is_some() => info!("client pid {} ({}) closed the connection{removed}", c.pid, c.name),
             None => debug!("client pid {} ({}) disconnected", c.pid, c.name),
         }
-        if let Some(id) = c.stream {
-            self.send_cmd(Command::Remove(id));
+        // A stream on its way to another device is dropped when it arrives (`moves`).
+        if let (Some(id), None) = (c.stream, c.moving) {
+            self.send_cmd(c.device, Command::Remove(id));
         }
         drop(c);
     }
@@ -148,7 +177,7 @@ impl Server {
             return Err(Disconnect(format!("{} fds attached to a message that takes none", fds.len())));
         }
         match msg {
-            SocketMsg::Hello { version, direction, name, .. } if phase_hello => {
+            SocketMsg::Hello { version, direction, name, device, .. } if phase_hello => {
                 let deadline = Instant::now() + self.limits.handshake_timeout;
                 let c = &mut self.clients[i];
                 c.name = escape_controls(&name).into_owned();
@@ -158,8 +187,25 @@ impl Server {
                     self.reply(fd, &SocketMsg::Refused { errno: libc::EPROTONOSUPPORT as u32, reason: reason.clone() });
                     return Err(Disconnect(reason));
                 }
-                if direction == Direction::Capture && self.capture.is_none() {
-                    let reason = "the device has no capture side".to_string();
+                let (unit, pinned) = if device.is_empty() {
+                    (self.default, false)
+                } else if let Some(u) = self.units.iter().position(|u| u.name == device) {
+                    (u, true)
+                } else {
+                    let names: Vec<&str> = self.units.iter().map(|u| u.name.as_str()).collect();
+                    let reason = format!(
+                        "no device '{}' (this daemon serves: {})",
+                        escape_controls(&device),
+                        names.join(", ")
+                    );
+                    info!("client pid {} ({}): {reason}; closing", c.pid, c.name);
+                    self.reply(fd, &SocketMsg::Refused { errno: libc::ENODEV as u32, reason });
+                    self.clients.swap_remove(i);
+                    return Ok(());
+                };
+                let u = &self.units[unit];
+                if direction == Direction::Capture && u.capture.is_none() {
+                    let reason = format!("device '{}' has no capture side", u.name);
                     info!("client pid {} ({}): {reason}; closing", c.pid, c.name);
                     self.reply(fd, &SocketMsg::Refused { errno: libc::ENOTSUP as u32, reason });
                     self.clients.swap_remove(i);
@@ -167,10 +213,12 @@ impl Server {
                 }
                 c.phase = Phase::Ready;
                 c.direction = direction;
-                debug!("client pid {} ({}) said hello ({direction:?})", c.pid, c.name);
-                let device = match (&self.capture, direction) {
+                c.device = unit;
+                c.pinned = pinned;
+                debug!("client pid {} ({}) said hello ({direction:?}, device '{}')", c.pid, c.name, u.name);
+                let device = match (&u.capture, direction) {
                     (Some(spec), Direction::Capture) => spec.params,
-                    _ => self.device.params,
+                    _ => u.spec.params,
                 };
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
                 Ok(())
@@ -185,7 +233,8 @@ impl Server {
                 }
                 c.phase = Phase::Control;
                 debug!("client pid {} ({}): control connection", c.pid, c.name);
-                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device: self.device.params });
+                let device = self.units[self.default].spec.params;
+                self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
                 Ok(())
             }
             SocketMsg::CreateStream { params, msg_records, memfd_bytes, chmap, quality } if !phase_hello => {
@@ -194,9 +243,12 @@ impl Server {
             SocketMsg::DestroyStream if !phase_hello => {
                 let c = &mut self.clients[i];
                 match c.stream {
+                    // On its way to another device: dropped when it arrives (`moves`).
+                    Some(_) if !c.destroying && c.moving.is_some() => c.destroying = true,
                     Some(id) if !c.destroying => {
                         c.destroying = true;
-                        self.send_cmd(Command::Remove(id));
+                        let unit = c.device;
+                        self.send_cmd(unit, Command::Remove(id));
                     }
                     Some(_) => return Err(Disconnect("DestroyStream while one is in progress".into())),
                     None => self.reply(fd, &SocketMsg::StreamDestroyed),
@@ -233,11 +285,16 @@ impl Server {
             return Err(Disconnect("CreateStream needs exactly 3 fds [memfd, client_wake, daemon_wake]".into()));
         };
         let direction = self.clients[i].direction;
-        let src_dev = match (&self.capture, direction) {
-            (Some(spec), Direction::Capture) => *spec,
-            _ => self.device,
+        // A stream that follows the default goes where the default is now.
+        if !self.clients[i].pinned {
+            self.clients[i].device = self.default;
+        }
+        let unit = self.clients[i].device;
+        let u = &self.units[unit];
+        let d = match (&u.capture, direction) {
+            (Some(spec), Direction::Capture) => spec.params,
+            _ => u.spec.params,
         };
-        let d = src_dev.params;
         let refuse = |s: &Self, reason: String| {
             s.reply(fd, &SocketMsg::Refused { errno: libc::EINVAL as u32, reason: reason.clone() });
             info!("client pid {}: stream refused: {reason}", s.clients[i].pid);
@@ -272,15 +329,7 @@ impl Server {
         let spec = StreamSpec { format: params.format, rate: params.rate, chmap, quality };
         // A recorder's conversion comes from the device it records; a playback stream's goes
         // into the mix bus. Each stream builds only its own.
-        let conversion = if direction.is_capture() {
-            RecordPipe::new(&spec, &src_dev).map(Conversion::Record)
-        } else {
-            // The resampler works in chunks of the stream's period (at least the quantum).
-            let chunk = u64::from(params.period_frames) * u64::from(d.rate) / u64::from(params.rate.max(1));
-            Pipeline::with_chunk(&spec, &self.device, usize::try_from(chunk).unwrap_or(usize::MAX))
-                .map(Conversion::Play)
-        };
-        let conversion = match conversion {
+        let conversion = match conversion(&spec, &params, direction, &self.units[unit]) {
             Ok(c) => c,
             Err(reason) => return refuse(self, reason),
         };
@@ -318,45 +367,38 @@ impl Server {
         })?;
         drop(memfd);
         let id = self.take_stream_id();
-        let (conv, remap, stream) = match conversion {
-            Conversion::Record(rec) => {
-                let conv = if rec.resamples() {
-                    format!(" resampled {} -> {} Hz ({})", d.rate, params.rate, rec.quality().name())
-                } else if rec.is_passthrough() {
-                    " bit-exact copy".to_string()
-                } else {
-                    String::new()
-                };
-                let remap = format!("{rec:?}");
-                let s = Stream::new_recorder(id, shm, client_wake, daemon_wake, direction, rec);
-                (format!(" {direction:?}{conv}"), remap, Box::new(s))
-            }
-            Conversion::Play(pipe) => {
-                let conv = if pipe.resamples() {
-                    format!(" resampled {} -> {} Hz ({})", params.rate, d.rate, pipe.quality().name())
-                } else {
-                    String::new()
-                };
-                let remap = format!("{:?}", pipe.remap());
-                (conv, remap, Box::new(Stream::new(id, shm, client_wake, daemon_wake, pipe)))
-            }
+        let (conv, remap) = describe(&conversion, direction, params.rate, d.rate);
+        let stream = match conversion {
+            Kind::Record(dir, Some(rec)) => Stream::new_recorder(id, shm, client_wake, daemon_wake, dir, *rec),
+            Kind::Play(pipe) => Stream::new(id, shm, client_wake, daemon_wake, *pipe),
+            Kind::Record(_, None) => unreachable!("conversion() builds the recorder's pipe"),
         };
+        let stream = Box::new(stream);
         let mut stream = stream;
         stream.set_ask(params.period_frames, params.buffer_frames, params.rate, d.rate);
         let c = &self.clients[i];
-        stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params));
+        let device = &self.units[unit].name;
+        stream.attach_ctl(self.control.register(id, c.pid as u32, &c.name, direction, params, (device, c.pinned)));
         self.notify(Target::Stream(id));
         self.streams_attached += 1;
         let c = &mut self.clients[i];
         c.stream = Some(id);
         c.had_stream = true;
         c.shm_bytes = layout.total_bytes;
+        c.spec = Some((spec, params));
         info!(
-            "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {}{conv}",
-            c.pid, c.name, params.format, params.rate, params.channels, params.buffer_frames, params.period_frames
+            "client pid {} ({}): stream {id} {} {} Hz {} ch buffer {} period {} on '{}'{conv}",
+            c.pid,
+            c.name,
+            params.format,
+            params.rate,
+            params.channels,
+            params.buffer_frames,
+            params.period_frames,
+            self.units[unit].name
         );
         debug!("stream {id}: {remap}");
-        self.send_cmd(Command::Add(stream));
+        self.send_cmd(unit, Command::Add(stream));
         self.reply(fd, &SocketMsg::StreamReady { stream_id: id });
         Ok(())
     }
@@ -369,6 +411,31 @@ impl Server {
         let id = next_free_id(self.next_stream_id, |id| in_use(self, id));
         self.next_stream_id = id.wrapping_add(1).max(1);
         id
+    }
+}
+
+/// How a conversion is logged: what it does (resampling, bit-exact copy) and its remapping.
+pub(super) fn describe(kind: &Kind, direction: Direction, stream_rate: u32, device_rate: u32) -> (String, String) {
+    match kind {
+        Kind::Record(_, Some(rec)) => {
+            let conv = if rec.resamples() {
+                format!(" resampled {device_rate} -> {stream_rate} Hz ({})", rec.quality().name())
+            } else if rec.is_passthrough() {
+                " bit-exact copy".to_string()
+            } else {
+                String::new()
+            };
+            (format!(" {direction:?}{conv}"), format!("{rec:?}"))
+        }
+        Kind::Play(pipe) => {
+            let conv = if pipe.resamples() {
+                format!(" resampled {stream_rate} -> {device_rate} Hz ({})", pipe.quality().name())
+            } else {
+                String::new()
+            };
+            (conv, format!("{:?}", pipe.remap()))
+        }
+        Kind::Record(_, None) => (String::new(), String::new()),
     }
 }
 

@@ -72,6 +72,9 @@ pub struct Pipeline {
     hist_out: Vec<f32>,
     /// The device's rate (Hz).
     dev_rate: u32,
+    /// Stream frames read before this pipeline's first output (a stream that moved here from
+    /// another device): consumed counts passed in include them, the output does not.
+    base: u64,
     gain: Gain,
     /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
     peak: f32,
@@ -157,6 +160,7 @@ impl Pipeline {
             hist_raw,
             hist_out,
             dev_rate: d.rate,
+            base: 0,
             gain: Gain::new(ramp),
             peak: 0.0,
         })
@@ -246,6 +250,13 @@ impl Pipeline {
         self.rs_len = 0;
         self.out_total = 0;
         self.rendered = 0;
+        self.base = 0;
+    }
+
+    /// The stream had read `consumed` frames before this pipeline took over (it moved here
+    /// from another device); its output starts with the next one. Control thread.
+    pub fn set_base(&mut self, consumed: u64) {
+        self.base = consumed;
     }
 
     /// Frames taken back and not yet played again.
@@ -332,7 +343,8 @@ impl Pipeline {
 
     /// Device frame index (since restart) just after the last input frame's output.
     fn tail_end(&self, consumed_total: u64) -> u64 {
-        (consumed_total as f64 * self.ratio).ceil() as u64 + self.delay as u64
+        let consumed = consumed_total.saturating_sub(self.base);
+        (consumed as f64 * self.ratio).ceil() as u64 + self.delay as u64
     }
 
     /// Stream frames consumed but not yet heard, given that `device_queued` of the frames
@@ -340,6 +352,7 @@ impl Pipeline {
     /// rate plus the resampler's delay. RT: yes.
     #[must_use]
     pub fn queued_stream_frames(&self, consumed_total: u64, device_queued: u64) -> u64 {
+        let consumed_total = consumed_total.saturating_sub(self.base);
         if self.resampler.is_none() {
             return (device_queued + self.replay_pending()).min(consumed_total);
         }

@@ -17,7 +17,7 @@ use crate::dsp::convert;
 
 mod setup;
 
-pub use setup::{first_card, OpenError, Request};
+pub use setup::{cards, OpenError, Request};
 
 /// An alsa-lib call that failed: the function and the (positive) errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

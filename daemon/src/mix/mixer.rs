@@ -62,6 +62,10 @@ pub struct MixCore {
     device_waiting: bool,
     /// What is queued on the device is out of date (see [`MixCore::take_rewind_wanted`]).
     rewind_wanted: bool,
+    /// Device position before which nothing may be taken back: the end of what streams that
+    /// moved to another device gave this one (they continue there after it; taken back here,
+    /// it would be lost).
+    keep_until: u64,
 }
 
 impl MixCore {
@@ -91,6 +95,7 @@ impl MixCore {
             meter_frames: 0,
             device_waiting: false,
             rewind_wanted: false,
+            keep_until: 0,
         }
     }
 
@@ -144,7 +149,7 @@ impl MixCore {
         if self.streams.iter().any(|s| s.direction() == Direction::Monitor && s.violation.is_none()) {
             return 0;
         }
-        let mut limit = r;
+        let mut limit = r.min(self.device_pos.saturating_sub(self.keep_until));
         for s in self.streams.iter().filter(|s| s.violation.is_none()) {
             let Kind::Play(pipe) = &s.kind else { continue };
             let gap = self.device_pos.saturating_sub(s.end_pos);
@@ -244,6 +249,10 @@ impl MixCore {
             return Err(s);
         }
         s.timing.set_device_waiting(self.device_waiting);
+        // A stream that arrives playing (moved here) is heard as soon as the queue allows.
+        if s.active() {
+            self.rewind_wanted = true;
+        }
         self.streams.push(s);
         Ok(())
     }
@@ -252,6 +261,17 @@ impl MixCore {
     pub fn remove(&mut self, id: u32) -> Option<Box<Stream>> {
         let i = self.streams.iter().position(|s| s.id == id)?;
         Some(self.streams.swap_remove(i))
+    }
+
+    /// Detaches the stream `id` to move it to another device: what it gave this device is
+    /// played out here, never taken back (the stream continues on the other device from the
+    /// frame after it). RT: yes.
+    pub fn detach(&mut self, id: u32) -> Option<Box<Stream>> {
+        let s = self.remove(id)?;
+        if !s.is_recorder() {
+            self.keep_until = self.keep_until.max(s.end_pos);
+        }
+        Some(s)
     }
 
     /// Detaches one stream that violated the protocol, if any.
@@ -574,6 +594,7 @@ impl MixCore {
     /// (played or dropped), so pending drains complete.
     pub fn device_restarted(&mut self, prefill_frames: usize) {
         self.device_pos += prefill_frames as u64;
+        self.keep_until = 0;
         for s in self.streams.iter_mut().filter(|s| s.violation.is_none() && s.state == State::DrainingDevice) {
             s.finish_drain(&self.counters);
         }

@@ -167,6 +167,40 @@ impl Stream {
         self.ask = Ask::of(dev(period_frames), dev(buffer_frames));
     }
 
+    /// Gives the stream the conversion `kind`, built for the device it moves to, after it was
+    /// detached from its old one (control thread). It goes on from where it is: its ring
+    /// positions and state are kept; what it gave the old device stays there; a stream whose
+    /// last frames were waiting to be heard there is drained again on the new device.
+    ///
+    /// # Errors
+    /// `kind` is not the stream's kind (a playback conversion for a recorder, or the reverse).
+    pub fn move_to(&mut self, kind: Kind) -> Result<(), Kind> {
+        let fits = match (&self.kind, &kind) {
+            (Kind::Play(_), Kind::Play(_)) => true,
+            (Kind::Record(a, _), Kind::Record(b, Some(_))) => a == b,
+            _ => false,
+        };
+        if !fits {
+            return Err(kind);
+        }
+        self.kind = kind;
+        if let Kind::Play(p) = &mut self.kind {
+            // The new pipeline's output starts at the frame the stream has read up to.
+            p.set_base(self.read_count);
+        }
+        if self.state == State::DrainingDevice {
+            self.state = State::Draining;
+        }
+        self.end_pos = 0;
+        self.drain_until = 0;
+        self.dropped = false;
+        self.muted = false;
+        self.woke = false;
+        let g = self.ctl.volume.gain();
+        self.gain_to(g, false);
+        Ok(())
+    }
+
     /// Shares `ctl` with the control thread and starts at its volume without a ramp (control
     /// thread, before the stream is added).
     pub fn attach_ctl(&mut self, ctl: Arc<StreamCtl>) {

@@ -44,6 +44,9 @@ pub enum Command {
     Add(Box<Stream>),
     /// Detach a stream and send it back.
     Remove(u32),
+    /// Detach a stream that moves to another device and send it back as `Detached`: what it
+    /// gave this device is played out here and never taken back.
+    Detach(u32),
     /// Post `Fatal{ESHUTDOWN}` to every stream and end the thread.
     Shutdown,
 }
@@ -56,6 +59,10 @@ pub enum Event {
     Retired(Box<Stream>),
     /// An `Add` that found no free slot.
     Rejected(Box<Stream>),
+    /// A stream detached for a move (`Command::Detach`), to be added to its new device.
+    Detached(Box<Stream>),
+    /// The playback device vanished (`false`; its streams wait) or is open again (`true`).
+    Presence(bool),
     /// The device failed for good (an unrecoverable error); the thread has ended and every
     /// stream got `Fatal`.
     DeviceFailed(AlsaError),
@@ -186,7 +193,7 @@ impl MixThread {
         r
     }
 
-    fn emit(&mut self, ev: Event) {
+    pub(super) fn emit(&mut self, ev: Event) {
         // Cannot fail while QUEUE_CAPACITY holds (see there); if it did, dropping here is the
         // lesser evil than blocking.
         let _ = self.events.push(ev);
@@ -325,6 +332,11 @@ impl MixThread {
                 Command::Remove(id) => {
                     if let Some(s) = self.core.remove(id) {
                         self.emit(Event::Retired(s));
+                    }
+                }
+                Command::Detach(id) => {
+                    if let Some(s) = self.core.detach(id) {
+                        self.emit(Event::Detached(s));
                     }
                 }
                 Command::Shutdown => {

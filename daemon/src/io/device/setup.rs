@@ -62,13 +62,19 @@ impl From<AlsaError> for OpenError {
     }
 }
 
-/// `hw:N` of the first sound card, if there is one.
+/// The index of every sound card ALSA knows, in order (`snd_card_next`).
 #[must_use]
-pub fn first_card() -> Option<String> {
+pub fn cards() -> Vec<i32> {
+    let mut out = Vec::new();
     let mut card: libc::c_int = -1;
-    // SAFETY: `card` is a valid in/out pointer; snd_card_next only reads the card list.
-    let r = unsafe { sys::snd_card_next(&mut card) };
-    (r >= 0 && card >= 0).then(|| format!("hw:{card}"))
+    loop {
+        // SAFETY: `card` is a valid in/out pointer; snd_card_next only reads the card list.
+        let r = unsafe { sys::snd_card_next(&mut card) };
+        if r < 0 || card < 0 {
+            return out;
+        }
+        out.push(card);
+    }
 }
 
 /// RAII owner of a `snd_hw_params_t` / `snd_sw_params_t` allocation.

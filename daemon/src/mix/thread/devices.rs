@@ -438,6 +438,10 @@ impl MixThread {
             }
             counters.device_present.store(false, Ordering::Relaxed);
             core.set_device_waiting(true);
+            if counted {
+                // The control thread moves the streams that follow the default elsewhere.
+                self.emit(super::Event::Presence(false));
+            }
             // The device that comes back is started and serviced, whatever stopped this one.
             self.idle_stopped = false;
             self.core.counters().idle_now.store(false, Ordering::Relaxed);
@@ -492,6 +496,7 @@ impl MixThread {
             counters.device_reopened.fetch_add(1, Ordering::Relaxed);
             counters.device_present.store(true, Ordering::Relaxed);
             self.core.set_device_waiting(false);
+            self.emit(super::Event::Presence(true));
         } else if reopened {
             counters.capture_reopened.fetch_add(1, Ordering::Relaxed);
         }
