@@ -286,7 +286,13 @@ mod tests {
     }
 
     fn hello() -> SocketMsg {
-        SocketMsg::Hello { version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 1, name: "t".into() }
+        SocketMsg::Hello {
+            version: PROTOCOL_VERSION,
+            direction: Direction::Playback,
+            pid: 1,
+            name: "t".into(),
+            device: "card_b".into(),
+        }
     }
 
     #[test]

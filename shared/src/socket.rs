@@ -226,8 +226,13 @@ mod tests {
     #[test]
     fn message_and_fds_cross_a_seqpacket_pair() {
         let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let msg =
-            SocketMsg::Hello { version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 1, name: "t".into() };
+        let msg = SocketMsg::Hello {
+            version: PROTOCOL_VERSION,
+            direction: Direction::Playback,
+            pid: 1,
+            name: "t".into(),
+            device: "card_b".into(),
+        };
         send(a.as_fd(), &msg, &[a.as_raw_fd()]).unwrap();
         let p = recv(b.as_fd()).unwrap();
         assert!(!p.truncated);

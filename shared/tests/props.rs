@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use shmix_shared::control;
-use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, PROTOCOL_VERSION};
+use shmix_shared::msg::{AudioParams, Direction, Record, SocketMsg, MAX_DEVICE_NAME_BYTES, PROTOCOL_VERSION};
 use shmix_shared::{ChannelMap, ResampleQuality, SampleFormat};
 
 fn params() -> impl Strategy<Value = AudioParams> {
@@ -18,16 +18,117 @@ fn params() -> impl Strategy<Value = AudioParams> {
     )
 }
 
+/// A PCM name as `--device` takes it (empty: the default device), up to the 128-byte limit.
+fn device_name() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[a-zA-Z0-9_:,=.-]{1,128}"]
+}
+
+fn target() -> impl Strategy<Value = control::Target> {
+    (1u32..=5, any::<u32>()).prop_map(|(kind, id)| match kind {
+        1 => control::Target::Stream(id),
+        2 => control::Target::Master,
+        3 => control::Target::Capture,
+        4 => control::Target::DeviceMaster(id),
+        _ => control::Target::DeviceCapture(id),
+    })
+}
+
+fn device_info() -> impl Strategy<Value = control::DeviceInfo> {
+    (
+        (any::<u32>(), device_name(), params(), any::<bool>(), 0u32..4, any::<u32>()),
+        (any::<bool>(), any::<bool>(), any::<u32>(), any::<[u64; 4]>()),
+    )
+        .prop_map(|((id, name, params, capture, st, streams), (default, preferred, queue_frames, n))| {
+            control::DeviceInfo {
+                id,
+                name,
+                params,
+                capture,
+                state: control::DeviceState::from_u32(st).unwrap(),
+                streams,
+                default,
+                preferred,
+                queue_frames,
+                cycles: n[0],
+                mix_cpu_ns: n[1],
+                device_xruns: n[2],
+                sampled_ns: n[3],
+            }
+        })
+}
+
+fn stream_info() -> impl Strategy<Value = control::StreamInfo> {
+    (
+        (any::<u32>(), any::<u32>(), "[a-z0-9 ._-]{0,128}", 0u8..3, device_name(), any::<bool>(), params()),
+        (0u32..4, any::<u32>(), any::<u64>(), 0.0f32..=1.0, any::<bool>(), 0.0f32..=4.0, any::<[u64; 2]>()),
+    )
+        .prop_map(
+            |((id, pid, name, d, device, pinned, params), (st, latency_frames, xruns, volume, muted, peak, n))| {
+                control::StreamInfo {
+                    id,
+                    pid,
+                    name,
+                    direction: [Direction::Playback, Direction::Capture, Direction::Monitor][d as usize],
+                    device,
+                    pinned,
+                    params,
+                    state: control::StreamState::from_u32(st).unwrap(),
+                    latency_frames,
+                    xruns,
+                    volume,
+                    muted,
+                    peak,
+                    copied_frames: n[0],
+                    zero_copy_frames: n[1],
+                }
+            },
+        )
+}
+
+fn control_request() -> impl Strategy<Value = control::Request> {
+    prop_oneof![
+        Just(control::Request::List),
+        Just(control::Request::Stats),
+        Just(control::Request::Subscribe),
+        Just(control::Request::Devices),
+        (target(), 0.0f32..=1.0).prop_map(|(target, volume)| control::Request::SetVolume { target, volume }),
+        (target(), 0usize..3).prop_map(|(target, op)| control::Request::SetMute {
+            target,
+            op: [control::MuteOp::On, control::MuteOp::Off, control::MuteOp::Toggle][op]
+        }),
+        (any::<u32>(), any::<u32>()).prop_map(|(stream, device)| control::Request::Move { stream, device }),
+        any::<u32>().prop_map(|device| control::Request::SetDefault { device }),
+    ]
+}
+
+fn control_reply() -> impl Strategy<Value = control::Reply> {
+    prop_oneof![
+        proptest::collection::vec(stream_info(), 0..=64).prop_map(control::Reply::Streams),
+        proptest::collection::vec(device_info(), 0..=32).prop_map(control::Reply::Devices),
+        (target(), 0.0f32..=1.0, any::<bool>()).prop_map(|(target, volume, muted)| control::Reply::Volume {
+            target,
+            volume,
+            muted
+        }),
+        target().prop_map(|target| control::Reply::Changed { target }),
+        Just(control::Reply::Subscribed),
+        (any::<u32>(), any::<u32>()).prop_map(|(stream, device)| control::Reply::Moved { stream, device }),
+        any::<u32>().prop_map(|device| control::Reply::Default { device }),
+        (any::<u32>(), "[ -~]{0,256}").prop_map(|(errno, reason)| control::Reply::Error { errno, reason }),
+    ]
+}
+
 fn socket_msg() -> impl Strategy<Value = SocketMsg> {
     prop_oneof![
-        (any::<u32>(), 0u8..3, any::<u32>(), "[a-z0-9 ._-]{0,128}").prop_map(|(version, p, pid, name)| {
-            SocketMsg::Hello {
+        (any::<u32>(), 0u8..3, any::<u32>(), "[a-z0-9 ._-]{0,128}", device_name()).prop_map(
+            |(version, p, pid, name, device)| SocketMsg::Hello {
                 version,
                 direction: [Direction::Playback, Direction::Capture, Direction::Monitor][p as usize % 3],
                 pid,
                 name,
+                device,
             }
-        }),
+        ),
         (any::<u32>(), params()).prop_map(|(version, device)| SocketMsg::Welcome { version, device }),
         (params(), 0u32..=10, any::<u64>(), proptest::collection::vec(0u8..=36, 32), 0u32..=3).prop_map(
             |(params, p, memfd_bytes, pos, q)| SocketMsg::CreateStream {
@@ -86,7 +187,10 @@ proptest! {
         let _ = control::Request::decode(&bytes);
         let _ = control::Reply::decode(&bytes);
         // A valid tag in front of garbage exercises the field decoders.
-        for tag in [0x101u32, 0x102, 0x103, 0x104, 0x105, 0x181, 0x182, 0x183, 0x184, 0x185, 0x186] {
+        for tag in [
+            0x101u32, 0x102, 0x103, 0x104, 0x105, 0x106, 0x107, 0x108, 0x181, 0x182, 0x183, 0x184, 0x185, 0x186,
+            0x187, 0x188, 0x189,
+        ] {
             let mut b = tag.to_le_bytes().to_vec();
             b.extend_from_slice(&bytes);
             let _ = control::Request::decode(&b);
@@ -95,12 +199,61 @@ proptest! {
     }
 
     #[test]
-    fn control_requests_round_trip(kind in 1u32..=3, id in any::<u32>(), vol in 0.0f32..=1.0, op in 0usize..3) {
-        let target = match kind { 1 => control::Target::Stream(id), 2 => control::Target::Master, _ => control::Target::Capture };
-        let op = [control::MuteOp::On, control::MuteOp::Off, control::MuteOp::Toggle][op];
-        for r in [control::Request::SetVolume { target, volume: vol }, control::Request::SetMute { target, op }] {
-            prop_assert_eq!(control::Request::decode(&r.encode()), Ok(r));
+    fn control_requests_round_trip(r in control_request()) {
+        prop_assert_eq!(control::Request::decode(&r.encode()), Ok(r));
+    }
+
+    #[test]
+    fn control_replies_round_trip(r in control_reply()) {
+        let bytes = r.encode();
+        prop_assert!(bytes.len() <= control::MAX_CONTROL_PACKET_BYTES);
+        prop_assert_eq!(control::Reply::decode(&bytes), Ok(r));
+    }
+
+    /// A control packet with a byte changed, dropped or added fails or is canonical (as the
+    /// socket messages below).
+    #[test]
+    fn mutated_control_packets_fail_or_are_canonical(
+        req in control_request(), rep in control_reply(), at in any::<usize>(), byte in any::<u8>(), how in 0u8..3,
+    ) {
+        for mut b in [req.encode(), rep.encode()] {
+            let i = at % (b.len() + 1);
+            match how {
+                0 if i < b.len() => b[i] ^= byte | 1,
+                1 if i < b.len() => { b.remove(i); }
+                _ => b.insert(i, byte),
+            }
+            if let Ok(d) = control::Request::decode(&b) {
+                prop_assert_eq!(d.encode(), b.clone());
+            }
+            if let Ok(d) = control::Reply::decode(&b) {
+                prop_assert_eq!(d.encode(), b);
+            }
         }
+    }
+
+    #[test]
+    fn truncated_control_packets_are_refused(req in control_request(), rep in control_reply(), cut in 1usize..8) {
+        for bytes in [req.encode(), rep.encode()] {
+            let cut = cut.min(bytes.len());
+            prop_assert!(control::Request::decode(&bytes[..bytes.len() - cut]).is_err());
+            prop_assert!(control::Reply::decode(&bytes[..bytes.len() - cut]).is_err());
+        }
+    }
+
+    /// `Hello.device` longer than 128 bytes is refused whatever else the packet says.
+    #[test]
+    fn hello_with_a_long_device_is_refused(extra in 1usize..64, name in "[a-z]{0,16}") {
+        let m = SocketMsg::Hello {
+            version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 1, name, device: "d".into(),
+        };
+        let mut b = m.encode();
+        let len = MAX_DEVICE_NAME_BYTES + extra;
+        let at = b.len() - 1 - 4;
+        b.truncate(at);
+        b.extend_from_slice(&(len as u32).to_le_bytes());
+        b.extend(std::iter::repeat_n(b'x', len));
+        prop_assert!(SocketMsg::decode(&b).is_err());
     }
 
     #[test]
@@ -112,10 +265,11 @@ proptest! {
 }
 
 #[test]
-fn version_constant_is_three() {
+fn version_constant_is_four() {
     // v3: ControlHello and the control protocol (`control.rs`), the plugin's copy counters on
-    // the avail_min line.
-    assert_eq!(PROTOCOL_VERSION, 3);
+    // the avail_min line. v4: several devices (`Hello.device`, `Devices`/`Move`/`SetDefault`,
+    // device targets, a stream's device in `List`).
+    assert_eq!(PROTOCOL_VERSION, 4);
 }
 
 // ----- decoders under hostile input (mirrors fuzz/fuzz_targets; these run in every `cargo test`) -----

@@ -3,25 +3,31 @@
 //! Runs in the daemon (control thread), `shmixctl` and the ctl plugin. RT: no.
 
 use super::{
-    MuteOp, Reply, Request, Stats, StreamInfo, StreamState, Target, MAX_CONTROL_PACKET_BYTES, MAX_LISTED_STREAMS,
-    MAX_VOLUME,
+    DeviceInfo, DeviceState, MuteOp, Reply, Request, Stats, StreamInfo, StreamState, Target, MAX_CONTROL_PACKET_BYTES,
+    MAX_LISTED_DEVICES, MAX_LISTED_STREAMS, MAX_VOLUME,
 };
 use crate::codec::{put_f32, put_str, put_u32, put_u64, Reader};
 use crate::error::DecodeError;
 use crate::format::SampleFormat;
-use crate::msg::{AudioParams, Direction, MAX_CHANNELS, MAX_NAME_BYTES, MAX_REASON_BYTES};
+use crate::msg::{AudioParams, Direction, MAX_CHANNELS, MAX_DEVICE_NAME_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
 
 const REQ_LIST: u32 = 0x101;
 const REQ_STATS: u32 = 0x102;
 const REQ_VOLUME: u32 = 0x103;
 const REQ_MUTE: u32 = 0x104;
 const REQ_SUBSCRIBE: u32 = 0x105;
+const REQ_DEVICES: u32 = 0x106;
+const REQ_MOVE: u32 = 0x107;
+const REQ_DEFAULT: u32 = 0x108;
 const REP_STREAMS: u32 = 0x181;
 const REP_STATS: u32 = 0x182;
 const REP_VOLUME: u32 = 0x183;
 const REP_CHANGED: u32 = 0x184;
 const REP_SUBSCRIBED: u32 = 0x185;
 const REP_ERROR: u32 = 0x186;
+const REP_DEVICES: u32 = 0x187;
+const REP_MOVED: u32 = 0x188;
+const REP_DEFAULT: u32 = 0x189;
 
 impl Reader<'_> {
     fn target(&mut self) -> Result<Target, DecodeError> {
@@ -31,7 +37,9 @@ impl Reader<'_> {
             (1, id) => Ok(Target::Stream(id)),
             (2, 0) => Ok(Target::Master),
             (3, 0) => Ok(Target::Capture),
-            (1..=3, id) => Err(DecodeError::BadField("target id", u64::from(id))),
+            (4, id) => Ok(Target::DeviceMaster(id)),
+            (5, id) => Ok(Target::DeviceCapture(id)),
+            (2..=3, id) => Err(DecodeError::BadField("target id", u64::from(id))),
             (k, _) => Err(DecodeError::BadField("target kind", u64::from(k))),
         }
     }
@@ -60,6 +68,45 @@ impl Reader<'_> {
         }
         Ok(p)
     }
+    /// A device's parameters as listed: as [`Self::listed_params`], but 0 channels (and any
+    /// rate) is accepted: a device that was never opened (absent since startup) has none yet.
+    fn device_params(&mut self) -> Result<AudioParams, DecodeError> {
+        let code = self.u32("format")?;
+        let format = SampleFormat::from_code(code).ok_or(DecodeError::BadField("format", u64::from(code)))?;
+        let p = AudioParams {
+            format,
+            rate: self.u32("rate")?,
+            channels: self.u32("channels")?,
+            period_frames: self.u32("period_frames")?,
+            buffer_frames: self.u32("buffer_frames")?,
+        };
+        if p.channels > MAX_CHANNELS {
+            return Err(DecodeError::BadField("channels", u64::from(p.channels)));
+        }
+        Ok(p)
+    }
+    fn device(&mut self) -> Result<DeviceInfo, DecodeError> {
+        let id = self.u32("device id")?;
+        let params = self.device_params()?;
+        let capture = self.bool("capture")?;
+        let st = self.u32("device state")?;
+        let state = DeviceState::from_u32(st).ok_or(DecodeError::BadField("device state", u64::from(st)))?;
+        Ok(DeviceInfo {
+            id,
+            params,
+            capture,
+            state,
+            streams: self.u32("streams")?,
+            default: self.bool("default")?,
+            preferred: self.bool("preferred")?,
+            queue_frames: self.u32("queue_frames")?,
+            cycles: self.u64("cycles")?,
+            mix_cpu_ns: self.u64("mix_cpu_ns")?,
+            device_xruns: self.u64("device_xruns")?,
+            sampled_ns: self.u64("sampled_ns")?,
+            name: self.string("device name", MAX_DEVICE_NAME_BYTES)?,
+        })
+    }
 }
 
 fn put_target(out: &mut Vec<u8>, t: Target) {
@@ -67,6 +114,8 @@ fn put_target(out: &mut Vec<u8>, t: Target) {
         Target::Stream(id) => (1, id),
         Target::Master => (2, 0),
         Target::Capture => (3, 0),
+        Target::DeviceMaster(id) => (4, id),
+        Target::DeviceCapture(id) => (5, id),
     };
     put_u32(out, kind);
     put_u32(out, id);
@@ -76,6 +125,22 @@ fn put_params(out: &mut Vec<u8>, p: &AudioParams) {
     for v in [p.format.code(), p.rate, p.channels, p.period_frames, p.buffer_frames] {
         put_u32(out, v);
     }
+}
+
+fn put_device(out: &mut Vec<u8>, d: &DeviceInfo) {
+    put_u32(out, d.id);
+    put_params(out, &d.params);
+    put_u32(out, u32::from(d.capture));
+    put_u32(out, d.state as u32);
+    put_u32(out, d.streams);
+    put_u32(out, u32::from(d.default));
+    put_u32(out, u32::from(d.preferred));
+    put_u32(out, d.queue_frames);
+    put_u64(out, d.cycles);
+    put_u64(out, d.mix_cpu_ns);
+    put_u64(out, d.device_xruns);
+    put_u64(out, d.sampled_ns);
+    put_str(out, &d.name, MAX_DEVICE_NAME_BYTES);
 }
 
 fn check_len(packet: &[u8]) -> Result<(), DecodeError> {
@@ -107,6 +172,16 @@ impl Request {
                 put_u32(&mut out, op as u32);
             }
             Self::Subscribe => put_u32(&mut out, REQ_SUBSCRIBE),
+            Self::Devices => put_u32(&mut out, REQ_DEVICES),
+            Self::Move { stream, device } => {
+                put_u32(&mut out, REQ_MOVE);
+                put_u32(&mut out, stream);
+                put_u32(&mut out, device);
+            }
+            Self::SetDefault { device } => {
+                put_u32(&mut out, REQ_DEFAULT);
+                put_u32(&mut out, device);
+            }
         }
         out
     }
@@ -133,6 +208,9 @@ impl Request {
                 Self::SetMute { target, op }
             }
             REQ_SUBSCRIBE => Self::Subscribe,
+            REQ_DEVICES => Self::Devices,
+            REQ_MOVE => Self::Move { stream: r.u32("stream id")?, device: r.u32("device id")? },
+            REQ_DEFAULT => Self::SetDefault { device: r.u32("device id")? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         r.end()?;
@@ -142,7 +220,7 @@ impl Request {
 
 impl Reply {
     /// Encodes into one packet (at most [`MAX_CONTROL_PACKET_BYTES`]: lists beyond
-    /// [`MAX_LISTED_STREAMS`] are cut, names and reasons truncated).
+    /// [`MAX_LISTED_STREAMS`] or [`MAX_LISTED_DEVICES`] are cut, names and reasons truncated).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
@@ -165,6 +243,8 @@ impl Reply {
                     put_u64(&mut out, s.copied_frames);
                     put_u64(&mut out, s.zero_copy_frames);
                     put_str(&mut out, &s.name, MAX_NAME_BYTES);
+                    put_str(&mut out, &s.device, MAX_DEVICE_NAME_BYTES);
+                    put_u32(&mut out, u32::from(s.pinned));
                 }
             }
             Self::Stats(s) => {
@@ -208,6 +288,23 @@ impl Reply {
                 put_target(&mut out, *target);
             }
             Self::Subscribed => put_u32(&mut out, REP_SUBSCRIBED),
+            Self::Devices(list) => {
+                put_u32(&mut out, REP_DEVICES);
+                let n = list.len().min(MAX_LISTED_DEVICES as usize);
+                put_u32(&mut out, n as u32);
+                for d in &list[..n] {
+                    put_device(&mut out, d);
+                }
+            }
+            Self::Moved { stream, device } => {
+                put_u32(&mut out, REP_MOVED);
+                put_u32(&mut out, *stream);
+                put_u32(&mut out, *device);
+            }
+            Self::Default { device } => {
+                put_u32(&mut out, REP_DEFAULT);
+                put_u32(&mut out, *device);
+            }
             Self::Error { errno, reason } => {
                 put_u32(&mut out, REP_ERROR);
                 put_u32(&mut out, *errno);
@@ -252,6 +349,8 @@ impl Reply {
                         copied_frames: r.u64("copied_frames")?,
                         zero_copy_frames: r.u64("zero_copy_frames")?,
                         name: r.string("name", MAX_NAME_BYTES)?,
+                        device: r.string("device", MAX_DEVICE_NAME_BYTES)?,
+                        pinned: r.bool("pinned")?,
                     });
                 }
                 Self::Streams(list)
@@ -318,6 +417,19 @@ impl Reply {
             }
             REP_CHANGED => Self::Changed { target: r.target()? },
             REP_SUBSCRIBED => Self::Subscribed,
+            REP_DEVICES => {
+                let n = r.u32("device count")?;
+                if n > MAX_LISTED_DEVICES {
+                    return Err(DecodeError::BadField("device count", u64::from(n)));
+                }
+                let mut list = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    list.push(r.device()?);
+                }
+                Self::Devices(list)
+            }
+            REP_MOVED => Self::Moved { stream: r.u32("stream id")?, device: r.u32("device id")? },
+            REP_DEFAULT => Self::Default { device: r.u32("device id")? },
             REP_ERROR => Self::Error { errno: r.u32("errno")?, reason: r.string("reason", MAX_REASON_BYTES)? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
@@ -362,6 +474,8 @@ mod tests {
             pid: 42,
             name: "aplay".into(),
             direction: Direction::Playback,
+            device: "hw:1,0".into(),
+            pinned: true,
             params: AudioParams {
                 format: SampleFormat::S16Le,
                 rate: 48000,
@@ -380,6 +494,24 @@ mod tests {
         }
     }
 
+    fn device(id: u32) -> DeviceInfo {
+        DeviceInfo {
+            id,
+            name: format!("card_{id}"),
+            params: info(1).params,
+            capture: true,
+            state: DeviceState::Idle,
+            streams: 3,
+            default: id == 0,
+            preferred: true,
+            queue_frames: 480,
+            cycles: u64::MAX,
+            mix_cpu_ns: 12_345,
+            device_xruns: 2,
+            sampled_ns: 1 << 40,
+        }
+    }
+
     #[test]
     fn requests_round_trip() {
         for r in [
@@ -389,6 +521,11 @@ mod tests {
             Request::SetVolume { target: Target::Stream(3), volume: 0.5 },
             Request::SetVolume { target: Target::Master, volume: 1.0 },
             Request::SetMute { target: Target::Capture, op: MuteOp::Toggle },
+            Request::SetVolume { target: Target::DeviceMaster(0), volume: 0.0 },
+            Request::SetMute { target: Target::DeviceCapture(u32::MAX), op: MuteOp::On },
+            Request::Devices,
+            Request::Move { stream: 7, device: 2 },
+            Request::SetDefault { device: 1 },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -429,6 +566,20 @@ mod tests {
             Reply::Changed { target: Target::Stream(9) },
             Reply::Subscribed,
             Reply::Error { errno: 2, reason: "no such stream".into() },
+            Reply::Devices(vec![device(0), device(1)]),
+            Reply::Devices(vec![]),
+            Reply::Devices(vec![DeviceInfo {
+                // Never opened: no channels known yet, and an empty name decodes too.
+                params: AudioParams { channels: 0, rate: 0, ..info(1).params },
+                state: DeviceState::Absent,
+                name: String::new(),
+                ..device(3)
+            }]),
+            Reply::Moved { stream: 3, device: 1 },
+            Reply::Default { device: 1 },
+            Reply::Changed { target: Target::DeviceMaster(4) },
+            Reply::Volume { target: Target::DeviceCapture(2), volume: 1.0, muted: true },
+            Reply::Streams(vec![StreamInfo { device: String::new(), pinned: false, ..info(3) }]),
         ] {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
         }
@@ -451,6 +602,61 @@ mod tests {
         let full = Reply::Streams(vec![info(1), info(2)]).encode();
         for n in 0..full.len() {
             assert!(Reply::decode(&full[..n]).is_err());
+        }
+        // Targets: kinds 1..=5 only; master and capture carry no id, device targets any.
+        let mut b = Request::SetMute { target: Target::DeviceMaster(9), op: MuteOp::On }.encode();
+        b[4..8].copy_from_slice(&6u32.to_le_bytes());
+        assert_eq!(Request::decode(&b), Err(DecodeError::BadField("target kind", 6)));
+        b[4..8].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(Request::decode(&b), Err(DecodeError::BadField("target id", 9)));
+        // Devices: count, state code, booleans, name length.
+        let good = Reply::Devices(vec![device(1)]).encode();
+        let mut b = good.clone();
+        b[4..8].copy_from_slice(&(MAX_LISTED_DEVICES + 1).to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("device count", 33)));
+        // tag, count, id, 5 params, then capture at 32, state at 36.
+        let mut b = good.clone();
+        b[32..36].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("capture", 2)));
+        let mut b = good.clone();
+        b[36..40].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("device state", 4)));
+        let mut b = good.clone();
+        b[12..16].copy_from_slice(&999u32.to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("format", 999)));
+        let mut b = good.clone();
+        b[20..24].copy_from_slice(&(MAX_CHANNELS + 1).to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("channels", u64::from(MAX_CHANNELS) + 1)));
+        let long_name = DeviceInfo { name: "x".repeat(MAX_DEVICE_NAME_BYTES + 10), ..device(1) };
+        let b = Reply::Devices(vec![long_name]).encode();
+        match Reply::decode(&b) {
+            Ok(Reply::Devices(l)) => assert_eq!(l[0].name.len(), MAX_DEVICE_NAME_BYTES, "cut on encode"),
+            other => panic!("{other:?}"),
+        }
+        // The name's length field beyond the limit is refused.
+        let mut b = Reply::Devices(vec![device(1)]).encode();
+        let at = b.len() - "card_1".len() - 4;
+        b[at..at + 4].copy_from_slice(&(MAX_DEVICE_NAME_BYTES as u32 + 1).to_le_bytes());
+        b.extend_from_slice(&[b'x'; MAX_DEVICE_NAME_BYTES + 1 - 6]);
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("device name", 129)));
+        let full = Reply::Devices(vec![device(0), device(1)]).encode();
+        for n in 0..full.len() {
+            assert!(Reply::decode(&full[..n]).is_err());
+        }
+        // A stream's pinned flag is 0 or 1; its device name at most 128 bytes.
+        let mut b = Reply::Streams(vec![info(1)]).encode();
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("pinned", 2)));
+        // Move, SetDefault and their replies: exact length.
+        for full in [
+            Request::Move { stream: 1, device: 2 }.encode(),
+            Request::SetDefault { device: 2 }.encode(),
+            Reply::Moved { stream: 1, device: 2 }.encode(),
+            Reply::Default { device: 2 }.encode(),
+        ] {
+            assert!(Request::decode(&full[..full.len() - 1]).is_err());
+            assert!(Reply::decode(&full[..full.len() - 1]).is_err());
         }
         let mut long = Request::List.encode();
         long.push(0);
