@@ -1,29 +1,25 @@
 //! `shmixd`: command line, startup and shutdown. The main thread becomes the control thread
-//! (`server`); one real-time mix thread drives the device (`mix::thread`); the device manager's
-//! thread (`io::manager`) opens, reopens and closes its playback and capture sides.
+//! (`server`); each device gets its real-time mix thread (`mix::thread`) and its device
+//! manager's thread (`io::manager`), which opens, reopens and closes its playback and capture
+//! sides (`control::devices`).
 //! Runs on the main thread. RT: no.
 
 use std::io::Write;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use log::{error, info};
 use shmix_daemon::control::access;
+use shmix_daemon::control::devices::{self, DeviceOptions, Unit, MAX_DEVICES};
 use shmix_daemon::control::limits::{self, Limits};
 use shmix_daemon::control::listen;
+use shmix_daemon::control::moves;
 use shmix_daemon::control::server::{Outcome, Server};
-use shmix_daemon::dsp::{DeviceSpec, DEFAULT_QUALITY};
-use shmix_daemon::io::device::{self, Device, Request};
-use shmix_daemon::io::manager::{self, Setup};
-use shmix_daemon::mix::ctl::DeviceCtl;
+use shmix_daemon::dsp::DEFAULT_QUALITY;
 use shmix_daemon::mix::realtime;
-use shmix_daemon::mix::schedule;
-use shmix_daemon::mix::thread::{MixThread, QUEUE_CAPACITY};
-use shmix_daemon::mix::{Counters, MixCore};
 use shmix_shared::eventfd::EventFd;
 use shmix_shared::ResampleQuality;
 use shmix_shared::SampleFormat;
@@ -45,9 +41,19 @@ struct Cli {
     /// The group --system mode admits (a name or a gid)
     #[arg(long, value_name = "NAME", default_value = "audio", requires = "system")]
     group: String,
-    /// ALSA PCM to play on [default: the first hardware card, hw:N]
+    /// ALSA PCM to serve; may be given several times (each device gets its own mix thread),
+    /// the first is the default [default: every hardware card, hw:N, the first the default]
     #[arg(long, value_name = "PCM")]
-    device: Option<String>,
+    device: Vec<String>,
+    /// The preferred default device: the default whenever it is present (a card that comes
+    /// back becomes the default again, and the streams that follow the default move to it)
+    /// [default: what `shmixctl default` last chose, else the first device]
+    #[arg(long, value_name = "PCM")]
+    prefer: Option<String>,
+    /// Where `shmixctl default` is remembered across restarts [default:
+    /// $XDG_STATE_HOME/shmix, else ~/.local/state/shmix; with --system /var/lib/shmix]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Sample format (S16_LE, S24_LE, S32_LE, FLOAT_LE, ...) [default: the device's best]
     #[arg(long, value_parser = parse_format)]
     format: Option<SampleFormat>,
@@ -116,11 +122,6 @@ struct Cli {
 const DEFAULT_PERIOD: u32 = 256;
 /// Fixed timing's periods when only --period is given.
 const DEFAULT_PERIODS: u32 = 4;
-/// Timer scheduling: the period asked of the device (its interrupt rate where period wakeups
-/// cannot be turned off, and a BATCH device's pointer step).
-const TIMER_PERIOD_HINT: u32 = 64;
-/// Timer scheduling: most frames mixed in one run (the bus size).
-const TIMER_RUN_FRAMES: u32 = 1024;
 /// `--idle-stop` unless given.
 const DEFAULT_IDLE_STOP: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -153,10 +154,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         listen::check_socket_path(&socket_path)?;
     }
 
-    let device_name = match &cli.device {
-        Some(d) => d.clone(),
-        None => device::first_card().ok_or_else(|| anyhow!("no sound card found; pass --device"))?,
-    };
     let fixed = cli.period.is_some() || cli.periods.is_some();
     let (period, periods) = (cli.period.unwrap_or(DEFAULT_PERIOD), cli.periods.unwrap_or(DEFAULT_PERIODS));
     if period == 0 || periods < 2 {
@@ -165,119 +162,25 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     if cli.max_device_buffer_ms < 10 {
         return Err(anyhow!("--max-device-buffer-ms must be at least 10"));
     }
-    // Timer scheduling asks for the period hint only as the interrupt rate (or a BATCH
-    // device's pointer step).
-    let timer_buffer_ms = (!fixed).then_some(cli.max_device_buffer_ms);
-    let req = Request {
+    let opts = DeviceOptions {
         format: cli.format,
         rate: cli.rate,
         channels: cli.channels,
-        period_frames: if fixed { period } else { TIMER_PERIOD_HINT },
+        fixed,
+        period,
         periods,
-        timer_buffer_ms,
+        max_device_buffer_ms: cli.max_device_buffer_ms,
+        quality: match cli.resample_quality {
+            None | Some(ResampleQuality::Default) => DEFAULT_QUALITY,
+            Some(q) => q,
+        },
+        keep_capture_open: cli.keep_capture_open,
+        wait_for_device: cli.wait_for_device,
+        rt_priority: cli.rt_priority,
+        idle_stop: cli.idle_stop.unwrap_or(DEFAULT_IDLE_STOP),
     };
-    let dev = match Device::open(&device_name, &req) {
-        Ok(d) => Some(d),
-        Err(e) if cli.wait_for_device => {
-            log::warn!("device '{device_name}' cannot be opened ({e}); --wait-for-device: clients wait until it can");
-            None
-        }
-        Err(e) => return Err(anyhow!(e)).with_context(|| format!("opening device '{device_name}'")),
-    };
-    let (p, chmap) = match &dev {
-        Some(d) => (d.params(), d.chmap()),
-        None => {
-            let channels = cli.channels.unwrap_or(2);
-            if !(1..=shmix_shared::msg::MAX_CHANNELS).contains(&channels) {
-                return Err(anyhow!("--channels {channels} out of range"));
-            }
-            let p = shmix_shared::AudioParams {
-                format: cli.format.unwrap_or(SampleFormat::S16Le),
-                rate: cli.rate.unwrap_or(48000),
-                channels,
-                period_frames: req.period_frames,
-                buffer_frames: if fixed {
-                    period.saturating_mul(periods)
-                } else {
-                    cli.max_device_buffer_ms.saturating_mul(cli.rate.unwrap_or(48000) / 1000)
-                },
-            };
-            (p, shmix_shared::chmap::ChannelMap::standard(channels))
-        }
-    };
-    let quality = match cli.resample_quality {
-        None | Some(ResampleQuality::Default) => DEFAULT_QUALITY,
-        Some(q) => q,
-    };
-    // What streams are converted for: with timer scheduling the quantum (the smallest queue
-    // step) stands for the period, and the mix runs in longer runs.
-    // Playback streams keep what they gave a rewindable device, to play it again after a rewind.
-    let rewinds = !fixed && dev.as_ref().is_some_and(|d| d.caps().rewind);
-    let spec_of = |p: shmix_shared::AudioParams, chmap, history: bool| {
-        if fixed {
-            DeviceSpec { params: p, chmap, quality, run_frames: p.period_frames, history_frames: 0 }
-        } else {
-            let quantum = schedule::floor_frames(p.rate);
-            let params = shmix_shared::AudioParams { period_frames: quantum, ..p };
-            let history_frames = if history { schedule::deepest_queue(p.buffer_frames) } else { 0 };
-            DeviceSpec { params, chmap, quality, run_frames: TIMER_RUN_FRAMES.max(quantum), history_frames }
-        }
-    };
-    let spec = spec_of(p, chmap, rewinds);
-    // Probe the capture side once (opened for real when the first recorder starts): its
-    // parameters are what capture streams are converted from. Later opens ask for exactly these.
-    let capture = if dev.is_none() {
-        // Absent at startup: the capture side is assumed to match the playback side (opened,
-        // and checked against this, when the first recorder starts).
-        let creq = Request {
-            format: Some(p.format),
-            rate: Some(p.rate),
-            channels: Some(p.channels),
-            period_frames: req.period_frames,
-            periods,
-            timer_buffer_ms,
-        };
-        Some((creq, spec))
-    } else {
-        match Device::open_capture(
-            &device_name,
-            &Request {
-                format: Some(p.format),
-                rate: Some(p.rate),
-                channels: Some(p.channels),
-                period_frames: req.period_frames,
-                periods,
-                timer_buffer_ms,
-            },
-        ) {
-            Ok(c) => {
-                let cp = c.params();
-                info!(
-                    "capture side: {} {} Hz {} ch {:?}, period {} frames, buffer {} frames (opened while recording{})",
-                    cp.format,
-                    cp.rate,
-                    cp.channels,
-                    c.chmap().positions(),
-                    cp.period_frames,
-                    cp.buffer_frames,
-                    if cli.keep_capture_open { ", then kept open" } else { "" }
-                );
-                let creq = Request {
-                    format: Some(cp.format),
-                    rate: Some(cp.rate),
-                    channels: Some(cp.channels),
-                    period_frames: req.period_frames,
-                    periods,
-                    timer_buffer_ms,
-                };
-                Some((creq, spec_of(cp, c.chmap(), false)))
-            }
-            Err(e) => {
-                info!("device '{device_name}' has no usable capture side ({e}); capture streams are refused");
-                None
-            }
-        }
-    };
+    let ctl_efd = eventfd()?;
+    let units = start_devices(&cli.device, &opts, &ctl_efd)?;
 
     let (nofile_before, nofile) = limits::raise_nofile();
     // Each client may hold a socket and two wake sockets; keep 64 descriptors for the daemon itself.
@@ -329,88 +232,85 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         None => access::Policy::user(),
     };
-    info!(
-        "shmixd listening on {}{how} | device '{}' {} {} Hz {} ch {:?}, period {} frames, buffer {} frames, \
-         resampling {}, {}",
-        socket_path.display(),
-        device_name,
-        p.format,
-        p.rate,
-        p.channels,
-        spec.chmap.positions(),
-        p.period_frames,
-        p.buffer_frames,
-        quality.name(),
-        match dev.as_ref().map(Device::caps) {
-            _ if fixed => "fixed timing (one wakeup per period)".to_string(),
-            Some(c) => format!(
-                "timer scheduling (queue from {} frames, follows the clients; rewind {}, batch {}, fifo {})",
-                spec.params.period_frames,
-                if c.rewind { "yes" } else { "no" },
-                if c.batch { "yes" } else { "no" },
-                c.fifo_frames
-            ),
-            None => "timer scheduling".to_string(),
-        }
-    );
-
-    let signals = listen::signal_fd()?;
-    let counters = Arc::new(Counters::default());
-    let dctl = Arc::new(DeviceCtl::new(p.channels, p.rate));
-    let core = MixCore::new(p.format, Arc::clone(&dctl), spec.run_frames as usize, Arc::clone(&counters));
-    let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
-    let (ev_tx, ev_rx) = rtrb::RingBuffer::new(QUEUE_CAPACITY);
-    let cmd_efd = eventfd()?;
-    let ctl_efd = eventfd()?;
-    // The device manager opens the capture side for the recorders, and closes and reopens a
-    // side that vanishes with this same request while its clients wait.
-    let play_setup = Setup { name: device_name.clone(), req, params: p, chmap: spec.chmap };
-    let cap_setup = capture.as_ref().map(|(creq, cspec)| Setup {
-        name: device_name.clone(),
-        req: *creq,
-        params: cspec.params,
-        chmap: cspec.chmap,
-    });
-    let (devices_end, mut devices, devices_stop) = manager::link(play_setup, cap_setup)?;
-    if dev.is_none() {
-        devices = devices.absent_at_start();
+    info!("shmixd listening on {}{how} | {} device(s)", socket_path.display(), units.len());
+    for u in &units {
+        info!("{}", u.describe());
     }
-    let devices_handle = std::thread::Builder::new().name("shmix-devices".into()).spawn(move || devices.run())?;
-    let mix = MixThread::new(core, dev, devices_end, cmd_rx, ev_tx, cmd_efd.try_clone()?, ctl_efd.try_clone()?)
-        .keep_capture_open(cli.keep_capture_open)
-        .idle_stop(cli.idle_stop.unwrap_or(DEFAULT_IDLE_STOP))
-        .rt_priority(cli.rt_priority);
-    let handle = std::thread::Builder::new().name("shmix-mix".into()).spawn(move || mix.run())?;
-    // Every thread's stack, the device's buffer and the code exist now: lock them.
+    let signals = listen::signal_fd()?;
+    // Every thread's stack, the devices' buffers and the code exist now: lock them.
     realtime::lock_memory();
 
-    let mut srv =
-        Server::new(socket_path.clone(), listen, signals, spec, dctl, cmd_tx, cmd_efd, ev_rx, ctl_efd, counters)
-            .with_access(policy)
-            .with_limits(lim);
-    if let Some((_, cspec)) = capture {
-        srv = srv.with_capture(cspec);
+    let state_file = cli
+        .state_dir
+        .clone()
+        .or_else(|| default_state_dir(cli.system))
+        .map(|d| d.join(moves::DEFAULT_DEVICE_FILE));
+    let remembered = state_file.as_deref().and_then(moves::read_preference);
+    let preferred = cli.prefer.clone().or(remembered);
+    let mut srv = Server::new(socket_path.clone(), listen, signals, units, ctl_efd)
+        .with_access(policy)
+        .with_limits(lim)
+        .with_preference(preferred, state_file);
+    if cli.device.is_empty() {
+        srv = srv.with_hotplug(opts);
     }
     let outcome = srv.run();
-    // Shutdown order: Fatal to every stream and stop the mix thread (it drops the device and
+    // Shutdown order: Fatal to every stream and stop the mix threads (each drops its device and
     // the streams it holds), then close the clients (they see HUP), unlink the socket.
-    srv.request_shutdown();
-    let mix_result = handle.join();
-    devices_stop.stop();
-    let _ = devices_handle.join();
-    srv.drain_events();
+    let failures = srv.shutdown_devices();
     srv.close_clients();
     if how.is_empty() {
         // Ours to remove; an activated socket belongs to systemd, which keeps listening on it.
         let _ = std::fs::remove_file(srv.socket_path());
     }
-    info!("{}", srv.stats_line());
-    match mix_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!("mix thread ended: {e}"),
-        Err(_) => error!("mix thread panicked"),
+    for line in srv.stats_lines() {
+        info!("{line}");
+    }
+    for f in failures {
+        error!("{f}");
     }
     outcome
+}
+
+/// Opens the devices named on the command line (the first is the default), or every hardware
+/// card when none is named, and starts their threads.
+fn start_devices(names: &[String], opts: &DeviceOptions, ctl_efd: &EventFd) -> anyhow::Result<Vec<Unit>> {
+    if names.len() > MAX_DEVICES {
+        return Err(anyhow!("at most {MAX_DEVICES} devices (--device given {} times)", names.len()));
+    }
+    if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+        return Err(anyhow!("--device '{dup}' given twice"));
+    }
+    let mut units = Vec::new();
+    if names.is_empty() {
+        // Every card the machine has; the ones that cannot be opened are left out.
+        for name in devices::hardware_cards().into_iter().take(MAX_DEVICES) {
+            let id = units.len() as u32;
+            match Unit::start(id, &name, &DeviceOptions { wait_for_device: false, ..opts.clone() }, ctl_efd) {
+                Ok(u) => units.push(u),
+                Err(e) => log::warn!("card '{name}' left out: {e:#}"),
+            }
+        }
+        if units.is_empty() {
+            return Err(anyhow!("no sound card could be opened; pass --device"));
+        }
+        return Ok(units);
+    }
+    for name in names {
+        let id = units.len() as u32;
+        units.push(Unit::start(id, name, opts, ctl_efd)?);
+    }
+    Ok(units)
+}
+
+/// Where `shmixctl default` is remembered unless `--state-dir` says: `/var/lib/shmix` for the
+/// system daemon, else `$XDG_STATE_HOME/shmix` or `~/.local/state/shmix`.
+fn default_state_dir(system: bool) -> Option<PathBuf> {
+    if system {
+        return Some(PathBuf::from("/var/lib/shmix"));
+    }
+    let xdg = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).filter(|p| p.is_absolute());
+    xdg.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))).map(|d| d.join("shmix"))
 }
 
 fn main() -> ExitCode {

@@ -20,6 +20,14 @@ use crate::mix::Stream;
 /// Name of the file in the state directory that remembers the preferred default device.
 pub const DEFAULT_DEVICE_FILE: &str = "default-device";
 
+/// The device name remembered in `path` (`shmixctl default`), if the file holds one.
+#[must_use]
+pub fn read_preference(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let name = text.lines().next()?.trim();
+    (!name.is_empty() && name.len() <= shmix_shared::msg::MAX_DEVICE_NAME_BYTES).then(|| name.to_owned())
+}
+
 impl Server {
     /// The preferred default's index, if it is served.
     pub(super) fn preferred_unit(&self) -> Option<usize> {

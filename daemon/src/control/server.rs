@@ -24,9 +24,10 @@ use shmix_shared::{Direction, SocketMsg};
 use super::session::{Client, Disconnect, Phase};
 use crate::control::access::{Peer, Policy};
 use crate::control::limits::{AcceptGate, Limits};
-use super::devices::Unit;
+use super::devices::{DeviceOptions, Unit};
+use super::hotplug::Hotplug;
 use crate::control::registry::{Control, DeviceFigures, ServerFigures};
-use crate::mix::thread::Event;
+use crate::mix::thread::{Command, Event};
 
 /// What the control loop holds.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub struct Server {
     pub(super) state_file: Option<PathBuf>,
     /// Every mix thread signals it after posting an event.
     pub(super) ctl_efd: EventFd,
+    /// Serving every hardware card: the watch for cards that appear, and how they are opened.
+    pub(super) hotplug: Option<(Hotplug, DeviceOptions)>,
     pub(super) clients: Vec<Client>,
     pub(super) next_stream_id: u32,
     pub(super) streams_attached: usize,
@@ -80,6 +83,7 @@ impl Server {
             preferred,
             state_file: None,
             ctl_efd,
+            hotplug: None,
             clients: Vec::new(),
             next_stream_id: 1,
             streams_attached: 0,
@@ -177,6 +181,41 @@ impl Server {
         self
     }
 
+    /// Serves the hardware cards that appear from now on, opened with `opts` (started without
+    /// `--device`). Without inotify, cards are found at start only (logged).
+    #[must_use]
+    pub fn with_hotplug(mut self, opts: DeviceOptions) -> Self {
+        match Hotplug::new(Path::new("/dev/snd")) {
+            Ok(h) => self.hotplug = Some((h, opts)),
+            Err(e) => warn!("cannot watch /dev/snd for sound cards that appear ({e}); cards are found at start only"),
+        }
+        self
+    }
+
+    /// Reads ALSA's card list again and serves the cards it does not serve yet.
+    fn rescan_cards(&mut self) {
+        let Some((_, opts)) = &self.hotplug else { return };
+        let opts = DeviceOptions { wait_for_device: false, ..opts.clone() };
+        for name in super::devices::hardware_cards() {
+            if self.units.len() >= super::devices::MAX_DEVICES || self.units.iter().any(|u| u.name == name) {
+                continue;
+            }
+            let id = self.units.len() as u32;
+            match Unit::start(id, &name, &opts, &self.ctl_efd) {
+                Ok(u) => {
+                    info!("new card: {}", u.describe());
+                    self.units.push(u);
+                    let i = self.units.len() - 1;
+                    if self.preferred_unit() == Some(i) || !self.units[self.default].present {
+                        self.set_default(i);
+                    }
+                }
+                // Perhaps not ready yet (permissions): the next change in /dev/snd tries again.
+                Err(e) => debug!("card '{name}' not opened: {e:#}"),
+            }
+        }
+    }
+
     /// Sends a command to device `unit`'s mix thread.
     pub(super) fn send_cmd(&mut self, unit: usize, c: Command) {
         if let Some(u) = self.units.get_mut(unit) {
@@ -205,7 +244,8 @@ impl Server {
             pfds.clear();
             // While the accept loop rests (out of descriptors) the listening socket is not polled.
             let listen_fd = if self.accept_gate.open(Instant::now()) { self.listen.as_raw_fd() } else { -1 };
-            for fd in [listen_fd, self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd()] {
+            let hotplug_fd = self.hotplug.as_ref().map_or(-1, |(h, _)| h.fd());
+            for fd in [listen_fd, self.signals.as_fd().as_raw_fd(), self.ctl_efd.as_raw_fd(), hotplug_fd] {
                 pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
             for c in &self.clients {
@@ -223,6 +263,9 @@ impl Server {
                 at_most(Duration::from_millis(5));
             }
             if let Some(rest) = self.accept_gate.wait(now) {
+                at_most(rest);
+            }
+            if let Some(rest) = self.hotplug.as_ref().and_then(|(h, _)| h.rescan_in(now)) {
                 at_most(rest);
             }
             let ms = timeout.map_or(-1, |t| t.as_millis().min(1000) as libc::c_int + 1);
@@ -248,9 +291,17 @@ impl Server {
             if self.handle_events() {
                 return Ok(Outcome::DeviceFailed);
             }
+            if let Some((h, _)) = self.hotplug.as_mut() {
+                if pfds[3].revents != 0 {
+                    h.take_events();
+                }
+                if h.rescan_due(Instant::now()) {
+                    self.rescan_cards();
+                }
+            }
             // Clients, by fd (the list may shrink while we go).
             let ready: Vec<(RawFd, i16)> =
-                pfds[3..].iter().filter(|p| p.revents != 0).map(|p| (p.fd, p.revents)).collect();
+                pfds[4..].iter().filter(|p| p.revents != 0).map(|p| (p.fd, p.revents)).collect();
             for (fd, rev) in ready {
                 self.client_ready(fd, rev);
             }

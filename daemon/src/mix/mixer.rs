@@ -22,7 +22,7 @@ use super::stream::{Kind, State, Stream};
 use crate::dsp::convert::{self, DecodeFn, EncodeFn};
 use crate::dsp::gain::Gain;
 use crate::dsp::meter::channel_peaks;
-use crate::dsp::pipeline::Taken;
+use crate::dsp::pipeline::{Pipeline, Taken};
 
 /// Most streams the mix thread carries at once.
 pub const MAX_STREAMS: usize = 64;
@@ -154,6 +154,7 @@ impl MixCore {
             let Kind::Play(pipe) = &s.kind else { continue };
             let gap = self.device_pos.saturating_sub(s.end_pos);
             let takes_back = match s.state {
+                _ if s.leaving => false,
                 State::Stopped => s.dropped,
                 _ => true,
             };
@@ -263,11 +264,35 @@ impl MixCore {
         Some(self.streams.swap_remove(i))
     }
 
-    /// Detaches the stream `id` to move it to another device: what it gave this device is
-    /// played out here, never taken back (the stream continues on the other device from the
-    /// frame after it). RT: yes.
-    pub fn detach(&mut self, id: u32) -> Option<Box<Stream>> {
-        let s = self.remove(id)?;
+    /// Marks the stream `id` as moving to another device: [`MixCore::take_left`] gives it back
+    /// once it has given this device everything it consumed. RT: yes.
+    pub fn mark_leaving(&mut self, id: u32) {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.id == id) {
+            s.leaving = true;
+        }
+    }
+
+    /// Device frames a leaving stream still has to play again after a rewind (the next fill
+    /// goes at least this far, so it can leave). RT: yes.
+    #[must_use]
+    pub fn leaving_replay(&self) -> u64 {
+        self.streams
+            .iter()
+            .filter(|s| s.leaving && s.active())
+            .filter_map(|s| s.pipeline().map(Pipeline::replay_pending))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Detaches one leaving stream that has given this device everything it consumed (or any
+    /// leaving stream, with `force`: the device is gone or stopped, and what was queued there
+    /// with it). What it gave is played out here, never taken back: the stream continues on the
+    /// other device from the frame after it. RT: yes.
+    pub fn take_left(&mut self, force: bool) -> Option<Box<Stream>> {
+        let i = self.streams.iter().position(|s| {
+            s.leaving && (force || !s.active() || s.pipeline().is_none_or(|p| p.replay_pending() == 0))
+        })?;
+        let s = self.streams.swap_remove(i);
         if !s.is_recorder() {
             self.keep_until = self.keep_until.max(s.end_pos);
         }

@@ -84,6 +84,10 @@ pub struct Stream {
     /// Stopped by the client's Stop (drop): what it had queued on the device may be taken
     /// back and forgotten.
     pub(super) dropped: bool,
+    /// Moving to another device: detached as soon as it has given this one everything it
+    /// consumed (frames taken back by a rewind are played again here first); nothing it gave
+    /// is taken back from now on.
+    pub(super) leaving: bool,
 }
 
 /// What a stream does, and the conversion that goes with it.
@@ -153,6 +157,7 @@ impl Stream {
             ask: Ask { period: u32::MAX, slack: u32::MAX, limit: u32::MAX },
             end_pos: 0,
             dropped: false,
+            leaving: false,
         }
     }
 
@@ -194,6 +199,7 @@ impl Stream {
         self.end_pos = 0;
         self.drain_until = 0;
         self.dropped = false;
+        self.leaving = false;
         self.muted = false;
         self.woke = false;
         let g = self.ctl.volume.gain();

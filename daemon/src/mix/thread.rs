@@ -265,6 +265,7 @@ impl MixThread {
         }
         self.core.process_records();
         self.retire_violated();
+        self.release_leaving();
         self.manage_capture();
         if let Err(e) = self.manage_idle() {
             self.fail(Direction::Playback, e, libc::EIO)?;
@@ -276,7 +277,20 @@ impl MixThread {
             self.serve(Direction::Capture)?;
         }
         self.retire_violated();
+        self.release_leaving();
         Ok(false)
+    }
+
+    /// Hands back the streams moving to another device that may go now: each once it has
+    /// given the device everything it consumed (a stream with frames to play again after a
+    /// rewind waits for the next fill, which plays them), any of them while the device is
+    /// gone or stopped. RT: yes.
+    fn release_leaving(&mut self) {
+        let force = self.play.dev.is_none() || self.idle_stopped || self.sched.is_none();
+        while self.events.slots() > 0 {
+            let Some(s) = self.core.take_left(force) else { break };
+            self.emit(Event::Detached(s));
+        }
     }
 
     /// `--idle-stop`: stops the playback device once no stream (and no capture device) has
@@ -334,11 +348,7 @@ impl MixThread {
                         self.emit(Event::Retired(s));
                     }
                 }
-                Command::Detach(id) => {
-                    if let Some(s) = self.core.detach(id) {
-                        self.emit(Event::Detached(s));
-                    }
-                }
+                Command::Detach(id) => self.core.mark_leaving(id),
                 Command::Shutdown => {
                     self.core.fatal_all(libc::ESHUTDOWN);
                     return true;

@@ -297,7 +297,9 @@ impl MixThread {
         let floor_level = sched.wake_level(asked).min(sched.planned().max(sched.rewind_keep()));
         let need = (floor_level as usize).saturating_sub(queued);
         let supply = core.supply().map_or(usize::MAX, |f| usize::try_from(f).unwrap_or(usize::MAX));
-        let want = level.saturating_sub(queued).min(supply).max(need);
+        // A stream moving to another device first plays here what a rewind took back.
+        let leaving = usize::try_from(core.leaving_replay()).unwrap_or(usize::MAX);
+        let want = level.saturating_sub(queued).min(supply).max(need).max(leaving);
         let mut left = want.min(avail);
         while left > 0 {
             let now = now_ns();
