@@ -4,6 +4,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_long;
 
+use shmix_shared::msg::MAX_DEVICE_NAME_BYTES;
 use shmix_shared::ResampleQuality;
 
 use crate::sys;
@@ -35,6 +36,9 @@ pub struct Config {
     pub monitor: bool,
     /// The `fallback` key: a PCM name opened instead when the daemon cannot be reached at open.
     pub fallback: Option<String>,
+    /// The `device` key: the daemon's device (its PCM name) to play on, record from or control;
+    /// `None` (absent or empty): `SHMIX_DEVICE`, else the default device ([`device_name`]).
+    pub device: Option<String>,
 }
 
 impl Default for Config {
@@ -45,8 +49,30 @@ impl Default for Config {
             resample_quality: ResampleQuality::Default,
             monitor: false,
             fallback: None,
+            device: None,
         }
     }
+}
+
+/// The environment variable naming the device when the `device` key does not.
+pub const DEVICE_ENV: &str = "SHMIX_DEVICE";
+
+/// The device name to send in `Hello` (or to look up for `ctl.shmix`): the `device` key if it
+/// names one, else `env` (the value of `SHMIX_DEVICE`, trimmed), else empty: the daemon's
+/// default device, followed when it changes.
+///
+/// # Errors
+/// `SHMIX_DEVICE` longer than `MAX_DEVICE_NAME_BYTES` (the key is checked by [`parse`]).
+pub fn device_name(cfg: &Config, env: Option<&std::ffi::OsStr>) -> Result<String, String> {
+    if let Some(d) = &cfg.device {
+        return Ok(d.clone());
+    }
+    let Some(v) = env else { return Ok(String::new()) };
+    let v = v.to_str().ok_or_else(|| format!("{DEVICE_ENV} is not valid UTF-8"))?.trim();
+    if v.len() > MAX_DEVICE_NAME_BYTES {
+        return Err(format!("{DEVICE_ENV} is longer than {MAX_DEVICE_NAME_BYTES} bytes"));
+    }
+    Ok(v.to_owned())
 }
 
 /// Checks the key/value pairs of the PCM block. Errors are user-facing messages (without the
@@ -103,12 +129,21 @@ pub fn parse(entries: &[(String, Value)]) -> Result<Config, String> {
                 Value::Str(s) if !s.trim().is_empty() => cfg.fallback = Some(s.trim().to_owned()),
                 _ => return Err("the 'fallback' key must be a PCM name (a non-empty string)".into()),
             },
+            "device" => match value {
+                Value::Str(s) if s.trim().len() > MAX_DEVICE_NAME_BYTES => {
+                    return Err(format!("the 'device' key is longer than {MAX_DEVICE_NAME_BYTES} bytes"))
+                }
+                // Empty counts as absent, so `device $DEV` with an empty default leaves it to
+                // SHMIX_DEVICE.
+                Value::Str(s) => cfg.device = Some(s.trim().to_owned()).filter(|d| !d.is_empty()),
+                _ => return Err("the 'device' key must be a string (the PCM name shmixd serves)".into()),
+            },
             other => unknown.push(other.to_owned()),
         }
     }
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality, monitor, fallback)",
+            "unknown configuration key(s) {} (known: socket, max_buffer_ms, resample_quality, monitor, fallback, device)",
             unknown.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
         ));
     }
@@ -204,6 +239,7 @@ mod tests {
                 resample_quality: ResampleQuality::Default,
                 monitor: false,
                 fallback: None,
+                device: None,
             }
         );
         let c = parse(&[kv("resample_quality", Value::Str("high".into()))]).unwrap();
@@ -236,6 +272,33 @@ mod tests {
         assert_eq!(parse(&[kv("fallback", Value::Str("hw:0".into()))]).unwrap().fallback.as_deref(), Some("hw:0"));
         assert!(parse(&[kv("fallback", Value::Str(" ".into()))]).unwrap_err().contains("fallback"));
         assert!(parse(&[kv("fallback", Value::Int(0))]).unwrap_err().contains("fallback"));
+    }
+
+    #[test]
+    fn device_is_a_name_and_wins_over_the_environment() {
+        use std::ffi::OsStr;
+        let none = parse(&[]).unwrap();
+        assert_eq!(none.device, None);
+        assert_eq!(device_name(&none, None).unwrap(), "", "absent: the default device");
+        assert_eq!(device_name(&none, Some(OsStr::new(" card_b "))).unwrap(), "card_b");
+        let keyed = parse(&[kv("device", Value::Str("hw:1,0".into()))]).unwrap();
+        assert_eq!(keyed.device.as_deref(), Some("hw:1,0"));
+        assert_eq!(device_name(&keyed, Some(OsStr::new("card_b"))).unwrap(), "hw:1,0", "the key wins");
+        // An empty key is no key: the environment still applies.
+        let empty = parse(&[kv("device", Value::Str(" ".into()))]).unwrap();
+        assert_eq!(empty.device, None);
+        assert_eq!(device_name(&empty, Some(OsStr::new("card_b"))).unwrap(), "card_b");
+        assert_eq!(device_name(&empty, Some(OsStr::new(""))).unwrap(), "");
+        // Too long, or not a string.
+        let long = "x".repeat(MAX_DEVICE_NAME_BYTES + 1);
+        assert!(parse(&[kv("device", Value::Str(long.clone()))]).unwrap_err().contains("'device'"));
+        assert!(parse(&[kv("device", Value::Str("x".repeat(MAX_DEVICE_NAME_BYTES)))]).is_ok());
+        assert!(device_name(&none, Some(OsStr::new(&long))).unwrap_err().contains("SHMIX_DEVICE"));
+        assert!(parse(&[kv("device", Value::Int(1))]).unwrap_err().contains("'device'"));
+        assert!(parse(&[kv("device", Value::Other)]).is_err());
+        // Together with monitor (the monitor PCM of another device).
+        let c = parse(&[kv("monitor", Value::Str("true".into())), kv("device", Value::Str("card_b".into()))]).unwrap();
+        assert!(c.monitor && c.device.as_deref() == Some("card_b"));
     }
 
     #[test]

@@ -47,13 +47,19 @@ pub fn program_name() -> String {
 
 impl Conn {
     /// Connects to `path` (blocking, 2 s timeouts), checks the daemon's credentials before
-    /// sending anything, and does the handshake for `direction` (`shmix_shared::connect`).
+    /// sending anything, and does the handshake for `direction` on `device` (a PCM name the
+    /// daemon serves; empty: its default device) (`shmix_shared::connect`).
     ///
     /// # Errors
     /// An [`OpenError`] with the errno and the message to print.
-    pub fn connect(path: &Path, direction: Direction) -> Result<Self, OpenError> {
-        let hello =
-            SocketMsg::Hello { version: PROTOCOL_VERSION, direction, pid: std::process::id(), name: program_name() };
+    pub fn connect(path: &Path, direction: Direction, device: &str) -> Result<Self, OpenError> {
+        let hello = SocketMsg::Hello {
+            version: PROTOCOL_VERSION,
+            direction,
+            pid: std::process::id(),
+            name: program_name(),
+            device: device.to_owned(),
+        };
         match shmix_shared::connect::connect(path, &hello, SOCKET_TIMEOUT) {
             Ok(c) => Ok(Self { sock: c.sock, path: path.to_owned(), device: c.device }),
             Err(e) => Err(OpenError { errno: e.errno(), message: e.to_string() }),

@@ -3,14 +3,16 @@
 //! `Capture Volume`/`Switch` (its capture path), read and written over a control connection
 //! (`shmix_shared::control`). A second, subscribed connection delivers the daemon's `Changed`
 //! events; its socket is the control's poll descriptor, so a running alsamixer redraws when
-//! `shmixctl` (or anyone) changes a volume.
+//! `shmixctl` (or anyone) changes a volume. Without a `device` key (or `SHMIX_DEVICE`) the
+//! elements are the default device's (`Target::Master`/`Capture`, following the default); with
+//! one, that device's (`Target::DeviceMaster`/`DeviceCapture`, its id looked up once at open).
 //! Runs in the host program at its calls into alsa-lib's ctl API. RT: no.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use shmix_shared::control::{self, MuteOp, Reply, Request, Target};
+use shmix_shared::control::{self, DeviceInfo, MuteOp, Reply, Request, Target};
 use shmix_shared::{SocketMsg, PROTOCOL_VERSION};
 
 use crate::Errno;
@@ -77,16 +79,64 @@ pub struct Ctl {
     pending: u32,
     /// The event socket hung up (the daemon is gone).
     gone: bool,
+    /// The named device's id; `None`: the default device.
+    device: Option<u32>,
+}
+
+/// The device called `name` in a `Devices` listing: its id, or the `ENODEV` message naming it
+/// and the devices there are.
+///
+/// # Errors
+/// No device has that name.
+pub fn find_device(list: &[DeviceInfo], name: &str) -> Result<u32, String> {
+    if let Some(d) = list.iter().find(|d| d.name == name) {
+        return Ok(d.id);
+    }
+    let known = list.iter().map(|d| format!("'{}'", d.name)).collect::<Vec<_>>().join(", ");
+    Err(format!(
+        "shmixd serves no device '{name}' (the 'device' key or SHMIX_DEVICE; it serves {})",
+        if known.is_empty() { "none".into() } else { known }
+    ))
+}
+
+/// Which `Changed` targets touch which elements (bit = key) of a control on `device`.
+/// Master and capture are also taken for a named device, and any device's for the default one,
+/// since either may be the other: a needless event only makes the mixer read again.
+#[must_use]
+pub fn event_bits(target: Target, device: Option<u32>) -> u32 {
+    let mine = |id: u32| device.is_none_or(|d| d == id);
+    match target {
+        Target::Master => 0b0011,
+        Target::Capture => 0b1100,
+        Target::DeviceMaster(id) if mine(id) => 0b0011,
+        Target::DeviceCapture(id) if mine(id) => 0b1100,
+        Target::DeviceMaster(_) | Target::DeviceCapture(_) | Target::Stream(_) => 0,
+    }
 }
 
 impl Ctl {
-    /// Opens both connections to the daemon at `path`.
+    /// Opens both connections to the daemon at `path`, for `device` (a PCM name the daemon
+    /// serves; empty: the default device).
     ///
     /// # Errors
     /// The errno to return and a user-facing message (the daemon is not there, is not to be
-    /// trusted, or refuses).
-    pub fn open(path: &Path) -> Result<Self, (Errno, String)> {
+    /// trusted, or refuses; `ENODEV`: it serves no such device).
+    pub fn open(path: &Path, device: &str) -> Result<Self, (Errno, String)> {
         let req = connect(path)?;
+        let device = if device.is_empty() {
+            None
+        } else {
+            let list = match control::send_packet(req.as_fd(), &Request::Devices.encode())
+                .and_then(|()| control::recv_packet(req.as_fd()))
+            {
+                Ok(b) => Reply::decode(&b),
+                Err(x) => return Err((Errno(x.raw_os_error().unwrap_or(libc::EIO)), format!("devices: {x}"))),
+            };
+            match list {
+                Ok(Reply::Devices(list)) => Some(find_device(&list, device).map_err(|m| (Errno(libc::ENODEV), m))?),
+                other => return Err((Errno(libc::EPROTO), format!("devices: unexpected answer {other:?}"))),
+            }
+        };
         let events = connect(path)?;
         let proto = |what: String| (Errno(libc::EPROTO), what);
         control::send_packet(events.as_fd(), &Request::Subscribe.encode())
@@ -97,7 +147,7 @@ impl Ctl {
         }
         nix::fcntl::fcntl(&events, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(|x| (Errno(x as i32), format!("O_NONBLOCK: {x}")))?;
-        Ok(Self { req, events, pending: 0, gone: false })
+        Ok(Self { req, events, pending: 0, gone: false, device })
     }
 
     /// The descriptor to poll for events.
@@ -120,13 +170,35 @@ impl Ctl {
         }
     }
 
+    /// What an element's `Master`/`Capture` addresses on this control's device.
+    fn target(&self, t: Target) -> Target {
+        match (t, self.device) {
+            (Target::Master, Some(id)) => Target::DeviceMaster(id),
+            (Target::Capture, Some(id)) => Target::DeviceCapture(id),
+            (t, _) => t,
+        }
+    }
+
     /// The volume and mute of `t` now.
     fn state(&self, t: Target) -> Result<(f32, bool), Errno> {
-        match self.call(Request::Stats)? {
-            Reply::Stats(s) => Ok(match t {
-                Target::Capture => (s.capture_volume, s.capture_muted),
-                _ => (s.master_volume, s.master_muted),
-            }),
+        let Some(id) = self.device else {
+            return match self.call(Request::Stats)? {
+                Reply::Stats(s) => Ok(match t {
+                    Target::Capture => (s.capture_volume, s.capture_muted),
+                    _ => (s.master_volume, s.master_muted),
+                }),
+                _ => Err(Errno(libc::EPROTO)),
+            };
+        };
+        match self.call(Request::Devices)? {
+            Reply::Devices(list) => {
+                // The daemon keeps a device's id while it runs: gone from the list, gone for good.
+                let d = list.iter().find(|d| d.id == id).ok_or(Errno(libc::ENODEV))?;
+                Ok(match t {
+                    Target::Capture => (d.capture_volume, d.capture_muted),
+                    _ => (d.master_volume, d.master_muted),
+                })
+            }
             _ => Err(Errno(libc::EPROTO)),
         }
     }
@@ -159,14 +231,15 @@ impl Ctl {
                 if to_raw(v) == value {
                     return Ok(false);
                 }
-                self.call(Request::SetVolume { target: t, volume: from_raw(value) })?;
+                self.call(Request::SetVolume { target: self.target(t), volume: from_raw(value) })?;
             }
             Kind::Switch => {
                 let mute = value == 0;
                 if mute == muted {
                     return Ok(false);
                 }
-                self.call(Request::SetMute { target: t, op: if mute { MuteOp::On } else { MuteOp::Off } })?;
+                let op = if mute { MuteOp::On } else { MuteOp::Off };
+                self.call(Request::SetMute { target: self.target(t), op })?;
             }
         }
         Ok(true)
@@ -182,11 +255,7 @@ impl Ctl {
                 }
                 Ok(b) => {
                     if let Ok(Reply::Changed { target }) = Reply::decode(&b) {
-                        self.pending |= match target {
-                            Target::Master => 0b0011,
-                            Target::Capture => 0b1100,
-                            Target::Stream(_) => 0,
-                        };
+                        self.pending |= event_bits(target, self.device);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -240,5 +309,53 @@ mod tests {
         assert_eq!(from_raw(1 << 20), 1.0);
         assert_eq!(element(1), Some((Target::Master, Kind::Switch)));
         assert_eq!(element(4), None);
+    }
+
+    fn dev(id: u32, name: &str) -> DeviceInfo {
+        DeviceInfo {
+            id,
+            name: name.into(),
+            params: shmix_shared::AudioParams {
+                format: shmix_shared::SampleFormat::S16Le,
+                rate: 48000,
+                channels: 2,
+                period_frames: 32,
+                buffer_frames: 96000,
+            },
+            capture: false,
+            state: control::DeviceState::Running,
+            streams: 0,
+            default: id == 0,
+            preferred: false,
+            master_volume: 1.0,
+            master_muted: false,
+            capture_volume: 1.0,
+            capture_muted: false,
+            queue_frames: 0,
+            cycles: 0,
+            mix_cpu_ns: 0,
+            device_xruns: 0,
+            sampled_ns: 0,
+        }
+    }
+
+    #[test]
+    fn devices_are_found_by_name_or_named_in_the_error() {
+        let list = [dev(0, "card_a"), dev(7, "hw:1,0")];
+        assert_eq!(find_device(&list, "hw:1,0"), Ok(7));
+        let e = find_device(&list, "card_c").unwrap_err();
+        assert!(e.contains("'card_c'") && e.contains("'card_a', 'hw:1,0'"), "{e}");
+        assert!(find_device(&[], "x").unwrap_err().contains("serves none"));
+    }
+
+    #[test]
+    fn events_of_other_devices_are_not_ours() {
+        assert_eq!(event_bits(Target::Master, None), 0b0011);
+        assert_eq!(event_bits(Target::Capture, Some(3)), 0b1100);
+        assert_eq!(event_bits(Target::DeviceMaster(3), Some(3)), 0b0011);
+        assert_eq!(event_bits(Target::DeviceCapture(3), Some(3)), 0b1100);
+        assert_eq!(event_bits(Target::DeviceMaster(4), Some(3)), 0);
+        assert_eq!(event_bits(Target::DeviceCapture(9), None), 0b1100, "may be the default device");
+        assert_eq!(event_bits(Target::Stream(3), Some(3)), 0);
     }
 }

@@ -292,8 +292,13 @@ unsafe fn open(
         user_error(&msg);
         Errno(libc::EINVAL)
     })?;
+    let device =
+        config::device_name(&cfg, shmix_shared::socket::secure_env(config::DEVICE_ENV).as_deref()).map_err(|msg| {
+            user_error(&msg);
+            Errno(libc::EINVAL)
+        })?;
     let path = resolve_socket_path(cfg.socket.as_deref());
-    let c = Ctl::open(&path).map_err(|(errno, msg)| {
+    let c = Ctl::open(&path, &device).map_err(|(errno, msg)| {
         user_error(&msg);
         errno
     })?;
@@ -308,7 +313,9 @@ unsafe fn open(
     copy_str(&mut ext.id, "shmix");
     copy_str(&mut ext.driver, "shmix");
     copy_str(&mut ext.name, "shmix");
-    copy_str(&mut ext.longname, "shmix sound server");
+    let longname =
+        if device.is_empty() { "shmix sound server".to_owned() } else { format!("shmix sound server: {device}") };
+    copy_str(&mut ext.longname, &longname);
     copy_str(&mut ext.mixername, "shmix");
     let plugin = Box::into_raw(Box::new(Plugin { ext, ctl: Mutex::new(c) }));
     // SAFETY: `plugin` is our fresh, unshared allocation; `ext` inside it never moves.

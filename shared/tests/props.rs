@@ -37,8 +37,9 @@ fn device_info() -> impl Strategy<Value = control::DeviceInfo> {
     (
         (any::<u32>(), device_name(), params(), any::<bool>(), 0u32..4, any::<u32>()),
         (any::<bool>(), any::<bool>(), any::<u32>(), any::<[u64; 4]>()),
+        (0.0f32..=1.0, any::<bool>(), 0.0f32..=1.0, any::<bool>()),
     )
-        .prop_map(|((id, name, params, capture, st, streams), (default, preferred, queue_frames, n))| {
+        .prop_map(|((id, name, params, capture, st, streams), (default, preferred, queue_frames, n), v)| {
             control::DeviceInfo {
                 id,
                 name,
@@ -48,6 +49,10 @@ fn device_info() -> impl Strategy<Value = control::DeviceInfo> {
                 streams,
                 default,
                 preferred,
+                master_volume: v.0,
+                master_muted: v.1,
+                capture_volume: v.2,
+                capture_muted: v.3,
                 queue_frames,
                 cycles: n[0],
                 mix_cpu_ns: n[1],

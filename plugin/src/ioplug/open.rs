@@ -73,8 +73,13 @@ pub(super) unsafe fn open(
         (true, false) => Direction::Capture,
         (true, true) => Direction::Monitor,
     };
+    let device_name = config::device_name(&cfg, shmix_shared::socket::secure_env(config::DEVICE_ENV).as_deref())
+        .map_err(|msg| {
+            user_error(&msg);
+            Errno(libc::EINVAL)
+        })?;
     let path = resolve_socket_path(cfg.socket.as_deref());
-    let conn = match Conn::connect(&path, direction) {
+    let conn = match Conn::connect(&path, direction, &device_name) {
         Ok(c) => c,
         Err(e) => match &cfg.fallback {
             Some(fb) if unreachable(e.errno) && !IN_FALLBACK.with(std::cell::Cell::get) => {
@@ -100,8 +105,9 @@ pub(super) unsafe fn open(
     let device = conn.device;
     if debug {
         eprintln!(
-            "shmix: connected to {} ({direction:?}): device {} {} Hz {} ch, period {}",
+            "shmix: connected to {} ({direction:?}): device '{}' {} {} Hz {} ch, period {}",
             conn.path().display(),
+            if device_name.is_empty() { "(default)" } else { &device_name },
             device.format,
             device.rate,
             device.channels,

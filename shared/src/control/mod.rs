@@ -191,6 +191,15 @@ pub struct DeviceInfo {
     pub default: bool,
     /// It is the preferred default (`--prefer`, or the last `shmixctl default`).
     pub preferred: bool,
+    /// Its playback mix's linear volume (`Target::DeviceMaster`; `Stats.master_volume` for
+    /// the default device).
+    pub master_volume: f32,
+    /// Its playback mix is muted.
+    pub master_muted: bool,
+    /// Its capture path's linear volume (`Target::DeviceCapture`).
+    pub capture_volume: f32,
+    /// Its capture path is muted.
+    pub capture_muted: bool,
     /// Frames queued on the playback side at the mix thread's last fill (its latency).
     pub queue_frames: u32,
     /// Mix thread cycles (wakeups handled) since start.

@@ -99,6 +99,10 @@ impl Reader<'_> {
             streams: self.u32("streams")?,
             default: self.bool("default")?,
             preferred: self.bool("preferred")?,
+            master_volume: self.f32("master_volume", 0.0, MAX_VOLUME)?,
+            master_muted: self.bool("master_muted")?,
+            capture_volume: self.f32("capture_volume", 0.0, MAX_VOLUME)?,
+            capture_muted: self.bool("capture_muted")?,
             queue_frames: self.u32("queue_frames")?,
             cycles: self.u64("cycles")?,
             mix_cpu_ns: self.u64("mix_cpu_ns")?,
@@ -135,6 +139,10 @@ fn put_device(out: &mut Vec<u8>, d: &DeviceInfo) {
     put_u32(out, d.streams);
     put_u32(out, u32::from(d.default));
     put_u32(out, u32::from(d.preferred));
+    put_f32(out, d.master_volume);
+    put_u32(out, u32::from(d.master_muted));
+    put_f32(out, d.capture_volume);
+    put_u32(out, u32::from(d.capture_muted));
     put_u32(out, d.queue_frames);
     put_u64(out, d.cycles);
     put_u64(out, d.mix_cpu_ns);
@@ -504,6 +512,10 @@ mod tests {
             streams: 3,
             default: id == 0,
             preferred: true,
+            master_volume: 0.5,
+            master_muted: false,
+            capture_volume: 1.0,
+            capture_muted: true,
             queue_frames: 480,
             cycles: u64::MAX,
             mix_cpu_ns: 12_345,
@@ -627,6 +639,11 @@ mod tests {
         let mut b = good.clone();
         b[20..24].copy_from_slice(&(MAX_CHANNELS + 1).to_le_bytes());
         assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("channels", u64::from(MAX_CHANNELS) + 1)));
+        // tag, count, id, params, capture, state, streams, default, preferred, then the master
+        // volume at 52.
+        let mut b = good.clone();
+        b[52..56].copy_from_slice(&1.5f32.to_bits().to_le_bytes());
+        assert_eq!(Reply::decode(&b), Err(DecodeError::BadField("master_volume", u64::from(1.5f32.to_bits()))));
         let long_name = DeviceInfo { name: "x".repeat(MAX_DEVICE_NAME_BYTES + 10), ..device(1) };
         let b = Reply::Devices(vec![long_name]).encode();
         match Reply::decode(&b) {
