@@ -179,6 +179,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         rt_priority: cli.rt_priority,
         idle_stop: cli.idle_stop.unwrap_or(DEFAULT_IDLE_STOP),
     };
+    // Before any thread starts: they inherit the blocked signals, which only the signalfd reads.
+    let signals = listen::signal_fd()?;
     let ctl_efd = eventfd()?;
     let units = start_devices(&cli.device, &opts, &ctl_efd)?;
 
@@ -236,15 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     for u in &units {
         info!("{}", u.describe());
     }
-    let signals = listen::signal_fd()?;
     // Every thread's stack, the devices' buffers and the code exist now: lock them.
     realtime::lock_memory();
 
-    let state_file = cli
-        .state_dir
-        .clone()
-        .or_else(|| default_state_dir(cli.system))
-        .map(|d| d.join(moves::DEFAULT_DEVICE_FILE));
+    let state_file =
+        cli.state_dir.clone().or_else(|| default_state_dir(cli.system)).map(|d| d.join(moves::DEFAULT_DEVICE_FILE));
     let remembered = state_file.as_deref().and_then(moves::read_preference);
     let preferred = cli.prefer.clone().or(remembered);
     let mut srv = Server::new(socket_path.clone(), listen, signals, units, ctl_efd)

@@ -346,6 +346,10 @@ impl Unit {
             mix_cpu_ns: self.dctl.mix_cpu_ns(),
             device_xruns: c.device_xruns.load(Ordering::Relaxed),
             sampled_ns: shmix_shared::clock::now_ns(),
+            master_volume: self.dctl.master.volume(),
+            master_muted: self.dctl.master.muted(),
+            capture_volume: self.dctl.capture.volume(),
+            capture_muted: self.dctl.capture.muted(),
         }
     }
 

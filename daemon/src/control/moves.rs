@@ -204,7 +204,10 @@ impl Server {
             Ok(k) => (k, to),
             Err(reason) => {
                 // Cannot happen for a device that served it before; stay where it was.
-                warn!("stream {id}: cannot move to '{}' ({}); it stays on '{}'", unit.name, reason, self.units[from].name);
+                warn!(
+                    "stream {id}: cannot move to '{}' ({}); it stays on '{}'",
+                    unit.name, reason, self.units[from].name
+                );
                 match conversion(&spec, &params, direction, &self.units[from]) {
                     Ok(k) => (k, from),
                     Err(_) => return,

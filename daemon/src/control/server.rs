@@ -21,11 +21,11 @@ use shmix_shared::eventfd::EventFd;
 use shmix_shared::socket as wire;
 use shmix_shared::{Direction, SocketMsg};
 
+use super::devices::{DeviceOptions, Unit};
+use super::hotplug::Hotplug;
 use super::session::{Client, Disconnect, Phase};
 use crate::control::access::{Peer, Policy};
 use crate::control::limits::{AcceptGate, Limits};
-use super::devices::{DeviceOptions, Unit};
-use super::hotplug::Hotplug;
 use crate::control::registry::{Control, DeviceFigures, ServerFigures};
 use crate::mix::thread::{Command, Event};
 
@@ -127,7 +127,8 @@ impl Server {
                     .iter()
                     .map(|u| DeviceFigures { dctl: &u.dctl, params: u.spec.params, counters: &u.counters })
                     .collect();
-                let figures = ServerFigures { units: &units, default: self.default, clients: self.clients.len() as u32 };
+                let figures =
+                    ServerFigures { units: &units, default: self.default, clients: self.clients.len() as u32 };
                 self.control.handle(req, &figures)
             }
         };

@@ -193,11 +193,8 @@ impl Server {
                     (u, true)
                 } else {
                     let names: Vec<&str> = self.units.iter().map(|u| u.name.as_str()).collect();
-                    let reason = format!(
-                        "no device '{}' (this daemon serves: {})",
-                        escape_controls(&device),
-                        names.join(", ")
-                    );
+                    let reason =
+                        format!("no device '{}' (this daemon serves: {})", escape_controls(&device), names.join(", "));
                     info!("client pid {} ({}): {reason}; closing", c.pid, c.name);
                     self.reply(fd, &SocketMsg::Refused { errno: libc::ENODEV as u32, reason });
                     self.clients.swap_remove(i);
