@@ -143,7 +143,7 @@ pub fn row_json(r: &DeviceRow) -> Value {
 #[must_use]
 pub fn header_text() -> String {
     format!(
-        "{:<2} {:>3} {:<16} {:<9} {:>6} {:>2} {:<7} {:<7} {:>7} {:>10} {:>9} {:>6} {:>6}",
+        "{:<2} {:>3} {:<20} {:<9} {:>6} {:>2} {:<7} {:<7} {:>7} {:>10} {:>9} {:>6} {:>6}",
         "",
         "ID",
         "DEVICE",
@@ -171,7 +171,7 @@ pub fn row_text(r: &DeviceRow) -> String {
     let known = d.params.channels > 0;
     let dash = || "-".to_string();
     format!(
-        "{}{} {:>3} {:<16} {:<9} {:>6} {:>2} {:<7} {:<7} {:>7} {:>10} {:>9} {:>6} {:>6}",
+        "{}{} {:>3} {:<20} {:<9} {:>6} {:>2} {:<7} {:<7} {:>7} {:>10} {:>9} {:>6} {:>6}",
         if d.default { '*' } else { ' ' },
         if d.preferred { '+' } else { ' ' },
         d.id,
@@ -303,7 +303,7 @@ pub(crate) mod tests {
         );
         let t = table_text(&rows(&[], &[dev(0, "card_a"), absent]));
         assert!(t.lines().nth(1).unwrap().starts_with("*+   0 card_a"), "{t}");
-        assert!(t.lines().nth(2).unwrap().starts_with("     1 card_b           -"), "{t}");
+        assert!(t.lines().nth(2).unwrap().starts_with("     1 card_b               -"), "{t}");
         assert!(t.contains("absent") && t.ends_with("(* default, + preferred default)\n"), "{t}");
     }
 
