@@ -1,9 +1,11 @@
-//! `shmixctl`: lists the streams of a running shmixd, sets volumes and mutes (per stream, the
-//! playback mix `master`, the capture path `capture`), prints statistics and shows a live view
-//! (`top`). Talks to the daemon over its socket with a control handshake
+//! `shmixctl`: lists the streams and the devices of a running shmixd, sets volumes and mutes
+//! (per stream, the playback mix `master`, the capture path `capture`, of the default device or
+//! one named with `--device`), moves streams between devices, changes the default device, prints
+//! statistics and shows a live view (`top`). Talks to the daemon over its socket with a control handshake
 //! (`shmix_shared::control`). Runs as a command-line program. RT: no.
 
 mod client;
+mod devices;
 mod top;
 
 use std::path::PathBuf;
@@ -36,8 +38,27 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// List every stream: id, program, pid, direction, format, rate, channels, buffer, period,
-    /// latency, xruns, volume, mute, peak level
+    /// latency, xruns, volume, mute, peak level, device (`(pinned)`: it stays on that device;
+    /// else it follows the default)
     List,
+    /// List the devices (two samples 0.5 s apart): format, rate, channels, state, streams,
+    /// latency, wakeups per second, mix thread CPU, xruns; `*` marks the default, `+` the
+    /// preferred default
+    Devices,
+    /// Move a stream to another device; it stays there (no longer follows the default)
+    Move {
+        /// Stream id (from `list`)
+        id: u32,
+        /// Device name (from `devices`)
+        device: String,
+    },
+    /// Make a device the default (and the preferred default); the streams that follow the
+    /// default move to it
+    #[command(name = "default")]
+    SetDefault {
+        /// Device name (from `devices`)
+        device: String,
+    },
     /// Set the volume of a stream, of `master` (the playback mix) or of `capture`
     Volume {
         /// Stream id (from `list`), `master` or `capture`
@@ -46,6 +67,9 @@ enum Cmd {
         /// 100% (0 dB)
         #[arg(allow_hyphen_values = true)]
         level: String,
+        /// For `master` and `capture`: this device's instead of the default device's
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
     },
     /// Mute, unmute or toggle a stream, `master` or `capture`
     Mute {
@@ -54,6 +78,9 @@ enum Cmd {
         /// What to do
         #[arg(value_enum)]
         state: MuteArg,
+        /// For `master` and `capture`: this device's instead of the default device's
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
     },
     /// Daemon statistics: cycles, xruns, wakeups, copied and zero-copy frames, mix thread CPU
     Stats,
@@ -83,11 +110,26 @@ fn parse_target(s: &str) -> anyhow::Result<Target> {
     }
 }
 
+/// `target` on the device called `device`, if one is named: `master`/`capture` become that
+/// device's ([`Target::DeviceMaster`]/[`Target::DeviceCapture`] with the id `id_of` finds).
+fn device_target(
+    target: Target,
+    device: Option<&str>,
+    id_of: impl FnOnce(&str) -> anyhow::Result<u32>,
+) -> anyhow::Result<Target> {
+    let Some(name) = device else { return Ok(target) };
+    Ok(match target {
+        Target::Master => Target::DeviceMaster(id_of(name)?),
+        Target::Capture => Target::DeviceCapture(id_of(name)?),
+        _ => bail!("--device applies to `master` and `capture` only (a stream is moved with `shmixctl move`)"),
+    })
+}
+
 fn target_name(t: Target) -> String {
     match t {
         Target::Stream(id) => id.to_string(),
-        Target::Master => "master".into(),
-        Target::Capture => "capture".into(),
+        Target::Master | Target::DeviceMaster(_) => "master".into(),
+        Target::Capture | Target::DeviceCapture(_) => "capture".into(),
     }
 }
 
@@ -161,6 +203,8 @@ fn stream_json(s: &StreamInfo) -> Value {
         "peak_db": db_json(s.peak),
         "copied_frames": s.copied_frames,
         "zero_copy_frames": s.zero_copy_frames,
+        "device": s.device,
+        "pinned": s.pinned,
     });
     if let (Value::Object(m), Value::Object(vol)) = (&mut v, volume_json(s.volume, s.muted)) {
         m.extend(vol);
@@ -196,10 +240,20 @@ fn stats_json(s: &Stats) -> Value {
     })
 }
 
+/// A stream's device as `list` and `top` print it: its name, `(pinned)` when it stays there.
+pub(crate) fn stream_device_text(s: &StreamInfo) -> String {
+    let name = if s.device.is_empty() { "-".into() } else { escape_controls(&s.device) };
+    if s.pinned {
+        format!("{name} (pinned)")
+    } else {
+        name.into_owned()
+    }
+}
+
 /// The `list` table.
 pub(crate) fn list_text(list: &[StreamInfo]) -> String {
     let mut out = format!(
-        "{:>4} {:>7} {:<15} {:<8} {:<9} {:>6} {:>2} {:>6} {:>6} {:>9} {:>5} {:<20} {:>9} {}\n",
+        "{:>4} {:>7} {:<15} {:<8} {:<9} {:>6} {:>2} {:>6} {:>6} {:>9} {:>5} {:<20} {:>9} {:<9} {}\n",
         "ID",
         "PID",
         "PROGRAM",
@@ -213,12 +267,13 @@ pub(crate) fn list_text(list: &[StreamInfo]) -> String {
         "XRUNS",
         "VOLUME",
         "PEAK",
-        "STATE"
+        "STATE",
+        "DEVICE"
     );
     for s in list {
         let p = &s.params;
         out.push_str(&format!(
-            "{:>4} {:>7} {:<15} {:<8} {:<9} {:>6} {:>2} {:>6} {:>6} {:>6.1} ms {:>5} {:<20} {:>9} {}\n",
+            "{:>4} {:>7} {:<15} {:<8} {:<9} {:>6} {:>2} {:>6} {:>6} {:>6.1} ms {:>5} {:<20} {:>9} {:<9} {}\n",
             s.id,
             s.pid,
             escape_controls(&s.name),
@@ -232,7 +287,8 @@ pub(crate) fn list_text(list: &[StreamInfo]) -> String {
             s.xruns,
             volume_text(s.volume, s.muted),
             db_text(s.peak),
-            s.state.name()
+            s.state.name(),
+            stream_device_text(s)
         ));
     }
     if list.is_empty() {
@@ -315,21 +371,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out(&stats_text(&s))?;
             }
         }
-        Cmd::Volume { id, level } => {
-            let target = parse_target(&id)?;
-            let volume = control::parse_volume(&level).map_err(anyhow::Error::msg)?;
-            let r = c.call(Request::SetVolume { target, volume })?;
-            print_change(r, cli.json)?;
+        Cmd::Devices => {
+            let rows = devices::sample(&c)?;
+            if cli.json {
+                print_json(&Value::Array(rows.iter().map(devices::row_json).collect()))?;
+            } else {
+                out(&devices::table_text(&rows))?;
+            }
         }
-        Cmd::Mute { id, state } => {
-            let target = parse_target(&id)?;
+        Cmd::Move { id, device } => {
+            let list = devices::list(&c)?;
+            let d = devices::resolve(&list, &device)?;
+            let Reply::Moved { stream, device: moved_to } = c.call(Request::Move { stream: id, device: d.id })? else {
+                bail!("unexpected reply to Move")
+            };
+            let name = devices::name_of(&list, moved_to);
+            if cli.json {
+                print_json(&json!({ "stream": stream, "device": name, "device_id": moved_to }))?;
+            } else {
+                out(&format!("stream {stream} -> {}\n", escape_controls(&name)))?;
+            }
+        }
+        Cmd::SetDefault { device } => {
+            let list = devices::list(&c)?;
+            let d = devices::resolve(&list, &device)?;
+            let Reply::Default { device: now } = c.call(Request::SetDefault { device: d.id })? else {
+                bail!("unexpected reply to SetDefault")
+            };
+            let name = devices::name_of(&list, now);
+            if cli.json {
+                print_json(&json!({ "default": name, "device_id": now }))?;
+            } else {
+                out(&format!("default: {}\n", escape_controls(&name)))?;
+            }
+        }
+        Cmd::Volume { id, level, device } => {
+            let volume = control::parse_volume(&level).map_err(anyhow::Error::msg)?;
+            let target = device_target(parse_target(&id)?, device.as_deref(), |n| {
+                devices::resolve_by_name(&c, n).map(|d| d.id)
+            })?;
+            let r = c.call(Request::SetVolume { target, volume })?;
+            print_change(r, device.as_deref(), cli.json)?;
+        }
+        Cmd::Mute { id, state, device } => {
+            let target = device_target(parse_target(&id)?, device.as_deref(), |n| {
+                devices::resolve_by_name(&c, n).map(|d| d.id)
+            })?;
             let op = match state {
                 MuteArg::On => MuteOp::On,
                 MuteArg::Off => MuteOp::Off,
                 MuteArg::Toggle => MuteOp::Toggle,
             };
             let r = c.call(Request::SetMute { target, op })?;
-            print_change(r, cli.json)?;
+            print_change(r, device.as_deref(), cli.json)?;
         }
         Cmd::Top { interval_ms } => {
             if cli.json {
@@ -341,16 +435,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_change(r: Reply, as_json: bool) -> anyhow::Result<()> {
+/// Prints the state after a volume or mute change; `device` is the device named with
+/// `--device` (JSON: a `device` key; text: `master (card_b): ...`).
+fn print_change(r: Reply, device: Option<&str>, as_json: bool) -> anyhow::Result<()> {
     let Reply::Volume { target, volume, muted } = r else { bail!("unexpected reply") };
     if as_json {
         let mut v = json!({ "target": target_name(target) });
+        if let (Value::Object(m), Some(d)) = (&mut v, device) {
+            m.insert("device".into(), json!(d));
+        }
         if let (Value::Object(m), Value::Object(vol)) = (&mut v, volume_json(volume, muted)) {
             m.extend(vol);
         }
         print_json(&v)?;
     } else {
-        out(&format!("{}: {}\n", target_name(target), volume_text(volume, muted)))?;
+        let on = device.map(|d| format!(" ({})", escape_controls(d))).unwrap_or_default();
+        out(&format!("{}{on}: {}\n", target_name(target), volume_text(volume, muted)))?;
     }
     Ok(())
 }
@@ -396,6 +496,8 @@ mod tests {
             pid: 2,
             name: "evil\u{1b}]0;owned\u{7}\r\nfake".into(),
             direction: Direction::Playback,
+            device: "card\u{1b}[2J".into(),
+            pinned: true,
             params: AudioParams {
                 format: shmix_shared::SampleFormat::S16Le,
                 rate: 48000,
@@ -415,6 +517,8 @@ mod tests {
         let text = list_text(&[info]);
         assert!(!text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'), "{text:?}");
         assert!(text.contains("evil\\u{1b}]0;owned\\u{7}\\r\\nfake"), "{text}");
+        assert!(text.lines().nth(1).unwrap().ends_with(" card\\u{1b}[2J (pinned)"), "{text}");
+        assert!(text.lines().next().unwrap().ends_with(" STATE     DEVICE"), "{text}");
         assert_eq!(text.lines().count(), 2, "{text}");
     }
 
@@ -423,5 +527,30 @@ mod tests {
         assert_eq!(parse_target("master").unwrap(), Target::Master);
         assert_eq!(parse_target("7").unwrap(), Target::Stream(7));
         assert!(parse_target("x").is_err());
+    }
+
+    #[test]
+    fn device_names_master_and_capture_only() {
+        let id = |n: &str| if n == "card_b" { Ok(4) } else { bail!("no device '{n}'") };
+        assert_eq!(device_target(Target::Master, None, id).unwrap(), Target::Master);
+        assert_eq!(device_target(Target::Master, Some("card_b"), id).unwrap(), Target::DeviceMaster(4));
+        assert_eq!(device_target(Target::Capture, Some("card_b"), id).unwrap(), Target::DeviceCapture(4));
+        assert!(device_target(Target::Master, Some("card_c"), id).unwrap_err().to_string().contains("card_c"));
+        assert!(device_target(Target::Stream(1), Some("card_b"), id).unwrap_err().to_string().contains("--device"));
+        assert_eq!(target_name(Target::DeviceCapture(4)), "capture");
+    }
+
+    #[test]
+    fn new_commands_parse() {
+        let c = Cli::try_parse_from(["shmixctl", "move", "3", "card_b"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Move { id: 3, ref device } if device == "card_b"));
+        let c = Cli::try_parse_from(["shmixctl", "default", "card_b"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::SetDefault { ref device } if device == "card_b"));
+        let c = Cli::try_parse_from(["shmixctl", "devices", "--json"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Devices) && c.json);
+        let c = Cli::try_parse_from(["shmixctl", "volume", "master", "-6dB", "--device", "card_b"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Volume { device: Some(ref d), .. } if d == "card_b"));
+        let c = Cli::try_parse_from(["shmixctl", "mute", "capture", "toggle"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Mute { device: None, .. }));
     }
 }
