@@ -61,7 +61,13 @@ impl Raw {
     /// when that is not `Welcome`.
     pub(crate) fn connect_as(rig: &Rig, direction: Direction) -> Result<Self, Option<SocketMsg>> {
         let sock = seqpacket(&rig.sock);
-        let hello = SocketMsg::Hello { version: PROTOCOL_VERSION, direction, pid: 0, name: "hostile".into() };
+        let hello = SocketMsg::Hello {
+            version: PROTOCOL_VERSION,
+            direction,
+            pid: 0,
+            name: "hostile".into(),
+            device: String::new(),
+        };
         // A refused connection may be closed before our Hello arrives: the answer is still queued.
         // If the Hello reached it before it closed, the first recv says ECONNRESET, the next one
         // returns the queued answer.

@@ -167,8 +167,13 @@ pub(crate) struct RawAt(pub(crate) Raw);
 impl RawAt {
     pub(crate) fn connect(path: &std::path::Path, direction: Direction) -> Result<Self, ()> {
         let sock = seqpacket(path);
-        let hello =
-            SocketMsg::Hello { version: shmix_shared::PROTOCOL_VERSION, direction, pid: 0, name: "racer".into() };
+        let hello = SocketMsg::Hello {
+            version: shmix_shared::PROTOCOL_VERSION,
+            direction,
+            pid: 0,
+            name: "racer".into(),
+            device: String::new(),
+        };
         socket::send(sock.as_fd(), &hello, &[]).map_err(|_| ())?;
         let p = socket::recv(sock.as_fd()).map_err(|_| ())?;
         match SocketMsg::decode(&p.bytes) {
@@ -216,6 +221,7 @@ fn a_thousand_idle_connections_do_not_disturb_a_stream() {
         direction: Direction::Playback,
         pid: 0,
         name: "dribble".into(),
+        device: String::new(),
     }
     .encode();
     for (k, b) in hello.iter().enumerate().take(20) {

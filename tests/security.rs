@@ -65,8 +65,13 @@ fn oversized_descriptor_lists_leave_nothing_open_in_the_daemon() {
     rig.wait_for_sound(2, 0, Duration::from_secs(10));
     let before = daemon_fds(&rig);
     let (r, w) = pipe();
-    let hello =
-        SocketMsg::Hello { version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 0, name: "fds".into() };
+    let hello = SocketMsg::Hello {
+        version: PROTOCOL_VERSION,
+        direction: Direction::Playback,
+        pid: 0,
+        name: "fds".into(),
+        device: String::new(),
+    };
     let mut socks = Vec::new();
     // Before Hello: the Hello itself carries 5 descriptors.
     for _ in 0..50 {
@@ -320,8 +325,13 @@ fn a_setgid_program_ignores_the_socket_variables() {
 /// Connects and says `Hello` with `name`; the greeted connection.
 fn hello_as(rig: &Rig, name: &str) -> Raw {
     let sock = seqpacket(&rig.sock);
-    let hello =
-        SocketMsg::Hello { version: PROTOCOL_VERSION, direction: Direction::Playback, pid: 0, name: name.into() };
+    let hello = SocketMsg::Hello {
+        version: PROTOCOL_VERSION,
+        direction: Direction::Playback,
+        pid: 0,
+        name: name.into(),
+        device: String::new(),
+    };
     socket::send(sock.as_fd(), &hello, &[]).unwrap();
     let p = socket::recv(sock.as_fd()).unwrap();
     match SocketMsg::decode(&p.bytes).expect("daemon sent garbage") {
