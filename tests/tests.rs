@@ -6,6 +6,7 @@ mod capture;
 mod common;
 mod compat;
 mod control;
+mod devices;
 mod faults;
 mod formats;
 mod hostile;

@@ -83,7 +83,95 @@ pub struct Rig {
     pub rec: PathBuf,
     pub log: PathBuf,
     pub card: Card,
+    /// Every card of the rig, in `--device` order (one, named `card`, unless the rig was made
+    /// with [`Rig::with_cards`]).
+    pub cards: Vec<RigCard>,
+    /// `--state-dir` of a multi-card rig (where `shmixctl default` is remembered); `None` for
+    /// the single-card rigs, whose daemon command line is what it always was.
+    pub state_dir: Option<PathBuf>,
     daemon: Option<Child>,
+}
+
+/// One card of a rig as configured: its PCM name (what `--device`, the plugin's `device` key
+/// and `shmixctl` say), its setup (with the rig's own keys added), its files.
+#[derive(Debug, Clone)]
+pub struct RigCard {
+    pub name: String,
+    pub card: Card,
+    /// Its `playback_file`.
+    pub rec: PathBuf,
+    /// Its `gone_file`, if it was made pluggable: the card is gone while this file exists.
+    pub gone: Option<PathBuf>,
+    /// Its `capture_file`, if it was given capture contents.
+    pub capture: Option<PathBuf>,
+}
+
+impl RigCard {
+    /// Bytes per frame in the card's format.
+    pub fn frame_bytes(&self) -> usize {
+        analysis::Fmt::from_name(self.card.format).bytes() * self.card.channels as usize
+    }
+}
+
+/// What a multi-card rig is made of: a card, its PCM name, optional capture contents and plug.
+#[derive(Debug, Clone)]
+pub struct CardSpec {
+    pub name: String,
+    pub card: Card,
+    /// Raw frames in the card's format for its capture side (written to `NAME.capture.raw`).
+    pub capture: Option<Vec<u8>>,
+    /// Give the card a `gone_file "@DIR@/NAME.gone"` ([`Rig::unplug`], [`Rig::plug_back`]).
+    pub pluggable: bool,
+}
+
+impl CardSpec {
+    pub fn new(name: &str, card: Card) -> Self {
+        Self { name: name.to_owned(), card, capture: None, pluggable: false }
+    }
+
+    /// The card's capture side is fed from `bytes` (raw frames in its format).
+    pub fn with_capture(mut self, bytes: Vec<u8>) -> Self {
+        self.capture = Some(bytes);
+        self
+    }
+
+    /// The card can be unplugged and plugged back in by the test.
+    pub fn pluggable(mut self) -> Self {
+        self.pluggable = true;
+        self
+    }
+}
+
+/// The card with the rig's keys added: `capture_file` (if any) and `rewind true` unless the
+/// test said otherwise (like a hardware card, the virtual card may be rewound).
+fn prepare_card(mut card: Card, capture: Option<&Path>) -> Card {
+    if let Some(cap) = capture {
+        card.extra.push(format!("capture_file \"{}\"", cap.display()));
+    }
+    if !card.extra.iter().any(|l| l.trim_start().starts_with("rewind ")) {
+        card.extra.push("rewind true".into());
+    }
+    card
+}
+
+/// The `pcm.NAME` block of a virtual card recording to `rec`.
+fn card_block(name: &str, card: &Card, rec: &Path, dir: &Path) -> String {
+    let extra = card.extra.join("\n    ").replace("@DIR@", &dir.display().to_string());
+    format!(
+        r#"pcm.{name} {{
+    type shmix_vcard
+    format {format}
+    rate {rate}
+    channels {channels}
+    playback_file "{rec}"
+    {extra}
+}}
+"#,
+        format = card.format,
+        rate = card.rate,
+        channels = card.channels,
+        rec = rec.display(),
+    )
 }
 
 impl Rig {
@@ -101,35 +189,23 @@ impl Rig {
     }
 
     /// The rig's files and config, no daemon yet (start one with [`Rig::start_daemon_cmd`]).
-    pub fn without_daemon(mut card: Card, capture: Option<&[u8]>) -> Self {
+    pub fn without_daemon(card: Card, capture: Option<&[u8]>) -> Self {
         let art = artifacts_dir();
         let dir = scratch_dir("shmix-test-");
         let conf = dir.path().join("asound.conf");
         let sock = dir.path().join("shmix.sock");
         let rec = dir.path().join("card.raw");
         let log = dir.path().join("shmixd.log");
-        if let Some(bytes) = capture {
+        let cap = capture.map(|bytes| {
             let cap = dir.path().join("capture.raw");
             std::fs::write(&cap, bytes).expect("write capture.raw");
-            card.extra.push(format!("capture_file \"{}\"", cap.display()));
-        }
-        // Like a hardware card, the virtual card may be rewound unless a test says otherwise.
-        if !card.extra.iter().any(|l| l.trim_start().starts_with("rewind ")) {
-            card.extra.push("rewind true".into());
-        }
-        let extra = card.extra.join("\n    ").replace("@DIR@", &dir.path().display().to_string());
+            cap
+        });
+        let card = prepare_card(card, cap.as_deref());
         let text = format!(
             r#"pcm_type.shmix {{ lib "{plugin}" }}
 pcm_type.shmix_vcard {{ lib "{vcard}" }}
-pcm.card {{
-    type shmix_vcard
-    format {format}
-    rate {rate}
-    channels {channels}
-    playback_file "{rec}"
-    {extra}
-}}
-pcm.shmix {{
+{block}pcm.shmix {{
     type shmix
     socket "{sock}"
 }}
@@ -146,14 +222,108 @@ ctl.shmix {{
 "#,
             plugin = art.join("libasound_module_pcm_shmix.so").display(),
             vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
-            format = card.format,
-            rate = card.rate,
-            channels = card.channels,
-            rec = rec.display(),
+            block = card_block("card", &card, &rec, dir.path()),
             sock = sock.display(),
         );
         std::fs::write(&conf, text).expect("write asound.conf");
-        Self { dir, conf, sock, rec, log, card, daemon: None }
+        let cards =
+            vec![RigCard { name: "card".into(), card: card.clone(), rec: rec.clone(), gone: None, capture: cap }];
+        Self { dir, conf, sock, rec, log, card, cards, state_dir: None, daemon: None }
+    }
+
+    /// Several virtual cards (PCM names and setups, in `--device` order: the first is the
+    /// default) and a daemon serving them all, with `daemon_args` added. See
+    /// [`Rig::with_card_specs`].
+    pub fn with_cards(cards: &[(&str, Card)], daemon_args: &[&str]) -> Self {
+        Self::with_card_specs(cards.iter().map(|(n, c)| CardSpec::new(n, c.clone())).collect(), daemon_args)
+    }
+
+    /// Several virtual cards and a daemon on them (`--device` for each, in order, and
+    /// `--state-dir DIR/state`). Card NAME is `pcm.NAME`, records to `NAME.raw` in the rig's dir
+    /// ([`Rig::recording_of`]); `pcm.shmix` and `pcm.shmix_monitor` follow the default device,
+    /// `pcm.shmix_NAME` and `pcm.shmix_monitor_NAME` are pinned to NAME (plugin key `device`).
+    /// `rig.rec` and `rig.card` are the first card's.
+    pub fn with_card_specs(specs: Vec<CardSpec>, daemon_args: &[&str]) -> Self {
+        let mut rig = Self::multi_without_daemon(specs);
+        rig.start_daemon(daemon_args);
+        rig
+    }
+
+    /// [`Rig::with_card_specs`] without starting the daemon.
+    pub fn multi_without_daemon(specs: Vec<CardSpec>) -> Self {
+        assert!(!specs.is_empty(), "a rig needs a card");
+        let art = artifacts_dir();
+        let dir = scratch_dir("shmix-test-");
+        let conf = dir.path().join("asound.conf");
+        let sock = dir.path().join("shmix.sock");
+        let log = dir.path().join("shmixd.log");
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).expect("create the state dir");
+        let mut cards = Vec::new();
+        let mut blocks = String::new();
+        for spec in specs {
+            let name = spec.name;
+            assert!(
+                !name.is_empty()
+                    && !name.starts_with("shmix")
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && cards.iter().all(|c: &RigCard| c.name != name),
+                "card name {name:?}: distinct, [A-Za-z0-9_], not shmix*"
+            );
+            let rec = dir.path().join(format!("{name}.raw"));
+            let cap = spec.capture.map(|bytes| {
+                let p = dir.path().join(format!("{name}.capture.raw"));
+                std::fs::write(&p, bytes).expect("write the capture file");
+                p
+            });
+            let mut card = prepare_card(spec.card, cap.as_deref());
+            let gone = spec.pluggable.then(|| {
+                card.extra.push(format!("gone_file \"@DIR@/{name}.gone\""));
+                dir.path().join(format!("{name}.gone"))
+            });
+            blocks.push_str(&card_block(&name, &card, &rec, dir.path()));
+            blocks.push_str(&format!(
+                r#"pcm.shmix_{name} {{
+    type shmix
+    socket "{sock}"
+    device "{name}"
+}}
+pcm.shmix_monitor_{name} {{
+    type shmix
+    socket "{sock}"
+    monitor true
+    device "{name}"
+}}
+"#,
+                sock = sock.display()
+            ));
+            cards.push(RigCard { name, card, rec, gone, capture: cap });
+        }
+        let text = format!(
+            r#"pcm_type.shmix {{ lib "{plugin}" }}
+pcm_type.shmix_vcard {{ lib "{vcard}" }}
+{blocks}pcm.shmix {{
+    type shmix
+    socket "{sock}"
+}}
+pcm.shmix_monitor {{
+    type shmix
+    socket "{sock}"
+    monitor true
+}}
+ctl_type.shmix {{ lib "{plugin}" }}
+ctl.shmix {{
+    type shmix
+    socket "{sock}"
+}}
+"#,
+            plugin = art.join("libasound_module_pcm_shmix.so").display(),
+            vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
+            sock = sock.display(),
+        );
+        std::fs::write(&conf, text).expect("write asound.conf");
+        let (rec, card) = (cards[0].rec.clone(), cards[0].card.clone());
+        Self { dir, conf, sock, rec, log, card, cards, state_dir: Some(state_dir), daemon: None }
     }
 
     /// `ALSA_CONFIG_PATH` value for programs of this rig.
@@ -164,7 +334,8 @@ ctl.shmix {{
     /// A command with this rig's ALSA configuration.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
-        c.env("ALSA_CONFIG_PATH", self.alsa_config_path()).env_remove("SHMIX_SOCKET");
+        // Nothing from the environment of the test runner steers the plugin elsewhere.
+        c.env("ALSA_CONFIG_PATH", self.alsa_config_path()).env_remove("SHMIX_SOCKET").env_remove("SHMIX_DEVICE");
         c
     }
 
@@ -174,11 +345,22 @@ ctl.shmix {{
     }
 
     /// Starts `cmd` (a shmixd command line, perhaps behind a wrapper such as `setpriv`) as this
-    /// rig's daemon, with the socket, device and `args` added; waits until its socket exists.
+    /// rig's daemon, with the socket, devices (`--device card` for a single-card rig; every
+    /// card in order and `--state-dir` for a multi-card one) and `args` added; waits until its
+    /// socket exists.
     pub fn start_daemon_cmd(&mut self, mut cmd: Command, args: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let mut base: Vec<std::ffi::OsString> = vec!["--socket".into(), self.sock.clone().into()];
+        for c in &self.cards {
+            base.push("--device".into());
+            base.push(c.name.clone().into());
+        }
+        if let Some(d) = &self.state_dir {
+            base.push("--state-dir".into());
+            base.push(d.clone().into());
+        }
         let child = cmd
-            .args(["--socket", self.sock.to_str().unwrap(), "--device", "card"])
+            .args(base)
             .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
@@ -249,6 +431,87 @@ ctl.shmix {{
     /// A WAV path inside this rig's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The card called `name` (`card` in a single-card rig).
+    pub fn card_named(&self, name: &str) -> &RigCard {
+        self.cards.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("the rig has no card {name:?}"))
+    }
+
+    /// Everything card `name` has played so far, raw bytes in its format.
+    pub fn recording_of(&self, name: &str) -> Vec<u8> {
+        std::fs::read(&self.card_named(name).rec).unwrap_or_default()
+    }
+
+    /// Card `name`'s recording as interleaved S16 samples (S16_LE cards only).
+    pub fn recording_s16_of(&self, name: &str) -> Vec<i16> {
+        assert_eq!(self.card_named(name).card.format, "S16_LE", "card {name}");
+        self.recording_of(name).chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+    }
+
+    /// Frames card `name` has played so far (the length of its recording).
+    pub fn recorded_frames(&self, name: &str) -> usize {
+        let c = self.card_named(name);
+        std::fs::metadata(&c.rec).map_or(0, |m| m.len() as usize / c.frame_bytes())
+    }
+
+    /// Pulls card `name` out (creates its `gone_file`; the card must be [`CardSpec::pluggable`]).
+    pub fn unplug(&self, name: &str) {
+        let gone = self.card_named(name).gone.as_ref().unwrap_or_else(|| panic!("card {name} is not pluggable"));
+        std::fs::write(gone, b"").expect("create the gone_file");
+    }
+
+    /// Puts card `name` back (removes its `gone_file`).
+    pub fn plug_back(&self, name: &str) {
+        let gone = self.card_named(name).gone.as_ref().unwrap_or_else(|| panic!("card {name} is not pluggable"));
+        std::fs::remove_file(gone).expect("remove the gone_file");
+    }
+
+    /// A `shmixctl --socket SOCK ARGS...` command for this rig's daemon.
+    pub fn shmixctl(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(artifacts_dir().join("shmixctl"));
+        c.arg("--socket").arg(&self.sock).args(args);
+        c
+    }
+
+    /// Runs `shmixctl ARGS...` to success and returns what it printed.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let r = run(self.shmixctl(args), Duration::from_secs(10));
+        r.assert_ok(&format!("shmixctl {}", args.join(" ")));
+        r.stdout
+    }
+
+    /// Runs `shmixctl ARGS... --json` to success and parses what it printed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let all: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let out = self.ctl_ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("shmixctl {args:?} printed no JSON ({e}):\n{out}"))
+    }
+
+    /// `shmixctl devices --json`: one object per device (a top-level array; an object holding
+    /// a `devices` array is accepted too).
+    pub fn devices(&self) -> Vec<serde_json::Value> {
+        let v = self.ctl_json(&["devices"]);
+        let list = if v.is_array() { &v } else { &v["devices"] };
+        list.as_array().unwrap_or_else(|| panic!("shmixctl devices --json: no array of devices: {v}")).clone()
+    }
+
+    /// Device `name` of `shmixctl devices --json`.
+    pub fn device(&self, name: &str) -> serde_json::Value {
+        let all = self.devices();
+        all.iter().find(|d| d["name"] == name).unwrap_or_else(|| panic!("device {name} is not listed: {all:?}")).clone()
+    }
+
+    /// The streams of `shmixctl list --json`.
+    pub fn streams(&self) -> Vec<serde_json::Value> {
+        let v = self.ctl_json(&["list"]);
+        v["streams"].as_array().unwrap_or_else(|| panic!("shmixctl list --json: no streams array: {v}")).clone()
+    }
+
+    /// The listed stream of the process `pid` (the first, if it has several). Panics if none.
+    pub fn stream_of(&self, pid: u32) -> serde_json::Value {
+        let all = self.streams();
+        all.iter().find(|s| s["pid"] == pid).unwrap_or_else(|| panic!("no stream of pid {pid} listed: {all:?}")).clone()
     }
 }
 
@@ -549,6 +812,19 @@ pub struct Piece {
     pub rec_at: usize,
     pub sound_at: usize,
     pub len: usize,
+}
+
+/// Polls `probe` every 20 ms until it returns `Some` (at most `limit`; then panics, saying
+/// `what`). For conditions on the daemon's listings or the cards.
+pub fn wait_until<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits (up to `limit`) until the file at `path` contains `needle`; returns its contents.
