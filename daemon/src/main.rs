@@ -234,9 +234,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         None => access::Policy::user(),
     };
-    info!("shmixd listening on {}{how} | {} device(s)", socket_path.display(), units.len());
-    for u in &units {
-        info!("{}", u.describe());
+    // The first device (the default) on the listening line, as with one device; the others after.
+    info!("shmixd listening on {}{how} | {}", socket_path.display(), units[0].describe());
+    for u in &units[1..] {
+        info!("also serving {}", u.describe());
     }
     // Every thread's stack, the devices' buffers and the code exist now: lock them.
     realtime::lock_memory();

@@ -936,10 +936,11 @@ fn write_counting(c: &mut Client, frames: u32) {
 }
 
 /// A stream moved back and forth between two devices (two mixing cores, as two mix threads
-/// hold them), with rewinds on both: every frame the daemon took from the ring is on exactly
-/// one card, once, and each card has them in order: nothing lost, nothing twice. A move waits
-/// until the stream has played again what a rewind took back; what it gave the old device is
-/// never taken back afterwards. No allocation on the mix side.
+/// hold them), with rewinds on both and pauses: every frame the daemon took from the ring is on
+/// exactly one card, once, and each card has them in order: nothing lost, nothing twice. A
+/// playing stream leaves once it has played again what a rewind took back; a paused one takes
+/// what its pause took back along to the new device; what a stream gave the old device is never
+/// taken back afterwards. No allocation on the mix side.
 #[test]
 fn a_stream_moved_between_devices_loses_and_repeats_nothing() {
     let mut dev = device(SampleFormat::S16Le);
@@ -957,6 +958,7 @@ fn a_stream_moved_between_devices_loses_and_repeats_nothing() {
     let mut on = 0usize;
     let mut decide = Rng(0x0fee_d000);
     let (mut moves, mut taken_back, mut waited) = (0, 0u64, 0);
+    let (mut paused, mut pauses) = (false, 0);
     let mix_into = |core: &mut MixCore, card: &mut [u8], pos: &mut usize, n: usize, t: u64| {
         *pos += core.mix(&mut card[*pos * fb..(*pos + n) * fb], t);
     };
@@ -966,6 +968,17 @@ fn a_stream_moved_between_devices_loses_and_repeats_nothing() {
         c.client_wake.drain();
         while let Some(r) = c.d2c.pop().unwrap() {
             assert!(!matches!(r.unwrap(), Record::Xrun { .. }), "the client kept its ring full");
+        }
+        // Now and then the player pauses (the pause takes its frames back from the device,
+        // as a rewind would) and resumes; a paused stream may move too.
+        if decide.chance(9) {
+            paused = !paused;
+            if paused {
+                c.send(|seq| Record::Pause { seq });
+                pauses += 1;
+            } else {
+                c.send(|seq| Record::Resume { seq });
+            }
         }
         // What the ring holds before the daemon takes it (the oracle's copy).
         let room = c.buffer - c.fill();
@@ -1025,6 +1038,7 @@ fn a_stream_moved_between_devices_loses_and_repeats_nothing() {
     assert_eq!(allocs, 0, "the mix cycle, a rewind or a move allocated {allocs} times");
     assert!(moves > 50 && taken_back > 10_000, "{moves} moves, {taken_back} frames taken back");
     assert!(waited > 10, "{waited} moves waited for a replay");
+    assert!(pauses > 20, "{pauses} pauses");
     // Taken, less what the last rewind took back and the stream has not played again yet.
     let pending = cores[on].streams()[0].pipeline().map_or(0, Pipeline::replay_pending) as usize;
     let consumed = c.read_count() as usize - pending;

@@ -4,6 +4,7 @@
 //! from them: playback into the mix bus (`pipeline`), the device into a recorder (`record`).
 //! Built on the control thread; the pipelines run on the mix thread (RT: yes there).
 
+pub mod carry;
 pub mod convert;
 pub mod gain;
 pub mod meter;

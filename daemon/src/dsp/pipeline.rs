@@ -15,6 +15,7 @@ use shmix_shared::cursor;
 use shmix_shared::shm::AudioReader;
 use shmix_shared::{ResampleQuality, SampleFormat};
 
+use super::carry::{Carry, InputLog};
 use super::convert::{self, DecodeFn};
 use super::gain::{Gain, GAIN_RAMP_MS};
 use super::meter::{fmax, peak_of};
@@ -72,9 +73,13 @@ pub struct Pipeline {
     hist_out: Vec<f32>,
     /// The device's rate (Hz).
     dev_rate: u32,
-    /// Stream frames read before this pipeline's first output (a stream that moved here from
+    /// Stream frames read before this pipeline's first input (a stream that moved here from
     /// another device): consumed counts passed in include them, the output does not.
     base: u64,
+    /// A resampling pipeline's last raw inputs (what a move hands over is found here).
+    inputs: InputLog,
+    /// Frames handed over by the device the stream moved from, played before the ring.
+    carry: Carry,
     gain: Gain,
     /// Peak absolute sample added into the bus since the last `take_peak` (after the gain).
     peak: f32,
@@ -135,6 +140,14 @@ impl Pipeline {
         // the mix thread takes no page fault when it fills the history.
         touch_pages(&mut hist_raw);
         touch_pages(&mut hist_out);
+        // A resampling pipeline logs its inputs as far back as its output history reaches,
+        // plus what the resampler holds.
+        let inputs = if resampler_none {
+            InputLog::default()
+        } else {
+            let back = (hist as f64 / ratio).ceil() as usize + (delay as f64 / ratio).ceil() as usize;
+            InputLog::new(back + max_in + 64, frame_bytes)
+        };
         Ok(Self {
             format: s.format,
             sc,
@@ -161,6 +174,8 @@ impl Pipeline {
             hist_out,
             dev_rate: d.rate,
             base: 0,
+            inputs,
+            carry: Carry::default(),
             gain: Gain::new(ramp),
             peak: 0.0,
         })
@@ -251,12 +266,46 @@ impl Pipeline {
         self.out_total = 0;
         self.rendered = 0;
         self.base = 0;
+        self.inputs.reset();
+        self.carry.clear();
     }
 
-    /// The stream had read `consumed` frames before this pipeline took over (it moved here
-    /// from another device); its output starts with the next one. Control thread.
-    pub fn set_base(&mut self, consumed: u64) {
-        self.base = consumed;
+    /// The stream moves here from another device, having read `consumed` frames from its ring:
+    /// `carry` (raw frames, oldest first) are those of them the other device never played,
+    /// played here before the ring. Control thread.
+    pub fn set_carry(&mut self, carry: Vec<u8>, consumed: u64) {
+        let frames = (carry.len() / self.frame_bytes.max(1)) as u64;
+        self.base = consumed.saturating_sub(frames);
+        self.carry = Carry::new(carry);
+    }
+
+    /// Frames handed over by another device still to be played.
+    #[must_use]
+    pub fn carry_left(&self) -> usize {
+        self.carry.left(self.frame_bytes)
+    }
+
+    /// The raw frames the stream read that this device has not played (taken back by a rewind
+    /// and not played again, inside the resampler, or handed over and not played yet), oldest
+    /// first: what the stream takes along when it moves. Control thread.
+    #[must_use]
+    pub fn unheard(&self) -> Vec<u8> {
+        let fb = self.frame_bytes;
+        let mut out = if self.resampler.is_none() {
+            let h = self.hist_frames as u64;
+            let mut v = Vec::with_capacity(self.replay_pending() as usize * fb);
+            for f in self.out_total..self.rendered {
+                let i = (f % h.max(1)) as usize;
+                v.extend_from_slice(&self.hist_raw[i * fb..(i + 1) * fb]);
+            }
+            v
+        } else {
+            let heard_out = (self.out_total as f64 - self.delay as f64).max(0.0);
+            let heard_in = (heard_out / self.ratio).floor() as u64;
+            self.inputs.last(self.inputs.total().saturating_sub(heard_in))
+        };
+        out.extend_from_slice(self.carry.rest());
+        out
     }
 
     /// Frames taken back and not yet played again.
@@ -392,12 +441,23 @@ impl Pipeline {
         }
     }
 
-    /// Reads `k` frames at ring frame `at` and decodes them into `dec`.
-    fn load(&mut self, audio: &AudioReader, at: u64, k: usize) {
-        let buffer = audio.layout().buffer_frames;
-        let bytes = &mut self.raw[..k * self.frame_bytes];
-        audio.read(cursor::ring_index(at, buffer), bytes);
+    /// Takes `k` input frames, those handed over by another device first, then the ring's at
+    /// ring frame `at`, and decodes them into `dec` (a resampling pipeline logs them). Returns
+    /// how many came from the ring.
+    fn take_input(&mut self, audio: &AudioReader, at: u64, k: usize) -> usize {
+        let fb = self.frame_bytes;
+        let bytes = &mut self.raw[..k * fb];
+        let carried = self.carry.take(bytes);
+        let from_ring = k - carried / fb.max(1);
+        if from_ring > 0 {
+            let buffer = audio.layout().buffer_frames;
+            audio.read(cursor::ring_index(at, buffer), &mut bytes[carried..]);
+        }
         (self.decode)(bytes, &mut self.dec[..k * self.sc]);
+        if self.resampler.is_some() {
+            self.inputs.keep(bytes);
+        }
+        from_ring
     }
 
     /// Adds up to `n` device frames (n <= the mix run) of this stream into `bus`
@@ -436,10 +496,13 @@ impl Pipeline {
     ) -> Taken {
         let (sc, dc) = (self.sc, self.dc);
         let fill = fill as usize;
+        let fb = self.frame_bytes;
         if self.resampler.is_none() {
-            let k = fill.min(n);
+            let avail = self.carry.left(fb) + fill;
+            let k = avail.min(n);
+            let mut from_ring = 0;
             if k > 0 {
-                self.load(audio, read_count, k);
+                from_ring = self.take_input(audio, read_count, k);
                 self.remap.add(&self.dec, bus, k, &mut self.gain);
                 self.peak = fmax(self.peak, peak_of(&self.dec[..k * sc]) * self.gain.level());
                 if self.hist_frames > 0 {
@@ -451,7 +514,7 @@ impl Pipeline {
                     self.rendered = self.out_total;
                 }
             }
-            return Taken { consumed: k as u32, emitted: k, short: k < n, tail_done: k == fill };
+            return Taken { consumed: from_ring as u32, emitted: k, short: k < n, tail_done: k == avail };
         }
         let mut produced = 0;
         let mut consumed = 0usize;
@@ -463,7 +526,7 @@ impl Pipeline {
                 }
                 let Some(rs) = self.resampler.as_deref() else { break };
                 let need = rs.input_frames_next();
-                let k = (fill - consumed).min(need);
+                let k = (self.carry.left(fb) + fill - consumed).min(need);
                 if k < need {
                     if !draining {
                         short = true;
@@ -472,9 +535,8 @@ impl Pipeline {
                     }
                 }
                 if k > 0 {
-                    self.load(audio, read_count + consumed as u64, k);
+                    consumed += self.take_input(audio, read_count + consumed as u64, k);
                 }
-                consumed += k;
                 let Some(rs) = self.resampler.as_deref_mut() else { break };
                 let input = InterleavedSlice::new(&self.dec[..k * sc], sc, k);
                 let output = InterleavedSlice::new_mut(&mut self.rs_out[..], sc, self.chunk);
@@ -490,7 +552,7 @@ impl Pipeline {
                 }
             }
             let mut m = (n - produced).min(self.rs_len - self.rs_pos);
-            if draining && consumed == fill {
+            if draining && consumed == fill && self.carry.left(fb) == 0 {
                 let left = self.tail_end(read_count + consumed as u64).saturating_sub(self.out_total);
                 m = m.min(usize::try_from(left).unwrap_or(usize::MAX));
                 if m == 0 {
@@ -511,7 +573,9 @@ impl Pipeline {
             self.rs_pos += m;
             produced += m;
         }
-        let tail_done = consumed == fill && self.out_total >= self.tail_end(read_count + consumed as u64);
+        let tail_done = consumed == fill
+            && self.carry.left(fb) == 0
+            && self.out_total >= self.tail_end(read_count + consumed as u64);
         Taken { consumed: consumed as u32, emitted: produced, short, tail_done }
     }
 }

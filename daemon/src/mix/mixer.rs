@@ -158,7 +158,12 @@ impl MixCore {
                 State::Stopped => s.dropped,
                 _ => true,
             };
-            let room = if takes_back { gap + pipe.replayable() } else { gap };
+            // Never into its earlier run: the gap before its current one cannot be replayed.
+            let room = if takes_back {
+                (gap + pipe.replayable()).min(self.device_pos.saturating_sub(s.prev_end))
+            } else {
+                gap
+            };
             limit = limit.min(room);
         }
         limit
@@ -173,8 +178,11 @@ impl MixCore {
             if s.end_pos <= to {
                 continue;
             }
-            let u = s.end_pos - to;
+            // Its frames since its current run began; a rewind that reaches into the gap before
+            // them (silence, not its frames) makes it play them again from there on.
+            let u = s.end_pos - to.max(s.run_start);
             s.end_pos = to;
+            s.run_start = s.run_start.min(to);
             let (dropped, state) = (s.dropped, s.state);
             let Kind::Play(pipe) = &mut s.kind else { continue };
             let back = pipe.unrender(u);
@@ -372,7 +380,7 @@ impl MixCore {
             .filter_map(|s| {
                 let fill = u64::from(s.fill()?);
                 let Kind::Play(pipe) = &s.kind else { return None };
-                Some(pipe.to_device_frames(fill))
+                Some(pipe.to_device_frames(fill + pipe.carry_left() as u64))
             })
             .min()
     }
@@ -445,7 +453,8 @@ impl MixCore {
             }
             // Fast path: the ring's bytes are already what the device wants.
             Some(s)
-                if s.pipeline().is_some_and(|p| p.is_passthrough() && p.replay_pending() == 0)
+                if s.pipeline()
+                    .is_some_and(|p| p.is_passthrough() && p.replay_pending() == 0 && p.carry_left() == 0)
                     && self.master.is_unity() =>
             {
                 let fill = s.fill().unwrap_or(0) as usize;
@@ -644,6 +653,11 @@ fn finish(s: &mut Stream, t: Taken, now_ns: u64, device_pos: u64, counters: &Cou
     s.read_count += u64::from(t.consumed);
     s.publish_read();
     if t.emitted > 0 {
+        if device_pos != s.end_pos {
+            // A new run, after a gap.
+            s.prev_end = s.end_pos;
+            s.run_start = device_pos;
+        }
         s.end_pos = device_pos + t.emitted as u64;
     }
     let fill = s.fill().unwrap_or(0);

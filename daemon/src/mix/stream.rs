@@ -81,6 +81,14 @@ pub struct Stream {
     pub(super) ask: Ask,
     /// Device position just after the last frame it gave the device.
     pub(super) end_pos: u64,
+    /// Device position of the first frame of its current run: from here to `end_pos` the
+    /// device holds its frames one after the other, with no gap (a pause, an underrun, a late
+    /// start leave silence between two runs).
+    pub(super) run_start: u64,
+    /// `end_pos` when its current run began: the end of its earlier frames on the device. A
+    /// rewind never goes further back (those frames and the gap after them cannot be played
+    /// again as they were).
+    pub(super) prev_end: u64,
     /// Stopped by the client's Stop (drop): what it had queued on the device may be taken
     /// back and forgotten.
     pub(super) dropped: bool,
@@ -156,6 +164,8 @@ impl Stream {
             ctl: Arc::new(StreamCtl::default()),
             ask: Ask { period: u32::MAX, slack: u32::MAX, limit: u32::MAX },
             end_pos: 0,
+            run_start: 0,
+            prev_end: 0,
             dropped: false,
             leaving: false,
         }
@@ -188,15 +198,21 @@ impl Stream {
         if !fits {
             return Err(kind);
         }
+        // What the old device never played of what the stream read goes along, first.
+        let carry = match &self.kind {
+            Kind::Play(p) => p.unheard(),
+            Kind::Record(..) => Vec::new(),
+        };
         self.kind = kind;
         if let Kind::Play(p) = &mut self.kind {
-            // The new pipeline's output starts at the frame the stream has read up to.
-            p.set_base(self.read_count);
+            p.set_carry(carry, self.read_count);
         }
         if self.state == State::DrainingDevice {
             self.state = State::Draining;
         }
         self.end_pos = 0;
+        self.run_start = 0;
+        self.prev_end = 0;
         self.drain_until = 0;
         self.dropped = false;
         self.leaving = false;
