@@ -396,12 +396,23 @@ fn a_stream_moved_to_a_card_of_another_format_loses_and_repeats_nothing() {
     let sound = interleave(&[sine, noise_r.clone()]);
     let wav = rig.path("move.wav");
     write_wav(&wav, 2, RATE, &sound);
+    // Silence in short periods on b: its mix thread then calls into the card every few ms, so
+    // the card's recording (written as the card's clock passes, at each call) is current when
+    // the move is asked for; it adds nothing audible.
+    let hush = rig.path("silence.wav");
+    write_wav(&hush, 2, RATE, &vec![0i16; 2 * (secs as usize + 2) * RATE as usize]);
+    let mut quiet = spawn_aplay(&rig, "shmix_b", &["--period-size=256", "--buffer-size=1024"], &hush);
+    wait_stream_on(&rig, quiet.id(), "b", true);
     let mut p = spawn_aplay(&rig, "shmix", &[], &wav);
     let s = wait_stream_on(&rig, p.id(), "a", false);
     wait_played_on(&rig, "a", 1, RATE as usize);
+    // How far card b had played when the move was asked for.
+    let b_before = rig.recorded_frames("b");
     rig.ctl_ok(&["move", &s["id"].to_string(), "b"]);
     wait_stream_on(&rig, p.id(), "b", true);
     wait_ok(&mut p, "aplay moved from a to b");
+    let _ = quiet.kill();
+    let _ = quiet.wait();
     let xa = device_xruns(&rig, "a");
 
     // Card a: the sound from its start up to E, whole, then nothing of it.
@@ -423,6 +434,14 @@ fn a_stream_moved_to_a_card_of_another_format_loses_and_repeats_nothing() {
     let ratio = f64::from(RATE) / 44100.0;
     let loud = |v: &f64| v.abs() > 0.3;
     let first = right.iter().position(loud).unwrap();
+    // From the command (shmixctl's start included) to the stream's first frame played on b, in
+    // b's own frames (a figure for the closing note, not asserted: the machine is noisy).
+    let heard_at = (0..chans[0].len()).find(|&i| chans[0][i] != 0.0 || chans[1][i] != 0.0).unwrap_or(0);
+    eprintln!(
+        "move: asked when card b had played {b_before} frames; its first frame of the stream is frame {heard_at}: \
+         {:.2} ms after the command",
+        (heard_at as f64 - b_before as f64) * 1000.0 / 44100.0
+    );
     let lastb = right.iter().rposition(loud).unwrap();
     // Where card b's frames lie in the sound: found well inside, searched +-0.5 s around E.
     let w = 2048;
