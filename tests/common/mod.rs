@@ -202,29 +202,7 @@ impl Rig {
             cap
         });
         let card = prepare_card(card, cap.as_deref());
-        let text = format!(
-            r#"pcm_type.shmix {{ lib "{plugin}" }}
-pcm_type.shmix_vcard {{ lib "{vcard}" }}
-{block}pcm.shmix {{
-    type shmix
-    socket "{sock}"
-}}
-pcm.shmix_monitor {{
-    type shmix
-    socket "{sock}"
-    monitor true
-}}
-ctl_type.shmix {{ lib "{plugin}" }}
-ctl.shmix {{
-    type shmix
-    socket "{sock}"
-}}
-"#,
-            plugin = art.join("libasound_module_pcm_shmix.so").display(),
-            vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
-            block = card_block("card", &card, &rec, dir.path()),
-            sock = sock.display(),
-        );
+        let text = conf_text(&art, &card_block("card", &card, &rec, dir.path()), &sock);
         std::fs::write(&conf, text).expect("write asound.conf");
         let cards =
             vec![RigCard { name: "card".into(), card: card.clone(), rec: rec.clone(), gone: None, capture: cap }];
@@ -299,28 +277,7 @@ pcm.shmix_monitor_{name} {{
             ));
             cards.push(RigCard { name, card, rec, gone, capture: cap });
         }
-        let text = format!(
-            r#"pcm_type.shmix {{ lib "{plugin}" }}
-pcm_type.shmix_vcard {{ lib "{vcard}" }}
-{blocks}pcm.shmix {{
-    type shmix
-    socket "{sock}"
-}}
-pcm.shmix_monitor {{
-    type shmix
-    socket "{sock}"
-    monitor true
-}}
-ctl_type.shmix {{ lib "{plugin}" }}
-ctl.shmix {{
-    type shmix
-    socket "{sock}"
-}}
-"#,
-            plugin = art.join("libasound_module_pcm_shmix.so").display(),
-            vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
-            sock = sock.display(),
-        );
+        let text = conf_text(&art, &blocks, &sock);
         std::fs::write(&conf, text).expect("write asound.conf");
         let (rec, card) = (cards[0].rec.clone(), cards[0].card.clone());
         Self { dir, conf, sock, rec, log, card, cards, state_dir: Some(state_dir), daemon: None }
@@ -534,6 +491,33 @@ impl Drop for Rig {
             eprintln!("--- last {} lines of the daemon's log ---\n{}", tail.len(), tail.join("\n"));
         }
     }
+}
+
+/// The rig's ALSA configuration: the plugin and the virtual card registered, `blocks` (the
+/// cards' PCMs), then `pcm.shmix`, `pcm.shmix_monitor` and `ctl.shmix` on `sock`.
+fn conf_text(art: &Path, blocks: &str, sock: &Path) -> String {
+    format!(
+        r#"pcm_type.shmix {{ lib "{plugin}" }}
+pcm_type.shmix_vcard {{ lib "{vcard}" }}
+{blocks}pcm.shmix {{
+    type shmix
+    socket "{sock}"
+}}
+pcm.shmix_monitor {{
+    type shmix
+    socket "{sock}"
+    monitor true
+}}
+ctl_type.shmix {{ lib "{plugin}" }}
+ctl.shmix {{
+    type shmix
+    socket "{sock}"
+}}
+"#,
+        plugin = art.join("libasound_module_pcm_shmix.so").display(),
+        vcard = art.join("libasound_module_pcm_shmix_vcard.so").display(),
+        sock = sock.display(),
+    )
 }
 
 /// Compiles `tests/c/NAME.c` (against alsa-lib and libm) into the rig's temp dir.
