@@ -189,8 +189,8 @@ fn period_4096_is_bit_exact() {
 
 /// What the C program reported.
 #[derive(Debug)]
-struct CReport {
-    out: String,
+pub(crate) struct CReport {
+    pub(crate) out: String,
 }
 
 impl CReport {
@@ -212,7 +212,7 @@ impl CReport {
 
 /// Runs the C program with `args`; every `check` line must say ok and the named checks must
 /// all be there.
-fn run_c(rig: &Rig, args: &[&str], expect_checks: &[&str]) -> CReport {
+pub(crate) fn run_c(rig: &Rig, args: &[&str], expect_checks: &[&str]) -> CReport {
     let exe = compile_c(rig, "pcm_semantics");
     let mut c = rig.cmd(&exe);
     c.args(args);
