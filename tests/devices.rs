@@ -1076,3 +1076,54 @@ fn the_delay_stays_true_across_a_move() {
     assert!(before <= tight, "before the move the delay is off by {before:.1} frames");
     assert!(after <= tight, "after the move the delay is off by {after:.1} frames (2 ms: {tight})");
 }
+
+// ----- 9. the ALSA control per device ----------------------------------------------------------------
+
+/// `ctl.shmix` with `device "b"` sets b's master volume and mute (amixer), and only b's; without
+/// the key it is the default device's; a name shmixd does not serve fails the open, naming the
+/// devices it serves. The volume is heard: b's noise at 50 % is half the amplitude on card b.
+#[test]
+fn the_alsa_control_takes_a_device() {
+    let rig = Rig::with_cards(&[("a", Card::default()), ("b", Card::default())], &[]);
+    let ctl = Ctl::connect(&rig);
+    let volumes = || -> Vec<(String, f32, bool)> {
+        ctl.devices().into_iter().map(|d| (d.name, d.master_volume, d.master_muted)).collect()
+    };
+    let amixer = |dev: &str, args: &[&str]| {
+        let mut c = rig.cmd("amixer");
+        c.args(["-D", dev]).args(args);
+        run(c, Duration::from_secs(10))
+    };
+    amixer("shmix_b", &["sset", "Master", "50%"]).assert_ok("amixer -D shmix_b sset Master 50%");
+    let v = volumes();
+    assert_eq!(v[0], ("a".to_string(), 1.0, false), "{v:?}");
+    assert!(v[1].0 == "b" && (v[1].1 - 0.5).abs() < 0.001 && !v[1].2, "{v:?}");
+    amixer("shmix", &["sset", "Master", "25%"]).assert_ok("amixer -D shmix sset Master 25%");
+    amixer("shmix_b", &["sset", "Master", "mute"]).assert_ok("amixer -D shmix_b sset Master mute");
+    let v = volumes();
+    assert!((v[0].1 - 0.25).abs() < 0.001 && !v[0].2, "the default device's master: {v:?}");
+    assert!((v[1].1 - 0.5).abs() < 0.001 && v[1].2, "b muted, its volume kept: {v:?}");
+    let got = amixer("shmix_b", &["sget", "Master"]);
+    got.assert_ok("amixer -D shmix_b sget Master");
+    assert!(got.stdout.contains("[50%]") && got.stdout.contains("[off]"), "{}", got.stdout);
+    // An unknown device fails the open with its reason.
+    let mut c = rig.cmd("amixer");
+    c.args(["-D", "shmix_b", "sget", "Master"]).env("SHMIX_DEVICE", "nosuch");
+    let ok_with_key = run(c, Duration::from_secs(10));
+    ok_with_key.assert_ok("the key wins over SHMIX_DEVICE");
+    let mut c = rig.cmd("amixer");
+    c.args(["-D", "shmix", "sget", "Master"]).env("SHMIX_DEVICE", "nosuch");
+    let bad = run(c, Duration::from_secs(10));
+    assert!(!bad.status.success(), "amixer opened a control of a device shmixd does not serve");
+    assert!(bad.stderr.contains("nosuch") && bad.stderr.contains("'a'"), "{}", bad.stderr);
+    // Heard: b unmuted at 50 % plays the noise at half its amplitude.
+    amixer("shmix_b", &["sset", "Master", "unmute"]).assert_ok("amixer unmute");
+    let (wav, sound) = noise_wav(&rig, "b.wav", 1.0, 1481);
+    let mut p = spawn_aplay(&rig, "shmix_b", &[], &wav);
+    wait_ok(&mut p, "aplay on b at 50 %");
+    let rec = rig.recording_s16_of("b");
+    let peak = |x: &[i16]| x.iter().map(|v| i32::from(*v).abs()).max().unwrap_or(0);
+    let (pr, ps) = (peak(&rec), peak(&sound));
+    eprintln!("card b's peak {pr} for the sound's {ps} at 50 %");
+    assert!((f64::from(pr) / f64::from(ps) - 0.5).abs() < 0.01, "card b's peak {pr}, the sound's {ps}");
+}

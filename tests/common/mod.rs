@@ -219,7 +219,8 @@ impl Rig {
     /// Several virtual cards and a daemon on them (`--device` for each, in order, and
     /// `--state-dir DIR/state`). Card NAME is `pcm.NAME`, records to `NAME.raw` in the rig's dir
     /// ([`Rig::recording_of`]); `pcm.shmix` and `pcm.shmix_monitor` follow the default device,
-    /// `pcm.shmix_NAME` and `pcm.shmix_monitor_NAME` are pinned to NAME (plugin key `device`).
+    /// `pcm.shmix_NAME` and `pcm.shmix_monitor_NAME` are pinned to NAME (plugin key `device`);
+    /// `ctl.shmix_NAME` controls NAME's volumes.
     /// `rig.rec` and `rig.card` are the first card's.
     pub fn with_card_specs(specs: Vec<CardSpec>, daemon_args: &[&str]) -> Self {
         let mut rig = Self::multi_without_daemon(specs);
@@ -270,6 +271,11 @@ pcm.shmix_monitor_{name} {{
     type shmix
     socket "{sock}"
     monitor true
+    device "{name}"
+}}
+ctl.shmix_{name} {{
+    type shmix
+    socket "{sock}"
     device "{name}"
 }}
 "#,
