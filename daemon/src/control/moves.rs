@@ -13,7 +13,7 @@ use shmix_shared::text::escape_controls;
 use shmix_shared::SocketMsg;
 
 use super::server::Server;
-use super::session::{conversion, describe};
+use super::session::{conversion, describe, Disconnect};
 use crate::mix::thread::Command;
 use crate::mix::Stream;
 
@@ -182,7 +182,11 @@ impl Server {
             return;
         };
         let c = &mut self.clients[i];
-        let to = c.moving.take().unwrap_or(from);
+        let mut to = c.moving.take().unwrap_or(from);
+        if self.units[to].failed {
+            // Its mix thread has ended: the stream stays where it was.
+            to = from;
+        }
         if c.destroying {
             c.destroying = false;
             c.stream = None;
@@ -194,9 +198,15 @@ impl Server {
             self.reply(fd, &SocketMsg::StreamDestroyed);
             return;
         }
-        let (direction, pinned) = (c.direction, c.pinned);
-        let Some((spec, params)) = c.spec else {
-            warn!("stream {id}: detached without its setup; dropped");
+        let (direction, pinned, fd) = (c.direction, c.pinned, c.fd.as_raw_fd());
+        let setup = c.spec;
+        let Some((spec, params)) = setup.filter(|_| !self.units[to].failed) else {
+            // Both devices failed (or no setup, which cannot be): the stream ends.
+            self.clients[i].stream = None;
+            self.streams_attached = self.streams_attached.saturating_sub(1);
+            self.control.unregister(id);
+            self.notify(Target::Stream(id));
+            self.disconnect(fd, Some(Disconnect(format!("stream {id}: its device failed during a move"))));
             return;
         };
         let unit = &self.units[to];

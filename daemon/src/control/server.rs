@@ -178,6 +178,10 @@ impl Server {
         self.state_file = state_file;
         if let Some(i) = self.preferred_unit().filter(|&i| self.units[i].present) {
             self.default = i;
+        } else if let Some(i) = self.units.iter().position(|u| u.present).filter(|_| !self.units[self.default].present)
+        {
+            // The first device is not there yet (`--wait-for-device`): the first one that is.
+            self.default = i;
         }
         self
     }
