@@ -1001,15 +1001,7 @@ fn the_delay_stays_true_across_a_move() {
         rig.ctl_ok(&["move", &id, "b"]);
         c.join().expect("the C program's thread")
     });
-    let samples: Vec<(u64, u64, u64, i64)> = rep
-        .out
-        .lines()
-        .filter_map(|l| l.strip_prefix("sample "))
-        .map(|l| {
-            let v: Vec<&str> = l.split_whitespace().collect();
-            (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap(), v[3].parse().unwrap())
-        })
-        .collect();
+    let samples = rep.samples();
     let pa = pieces_of(&rig.recording_s16_of("a"), &sound, 2, "card a");
     let pb = pieces_of(&rig.recording_s16_of("b"), &sound, 2, "card b");
     assert!(pa.len() == 1 && pa[0].sound_at == 0, "card a: {pa:?}");
@@ -1126,4 +1118,36 @@ fn the_alsa_control_takes_a_device() {
     let (pr, ps) = (peak(&rec), peak(&sound));
     eprintln!("card b's peak {pr} for the sound's {ps} at 50 %");
     assert!((f64::from(pr) / f64::from(ps) - 0.5).abs() < 0.01, "card b's peak {pr}, the sound's {ps}");
+}
+
+// ----- 10. a card that is gone costs nothing ---------------------------------------------------------
+
+/// While a card is gone and its pinned stream waits, its mix thread sleeps: in a whole second it
+/// wakes a handful of times (the device manager's retries), not in a loop (it spun 580,000 times
+/// a second: a timer deadline left in the past when the card vanished). The other card and its
+/// stream go on; the waiting stream plays on when the card is back.
+#[test]
+fn a_gone_card_does_not_keep_its_mix_thread_busy() {
+    let rig = Rig::with_card_specs(
+        vec![CardSpec::new("a", Card::default()).pluggable(), CardSpec::new("b", Card::default())],
+        &[],
+    );
+    let (wav, sound) = noise_wav(&rig, "a.wav", 3.0, 1491);
+    let mut p = spawn_aplay(&rig, "shmix_a", &[], &wav);
+    wait_played_on(&rig, "a", 0, RATE as usize / 2);
+    rig.unplug("a");
+    wait_until(SETTLE, "card a listed absent", || Some(rig.device("a")).filter(|d| d["state"] == "absent"));
+    let ctl = Ctl::connect(&rig);
+    let cycles = || ctl.devices().iter().find(|d| d.name == "a").map(|d| d.cycles).unwrap();
+    let c0 = cycles();
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = cycles() - c0;
+    eprintln!("card a gone: its mix thread woke {woke} times in 1 s");
+    assert!(woke < 100, "the mix thread of a gone card woke {woke} times in a second");
+    rig.plug_back("a");
+    wait_ok(&mut p, "aplay on a, which came back");
+    let pieces = pieces_of(&rig.recording_s16_of("a"), &sound, 2, "card a");
+    assert!(pieces.windows(2).all(|w| w[1].sound_at > w[0].sound_at), "card a repeated: {pieces:?}");
+    let last = pieces.last().expect("card a played the sound");
+    assert_eq!(last.sound_at + last.len, sound.len() / 2, "the end of the sound is missing: {pieces:?}");
 }

@@ -190,10 +190,23 @@ fn period_4096_is_bit_exact() {
 /// What the C program reported.
 #[derive(Debug)]
 pub(crate) struct CReport {
-    pub(crate) out: String,
+    out: String,
 }
 
 impl CReport {
+    /// The `sample T0 T1 WRITTEN DELAY` lines of the `truth` command: CLOCK_MONOTONIC ns around
+    /// the `snd_pcm_delay` call, frames written, the delay it gave.
+    pub(crate) fn samples(&self) -> Vec<(u64, u64, u64, i64)> {
+        self.out
+            .lines()
+            .filter_map(|l| l.strip_prefix("sample "))
+            .map(|l| {
+                let v: Vec<&str> = l.split_whitespace().collect();
+                (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap(), v[3].parse().unwrap())
+            })
+            .collect()
+    }
+
     fn number(&self, key: &str) -> usize {
         self.out
             .lines()
@@ -386,15 +399,7 @@ fn delay_against_truth_joined(seed: u32, args: &[&str], join: bool) -> (f64, f64
             });
         eprintln!("joined: the daemon took back {rewound:?} frames in all");
     }
-    let samples: Vec<(u64, u64, u64, i64)> = rep
-        .out
-        .lines()
-        .filter_map(|l| l.strip_prefix("sample "))
-        .map(|l| {
-            let v: Vec<&str> = l.split_whitespace().collect();
-            (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap(), v[3].parse().unwrap())
-        })
-        .collect();
+    let samples = rep.samples();
     let first = assert_contiguous(&rig.recording_s16(), &sound, CH, "C truth");
     let starts = read_clock_file(&rig.path("clock.txt"));
     assert!(!starts.is_empty(), "the card logged no clock start");
