@@ -832,8 +832,10 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
 }
 
 /// Splits the recording into pieces of `sound`: every frame of the recording is either silence
-/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit. Panics
-/// on a frame that is neither (garbage, or a mix). `sound` must never hold a frame of zeros.
+/// (all samples 0) or part of a maximal run that equals a stretch of `sound` bit for bit (a run
+/// that goes on with the frame after the last piece is that, whatever its length; any other is
+/// located by its first 8 frames). Panics on a frame that is neither (garbage, or a mix). `sound`
+/// must never hold a frame of zeros.
 pub fn pieces_of(rec: &[i16], sound: &[i16], ch: usize, what: &str) -> Vec<Piece> {
     let rec_frames = rec.len() / ch;
     let snd_frames = sound.len() / ch;
@@ -848,14 +850,18 @@ pub fn pieces_of(rec: &[i16], sound: &[i16], ch: usize, what: &str) -> Vec<Piece
             continue;
         }
         let k = key.min(rec_frames - i);
-        let at =
-            (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t))).unwrap_or_else(|| {
-                panic!(
-                    "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
+        // The sound going on where the last piece ended, however short the run (a card that ran
+        // dry right after one frame); else the run is located by its first `key` frames.
+        let next = out.last().map_or(0, |p: &Piece| p.sound_at + p.len);
+        let follows = next < snd_frames && rf(i) == sf(next);
+        let found = || (0..=snd_frames.saturating_sub(k)).find(|&j| (0..k).all(|t| rf(i + t) == sf(j + t)));
+        let at = follows.then_some(next).or_else(found).unwrap_or_else(|| {
+            panic!(
+                "{what}: recorded frame {i} ({:?}...) is neither silence nor a stretch of the sound; pieces so \
                      far: {out:?}",
-                    &rec[i * ch..(i * ch + 8).min(rec.len())]
-                )
-            });
+                &rec[i * ch..(i * ch + 8).min(rec.len())]
+            )
+        });
         let mut len = 0;
         while i + len < rec_frames && at + len < snd_frames && rf(i + len) == sf(at + len) {
             len += 1;
