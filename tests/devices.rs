@@ -1023,16 +1023,7 @@ fn the_delay_stays_true_across_a_move() {
         };
         left.max(0.0)
     };
-    let err = |&(t0, t1, w, d): &(u64, u64, u64, i64)| {
-        let (hi, lo, d) = (truth(t0, w), truth(t1, w), d as f64);
-        if d > hi {
-            d - hi
-        } else if d < lo {
-            d - lo
-        } else {
-            0.0
-        }
-    };
+    let err = |&(t0, t1, w, d): &(u64, u64, u64, i64)| crate::semantics::off_the_truth(d, truth(t0, w), truth(t1, w));
     let settle = moved_ns + 50_000_000;
     let (mut before, mut during, mut after) = (0.0f64, 0.0f64, 0.0f64);
     let mut n_after = 0;

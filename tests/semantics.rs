@@ -310,6 +310,19 @@ pub fn read_clock_file(path: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// How far `delay` lies outside the truth over its sample's interval: `hi` at its start, `lo` at
+/// its end (the truth only shrinks meanwhile); 0 within, signed (+ over, - under) outside.
+pub fn off_the_truth(delay: i64, hi: f64, lo: f64) -> f64 {
+    let d = delay as f64;
+    if d > hi {
+        d - hi
+    } else if d < lo {
+        d - lo
+    } else {
+        0.0
+    }
+}
+
 /// The largest and the mean signed error (frames) of `(t0 ns, t1 ns, written, delay)` samples
 /// against the truth: written minus what the card has played of the stream, whose first frame
 /// is recorded at frame `first`. A delay anywhere within the truth over `[t0, t1]` is exact.
@@ -318,20 +331,7 @@ pub fn delay_errors(samples: &[(u64, u64, u64, i64)], starts: &[(u64, u64)], rat
         let played = (card_played_at(starts, rate, ns) - first as f64).clamp(0.0, w as f64);
         w as f64 - played
     };
-    let errs: Vec<f64> = samples
-        .iter()
-        .map(|&(t0, t1, w, d)| {
-            let (hi, lo) = (truth(t0, w), truth(t1, w));
-            let d = d as f64;
-            if d > hi {
-                d - hi
-            } else if d < lo {
-                d - lo
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let errs: Vec<f64> = samples.iter().map(|&(t0, t1, w, d)| off_the_truth(d, truth(t0, w), truth(t1, w))).collect();
     let max = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
     // The worst samples, for a failure's story (when in the run, what was written and said).
     let mut worst: Vec<usize> = (0..errs.len()).collect();
