@@ -249,6 +249,16 @@ impl Unit {
         })
     }
 
+    /// The parameters a stream of `direction` is converted from or into here: the capture
+    /// side's for capture streams (where there is one), the playback side's otherwise.
+    #[must_use]
+    pub fn params_for(&self, direction: shmix_shared::Direction) -> AudioParams {
+        match (&self.capture, direction) {
+            (Some(spec), shmix_shared::Direction::Capture) => spec.params,
+            _ => self.spec.params,
+        }
+    }
+
     /// One line describing the device (its startup log line).
     #[must_use]
     pub fn describe(&self) -> String {

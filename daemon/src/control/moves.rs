@@ -9,7 +9,6 @@ use std::os::fd::AsRawFd;
 
 use log::{debug, info, warn};
 use shmix_shared::control::{Reply, Target};
-use shmix_shared::text::escape_controls;
 use shmix_shared::SocketMsg;
 
 use super::server::Server;
@@ -43,8 +42,8 @@ impl Server {
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let streams = self.clients.iter().filter(|c| c.stream.is_some() && c.device == i).count();
-                u.info(u32::try_from(streams).unwrap_or(u32::MAX), i == self.default, preferred == Some(i))
+                let streams = u32::try_from(self.streams_on(i)).unwrap_or(u32::MAX);
+                u.info(streams, i == self.default, preferred == Some(i))
             })
             .collect();
         Reply::Devices(list)
@@ -175,9 +174,7 @@ impl Server {
         let id = s.id;
         let Some(i) = self.clients.iter().position(|c| c.stream == Some(id)) else {
             // The client left while its stream was on its way.
-            self.streams_attached = self.streams_attached.saturating_sub(1);
-            self.control.unregister(id);
-            self.notify(Target::Stream(id));
+            self.forget_stream(id);
             debug!("stream {id} dropped after its client left during a move");
             return;
         };
@@ -187,61 +184,43 @@ impl Server {
             // Its mix thread has ended: the stream stays where it was.
             to = from;
         }
+        let (direction, pinned, fd) = (c.direction, c.pinned, c.fd.as_raw_fd());
         if c.destroying {
             c.destroying = false;
             c.stream = None;
-            let fd = c.fd.as_raw_fd();
             info!("client pid {} ({}): stream {id} closed", c.pid, c.name);
-            self.streams_attached = self.streams_attached.saturating_sub(1);
-            self.control.unregister(id);
-            self.notify(Target::Stream(id));
+            self.forget_stream(id);
             self.reply(fd, &SocketMsg::StreamDestroyed);
             return;
         }
-        let (direction, pinned, fd) = (c.direction, c.pinned, c.fd.as_raw_fd());
-        let setup = c.spec;
-        let Some((spec, params)) = setup.filter(|_| !self.units[to].failed) else {
-            // Both devices failed (or no setup, which cannot be): the stream ends.
-            self.clients[i].stream = None;
-            self.streams_attached = self.streams_attached.saturating_sub(1);
-            self.control.unregister(id);
-            self.notify(Target::Stream(id));
-            self.disconnect(fd, Some(Disconnect(format!("stream {id}: its device failed during a move"))));
-            return;
-        };
-        let unit = &self.units[to];
-        let (kind, to) = match conversion(&spec, &params, direction, unit) {
-            Ok(k) => (k, to),
-            Err(reason) => {
-                // Cannot happen for a device that served it before; stay where it was.
-                warn!(
-                    "stream {id}: cannot move to '{}' ({}); it stays on '{}'",
-                    unit.name, reason, self.units[from].name
-                );
-                match conversion(&spec, &params, direction, &self.units[from]) {
-                    Ok(k) => (k, from),
-                    Err(_) => return,
-                }
-            }
-        };
-        let unit = &self.units[to];
-        let d = if direction == shmix_shared::Direction::Capture {
-            unit.capture.map_or(unit.spec.params, |c| c.params)
-        } else {
-            unit.spec.params
-        };
+        // Its conversion for the device it goes to (for the one it left, should that fail: it
+        // cannot, for a device that served it).
+        let setup = c.spec.filter(|_| !self.units[to].failed);
+        let built = setup.and_then(|(spec, params)| {
+            let on = |u: usize| conversion(&spec, &params, direction, &self.units[u]).ok().map(|k| (k, u));
+            on(to).or_else(|| on(from)).map(|(k, u)| (k, u, params))
+        });
+        let Some((kind, to, params)) = built else { return self.end_moved_stream(i, id, fd) };
+        let d = self.units[to].params_for(direction);
         let (conv, _) = describe(&kind, direction, params.rate, d.rate);
         if s.move_to(kind).is_err() {
-            warn!("stream {id}: conversion of the wrong kind; dropped");
-            return;
+            return self.end_moved_stream(i, id, fd);
         }
         s.set_ask(params.period_frames, params.buffer_frames, params.rate, d.rate);
         self.clients[i].device = to;
         let name = self.units[to].name.clone();
-        info!("stream {id}: moved from '{}' to '{}'{conv}", escape_controls(&self.units[from].name), name);
+        info!("stream {id}: moved from '{}' to '{name}'{conv}", self.units[from].name);
         self.control.set_device(id, &name, pinned);
         self.notify(Target::Stream(id));
         self.send_cmd(to, Command::Add(s));
+    }
+
+    /// Client `i`'s stream `id`, detached for a move, cannot go on anywhere (both devices failed;
+    /// or what cannot be: no setup, no conversion): it ends, and the client is told why.
+    fn end_moved_stream(&mut self, i: usize, id: u32, fd: std::os::fd::RawFd) {
+        self.clients[i].stream = None;
+        self.forget_stream(id);
+        self.disconnect(fd, Some(Disconnect(format!("stream {id}: its device failed during a move"))));
     }
 
     /// Device `unit`'s playback side vanished (`present` false) or is open again.

@@ -359,8 +359,7 @@ impl Server {
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let streams = self.clients.iter().filter(|c| c.stream.is_some() && c.device == i).count();
-                let line = self.stats_line(u, streams);
+                let line = self.stats_line(u, self.streams_on(i));
                 if several {
                     format!("device '{}': {line}", u.name)
                 } else {
@@ -410,6 +409,19 @@ impl Server {
         s
     }
 
+    /// Streams on device `unit` (attached there, or on their way to another device).
+    pub(super) fn streams_on(&self, unit: usize) -> usize {
+        self.clients.iter().filter(|c| c.stream.is_some() && c.device == unit).count()
+    }
+
+    /// A stream is gone from the mix for good (retired, rejected, dropped after or during a
+    /// move): it leaves the registry and the count, and the subscribers are told.
+    pub(super) fn forget_stream(&mut self, id: u32) {
+        self.streams_attached = self.streams_attached.saturating_sub(1);
+        self.control.unregister(id);
+        self.notify(Target::Stream(id));
+    }
+
     /// Takes every device's events. Returns true when every device failed.
     pub(super) fn handle_events(&mut self) -> bool {
         for u in 0..self.units.len() {
@@ -423,10 +435,8 @@ impl Server {
     fn handle_event(&mut self, unit: usize, ev: Event) {
         match ev {
             Event::Retired(s) => {
-                self.streams_attached = self.streams_attached.saturating_sub(1);
                 let id = s.id;
-                self.control.unregister(id);
-                self.notify(Target::Stream(id));
+                self.forget_stream(id);
                 let owner = self.clients.iter().position(|c| c.stream == Some(id));
                 if let Some(v) = s.violation() {
                     if let Some(i) = owner {
@@ -450,8 +460,7 @@ impl Server {
                 drop(s);
             }
             Event::Rejected(s) => {
-                self.streams_attached = self.streams_attached.saturating_sub(1);
-                self.control.unregister(s.id);
+                self.forget_stream(s.id);
                 if let Some(i) = self.clients.iter().position(|c| c.stream == Some(s.id)) {
                     let fd = self.clients[i].fd.as_raw_fd();
                     self.clients[i].stream = None;

@@ -213,10 +213,7 @@ impl Server {
                 c.device = unit;
                 c.pinned = pinned;
                 debug!("client pid {} ({}) said hello ({direction:?}, device '{}')", c.pid, c.name, u.name);
-                let device = match (&u.capture, direction) {
-                    (Some(spec), Direction::Capture) => spec.params,
-                    _ => u.spec.params,
-                };
+                let device = u.params_for(direction);
                 self.reply(fd, &SocketMsg::Welcome { version: PROTOCOL_VERSION, device });
                 Ok(())
             }
@@ -287,11 +284,7 @@ impl Server {
             self.clients[i].device = self.default;
         }
         let unit = self.clients[i].device;
-        let u = &self.units[unit];
-        let d = match (&u.capture, direction) {
-            (Some(spec), Direction::Capture) => spec.params,
-            _ => u.spec.params,
-        };
+        let d = self.units[unit].params_for(direction);
         let refuse = |s: &Self, reason: String| {
             s.reply(fd, &SocketMsg::Refused { errno: libc::EINVAL as u32, reason: reason.clone() });
             info!("client pid {}: stream refused: {reason}", s.clients[i].pid);
